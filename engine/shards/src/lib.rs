@@ -1,0 +1,20 @@
+//! orchd-shards: the thread-per-core runtime of orchd.
+//!
+//! Pinned glommio executors, one per shard, plus the dispatcher executor; bounded
+//! mailboxes between them (request/reply to one shard, map-reduce over all); each
+//! shard's local state and probe. As the data plane grows, the per-shard task tables,
+//! frame logs and engine drivers live here too.
+//!
+//! Must not depend on: hyper's server or any HTTP routing (the http crate drives a shard
+//! through [`Shard`]), and glommio outside the [`rt`] module, so that an epoll fallback
+//! can replace `rt` alone.
+
+pub mod mesh;
+pub mod rt;
+pub mod runtime;
+
+pub use mesh::{Mailbox, MeshError, Reply, ShardId};
+pub use runtime::{
+    resolve_shards, DispatcherCommand, ProbeSnapshot, Ready, Runtime, RuntimeOptions, Shard,
+    ShardCommand, StartError,
+};

@@ -1,0 +1,334 @@
+//! The thin runtime seam: every use of glommio in orchd is in this module.
+//!
+//! Executors, pinning, timers, the socket adapter for hyper, and the startup preflight.
+//! Everything above this module sees plain futures, `Rc`s and the hyper IO traits, so an
+//! epoll fallback (one current-thread tokio runtime per core) can replace this file
+//! without touching the shard logic or the engine.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// glommio refuses to start an executor below this memlock limit.
+const MIN_MEMLOCK: u64 = 512 * 1024;
+/// Registered IO buffer memory per executor. orchd does no DMA file IO on this path,
+/// so the smallest size glommio accepts keeps several executors inside the default
+/// 8 MiB memlock limit.
+const IO_MEMORY: usize = 64 * 1024;
+
+/// Why orchd cannot run its thread-per-core runtime here, with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(
+        "io_uring is disabled on this host (kernel.io_uring_disabled = {0}); \
+         fix: `sysctl -w kernel.io_uring_disabled=0`, or run orchd on a host that allows io_uring"
+    )]
+    Disabled(u32),
+    #[error(
+        "io_uring_setup failed: {0}; io_uring is blocked here (Docker's and containerd's default \
+         seccomp profiles block it). fix: run the container with a seccomp profile that allows \
+         io_uring_setup, io_uring_enter and io_uring_register (e.g. --security-opt seccomp=unconfined), \
+         or run orchd on the host"
+    )]
+    Blocked(io::Error),
+    #[error(
+        "the locked-memory limit is {have} KiB, orchd needs at least {need} KiB for its io_uring \
+         executors; fix: `ulimit -l {need}` (or higher) in the shell, LimitMEMLOCK= in a systemd \
+         unit, or `--ulimit memlock=-1` for a container"
+    )]
+    MemLock { have: u64, need: u64 },
+}
+
+/// Checks that io_uring can be set up and that the memlock limit allows `executors`
+/// executors, raising the soft memlock limit to the hard one when that helps. glommio
+/// itself would panic, exit or hang in these cases; this turns them into a message.
+pub fn preflight(executors: usize) -> Result<(), PreflightError> {
+    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if let Ok(v) = s.trim().parse::<u32>() {
+            if v == 2 {
+                return Err(PreflightError::Disabled(v));
+            }
+        }
+    }
+    probe_io_uring().map_err(PreflightError::Blocked)?;
+
+    let need = (MIN_MEMLOCK + (IO_MEMORY as u64) * executors as u64).div_ceil(1024);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    let have = if lim.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        lim.rlim_cur / 1024
+    };
+    // root (CAP_IPC_LOCK) is not bound by the limit, but glommio checks it anyway.
+    if have < MIN_MEMLOCK / 1024 {
+        return Err(PreflightError::MemLock { have, need });
+    }
+    Ok(())
+}
+
+/// A raw `io_uring_setup(2)`: the cheapest way to learn whether seccomp or a sysctl
+/// forbids io_uring without letting glommio find out by panicking.
+fn probe_io_uring() -> io::Result<()> {
+    // struct io_uring_params is 120 bytes; zeroed is a valid request.
+    let mut params = [0u8; 120];
+    // SAFETY: the kernel writes at most sizeof(io_uring_params) into `params`.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by the kernel and is owned here.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// A running executor thread.
+pub struct ExecutorThread<T: Send + 'static>(glommio::ExecutorJoinHandle<T>);
+
+impl<T: Send + 'static> ExecutorThread<T> {
+    /// Waits for the executor to finish; a failure to start (e.g. memlock) shows here.
+    pub fn join(self) -> Result<T, String> {
+        self.0.join().map_err(|e| e.to_string())
+    }
+}
+
+/// Starts an executor on its own thread, pinned to `cpu` when given, and runs the
+/// future built by `main` on it.
+pub fn spawn_executor<G, F, T>(
+    name: &str,
+    cpu: Option<usize>,
+    main: G,
+) -> io::Result<ExecutorThread<T>>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let placement = match cpu {
+        Some(c) => Placement::Fixed(c),
+        None => Placement::Unbound,
+    };
+    LocalExecutorBuilder::new(placement)
+        .name(name)
+        .io_memory(IO_MEMORY)
+        .spawn(main)
+        .map(ExecutorThread)
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Spawns a future on the current executor and lets it run on its own.
+pub fn spawn_detached(fut: impl Future<Output = ()> + 'static) {
+    glommio::spawn_local(fut).detach();
+}
+
+/// Sleeps on the current executor.
+pub async fn sleep(d: Duration) {
+    glommio::timer::sleep(d).await
+}
+
+/// Yields to other tasks of this executor if the current one ran long enough.
+pub async fn yield_if_needed() {
+    glommio::yield_if_needed().await
+}
+
+/// A listening socket owned by one shard.
+pub struct Listener(glommio::net::TcpListener);
+
+impl Listener {
+    /// Adopts a bound, listening socket on the current executor.
+    pub fn adopt(listener: std::net::TcpListener) -> Listener {
+        // SAFETY: `into_raw_fd` hands over sole ownership of a listening TCP socket.
+        Listener(unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) })
+    }
+
+    pub async fn accept(&self) -> io::Result<Conn> {
+        let stream = self.0.accept().await.map_err(io::Error::from)?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn { stream })
+    }
+}
+
+/// One TCP connection, adapted to hyper's IO traits.
+///
+/// Reads go straight into hyper's uninitialized buffer with `recv(MSG_DONTWAIT)` (no
+/// zero-fill); writes of several buffers go out in one `sendmsg`, which is what makes
+/// hyper pick its zero-copy queue strategy (`is_write_vectored`). When the socket is not
+/// ready we fall back to glommio's own poll, which arms the executor's readiness waker.
+pub struct Conn {
+    stream: glommio::net::TcpStream,
+}
+
+impl Conn {
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let fd = this.stream.as_raw_fd();
+        loop {
+            // SAFETY: recv writes at most `dst.len()` bytes into the buffer and we only
+            // advance by what it reports written.
+            let n = unsafe {
+                let dst: &mut [MaybeUninit<u8>] = buf.as_mut();
+                libc::recv(fd, dst.as_mut_ptr().cast(), dst.len(), libc::MSG_DONTWAIT)
+            };
+            if n >= 0 {
+                // SAFETY: the kernel initialized `n` bytes.
+                unsafe { buf.advance(n as usize) };
+                return Poll::Ready(Ok(()));
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => break,
+                _ => return Poll::Ready(Err(err)),
+            }
+        }
+        // Not readable: let glommio register interest. If a byte arrived meanwhile it is
+        // read here, which is just as good.
+        let mut one = [0u8; 1];
+        match Pin::new(&mut this.stream).poll_read(cx, &mut one) {
+            Poll::Ready(Ok(n)) => {
+                buf.put_slice(&one[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let iovcnt = bufs.len().min(libc::UIO_MAXIOV as usize);
+        loop {
+            // SAFETY: IoSlice is ABI-compatible with iovec; sendmsg only reads them.
+            let n = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = iovcnt as _;
+                libc::sendmsg(
+                    this.stream.as_raw_fd(),
+                    &msg,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Poll::Ready(Ok(n as usize));
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => break,
+                _ => return Poll::Ready(Err(err)),
+            }
+        }
+        // Not writable: glommio's poll_write retries once and arms the waker.
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        Pin::new(&mut this.stream).poll_write(cx, first)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // glommio does not buffer writes.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_close(cx)
+    }
+}
+
+/// hyper's timer on the shard's executor (header read timeouts, keep-alive).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardTimer;
+
+impl hyper::rt::Timer for ShardTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(ShardSleep(glommio::timer::Timer::new(duration)))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// A glommio timer that claims `Send + Sync` because hyper's `Sleep` requires it.
+struct ShardSleep(glommio::timer::Timer);
+
+// SAFETY: hyper only requires these bounds; it never moves a Sleep across threads here,
+// because every connection (and so every timer it creates) is spawned with
+// `spawn_local` on one shard's executor and lives and dies on that shard's thread.
+unsafe impl Send for ShardSleep {}
+// SAFETY: as above; no `&ShardSleep` is ever shared with another thread.
+unsafe impl Sync for ShardSleep {}
+
+impl Future for ShardSleep {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.get_mut().0).poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for ShardSleep {}
+
+/// The cores this process may run on (honours cgroup/cpuset affinity, unlike glommio's
+/// own `CpuSet::online()`).
+pub fn available_cores() -> Vec<usize> {
+    let mut cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if cores.is_empty() {
+        cores.push(0);
+    }
+    cores
+}

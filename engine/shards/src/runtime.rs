@@ -1,0 +1,337 @@
+//! Starting and stopping the shards and the dispatcher.
+//!
+//! One pinned executor per shard, plus one small dispatcher executor. Each shard owns a
+//! [`Shard`] (its mailbox, its probe, handles to its peers) and runs the front end's
+//! `shard_main` on it; startup waits until every shard reports ready or failed, so a
+//! shard that cannot start is an error at startup, not a silent half-running server.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::mesh::{self, Inbox, Mailbox, MeshError, Reply, ShardId};
+use crate::rt;
+
+/// How many shards to run for a configured `server.shards` (0 = one per core).
+pub fn resolve_shards(configured: usize) -> usize {
+    if configured == 0 {
+        rt::available_cores().len()
+    } else {
+        configured
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Number of shards, at least 1 (see [`resolve_shards`]).
+    pub shards: usize,
+    /// Capacity of every mailbox.
+    pub mailbox_capacity: usize,
+    /// How long startup waits for all shards to report.
+    pub ready_timeout: Duration,
+}
+
+/// Commands a shard executes on its own core.
+pub enum ShardCommand {
+    /// Read this shard's probe (for `/metrics`).
+    Scrape(Reply<ProbeSnapshot>),
+}
+
+/// Commands of the dispatcher, the owner of cluster-wide admission state.
+pub enum DispatcherCommand {
+    /// Liveness of the dispatcher (for `/readyz`).
+    Ping(Reply<()>),
+}
+
+/// Shard-local counters: plain cells, no atomics; read by a scrape on the same core.
+#[derive(Default)]
+pub struct Probe {
+    /// HTTP responses by status class: index 0 = 1xx ... 4 = 5xx.
+    pub responses: [Cell<u64>; 5],
+    pub connections_accepted: Cell<u64>,
+    pub connections_open: Cell<u64>,
+}
+
+impl Probe {
+    pub fn count_response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].set(self.responses[class].get() + 1);
+    }
+
+    pub fn snapshot(&self, shard: ShardId) -> ProbeSnapshot {
+        ProbeSnapshot {
+            shard,
+            responses: std::array::from_fn(|i| self.responses[i].get()),
+            connections_accepted: self.connections_accepted.get(),
+            connections_open: self.connections_open.get(),
+        }
+    }
+}
+
+/// A copy of one shard's probe, sent across cores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSnapshot {
+    pub shard: ShardId,
+    pub responses: [u64; 5],
+    pub connections_accepted: u64,
+    pub connections_open: u64,
+}
+
+/// The state of one shard. Lives on its shard's core and is not `Send`: other cores
+/// reach it only through its mailbox.
+pub struct Shard {
+    id: ShardId,
+    peers: Vec<Mailbox<ShardCommand>>,
+    dispatcher: Mailbox<DispatcherCommand>,
+    stop: watch::Receiver<bool>,
+    pub probe: Probe,
+    _not_send: PhantomData<Rc<()>>,
+}
+
+impl Shard {
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn dispatcher(&self) -> &Mailbox<DispatcherCommand> {
+        &self.dispatcher
+    }
+
+    /// Sends a command to shard `to` (possibly this one) and waits for the reply.
+    pub async fn invoke_on<R>(
+        &self,
+        to: ShardId,
+        make: impl FnOnce(Reply<R>) -> ShardCommand,
+    ) -> Result<R, MeshError> {
+        self.peers[to.0].request(make).await
+    }
+
+    /// Sends a command to every shard and folds the replies in shard order.
+    pub async fn map_reduce<R, A>(
+        &self,
+        make: impl Fn(Reply<R>) -> ShardCommand,
+        init: A,
+        fold: impl FnMut(A, R) -> A,
+    ) -> Result<A, MeshError> {
+        mesh::map_reduce(&self.peers, make, init, fold).await
+    }
+
+    /// True once shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn stopped(&self) -> impl Future<Output = ()> + 'static {
+        let mut rx = self.stop.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    async fn serve_commands(self: Rc<Self>, inbox: Inbox<ShardCommand>) {
+        while let Some(cmd) = inbox.recv().await {
+            match cmd {
+                ShardCommand::Scrape(reply) => {
+                    let _ = reply.send(self.probe.snapshot(self.id));
+                }
+            }
+        }
+    }
+}
+
+/// Told by a shard's main once it serves (or cannot).
+pub struct Ready {
+    tx: mpsc::Sender<Result<(), String>>,
+}
+
+impl Ready {
+    pub fn ok(self) {
+        let _ = self.tx.send(Ok(()));
+    }
+
+    pub fn fail(self, why: String) {
+        let _ = self.tx.send(Err(why));
+    }
+}
+
+/// Why the runtime did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Preflight(#[from] rt::PreflightError),
+    #[error("shard {shard} failed to start: {why}")]
+    Shard { shard: usize, why: String },
+    #[error("shard {0} did not report ready in time")]
+    Timeout(usize),
+    #[error("could not start an executor thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// The running shards and dispatcher.
+pub struct Runtime {
+    stop: watch::Sender<bool>,
+    shards: Vec<rt::ExecutorThread<()>>,
+    dispatcher_halt: Option<oneshot::Sender<()>>,
+    dispatcher_thread: Option<rt::ExecutorThread<()>>,
+    dispatcher: Mailbox<DispatcherCommand>,
+}
+
+impl Runtime {
+    /// Starts the dispatcher and `opts.shards` shards. Shard `i` runs
+    /// `shard_main(shard, seeds[i], ready)`; this returns once every shard called
+    /// `ready.ok()`, or fails with the first shard's error.
+    pub fn start<S, F, Fut>(
+        opts: RuntimeOptions,
+        seeds: Vec<S>,
+        shard_main: F,
+    ) -> Result<Runtime, StartError>
+    where
+        S: Send + 'static,
+        F: Fn(Rc<Shard>, S, Ready) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        assert_eq!(seeds.len(), opts.shards, "one seed per shard");
+        rt::preflight(opts.shards + 1)?;
+        let cores = rt::available_cores();
+        let (stop, stop_rx) = watch::channel(false);
+
+        let (dispatcher, dispatcher_inbox) = mesh::mailbox(opts.mailbox_capacity);
+        let (halt, halted) = oneshot::channel::<()>();
+        let dispatcher_thread = rt::spawn_executor("orchd-dispatcher", None, move || {
+            dispatcher_main(dispatcher_inbox, halted)
+        })
+        .map_err(StartError::Spawn)?;
+
+        let mut runtime = Runtime {
+            stop,
+            shards: Vec::with_capacity(opts.shards),
+            dispatcher_halt: Some(halt),
+            dispatcher_thread: Some(dispatcher_thread),
+            dispatcher: dispatcher.clone(),
+        };
+
+        let (peers, inboxes): (Vec<_>, Vec<_>) = (0..opts.shards)
+            .map(|_| mesh::mailbox(opts.mailbox_capacity))
+            .unzip();
+        let shard_main = Arc::new(shard_main);
+        let mut waiting = Vec::with_capacity(opts.shards);
+        for (i, (seed, inbox)) in seeds.into_iter().zip(inboxes).enumerate() {
+            let (tx, rx) = mpsc::channel();
+            let peers = peers.clone();
+            let dispatcher = dispatcher.clone();
+            let stop = stop_rx.clone();
+            let shard_main = Arc::clone(&shard_main);
+            let cpu = cores[i % cores.len()];
+            let thread =
+                rt::spawn_executor(&format!("orchd-shard-{i}"), Some(cpu), move || async move {
+                    let shard = Rc::new(Shard {
+                        id: ShardId(i),
+                        peers,
+                        dispatcher,
+                        stop,
+                        probe: Probe::default(),
+                        _not_send: PhantomData,
+                    });
+                    rt::spawn_detached(Rc::clone(&shard).serve_commands(inbox));
+                    shard_main(shard, seed, Ready { tx }).await
+                });
+            match thread {
+                Ok(t) => runtime.shards.push(t),
+                Err(e) => {
+                    let _ = runtime.stop_now();
+                    return Err(StartError::Spawn(e));
+                }
+            }
+            waiting.push(rx);
+        }
+
+        let deadline = Instant::now() + opts.ready_timeout;
+        for (i, rx) in waiting.into_iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let failure = match rx.recv_timeout(left) {
+                Ok(Ok(())) => continue,
+                Ok(Err(why)) => StartError::Shard { shard: i, why },
+                Err(mpsc::RecvTimeoutError::Timeout) => StartError::Timeout(i),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // The thread ended without a word: its executor failed to start.
+                    let thread = runtime.shards.remove(i);
+                    let why = match thread.join() {
+                        Ok(()) => "exited before it was ready".to_string(),
+                        Err(e) => e,
+                    };
+                    StartError::Shard { shard: i, why }
+                }
+            };
+            let _ = runtime.stop_now();
+            return Err(failure);
+        }
+        Ok(runtime)
+    }
+
+    /// A handle to the dispatcher, for callers outside the shards.
+    pub fn dispatcher(&self) -> &Mailbox<DispatcherCommand> {
+        &self.dispatcher
+    }
+
+    /// Begins shutdown: every shard's [`Shard::stopped`] resolves.
+    pub fn begin_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops everything in reverse order of construction and waits for the threads:
+    /// shards first (they finish their own graceful shutdown), then the dispatcher.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop_now()
+    }
+
+    fn stop_now(&mut self) -> Result<(), String> {
+        self.begin_stop();
+        let mut first_error = None;
+        for t in self.shards.drain(..) {
+            if let Err(e) = t.join() {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(halt) = self.dispatcher_halt.take() {
+            let _ = halt.send(());
+        }
+        if let Some(t) = self.dispatcher_thread.take() {
+            if let Err(e) = t.join() {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.stop_now();
+    }
+}
+
+async fn dispatcher_main(inbox: Inbox<DispatcherCommand>, halted: oneshot::Receiver<()>) {
+    let serve = async {
+        while let Some(cmd) = inbox.recv().await {
+            match cmd {
+                DispatcherCommand::Ping(reply) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    };
+    futures_lite::future::or(serve, async {
+        let _ = halted.await;
+    })
+    .await
+}

@@ -1,0 +1,700 @@
+//! The typed configuration of orchd (SPEC section 6) and its loader.
+//!
+//! One struct tree with serde defaults; the built-in default is the commented file
+//! `default.toml` (what `orchd --print-default-config` prints), and a test keeps the two
+//! equal. [`Config::from_toml_str`] reports every unknown key and every bad value in one
+//! error; [`Config::validate`] then checks the rules that span fields. Env and flag
+//! overrides are applied by the binary between the two.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::types::{Engine, Workload};
+
+/// The commented built-in configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Limits on numbers a user may write; anything larger is a mistake, not a wish.
+const MAX_SHARDS: usize = 1024;
+const MAX_SLOTS: u32 = 65_536;
+const MAX_QUEUE: u32 = 10_000_000;
+const MAX_BODY: usize = 1 << 30;
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub sessions: SessionsConfig,
+    pub stream: StreamConfig,
+    pub artifacts: ArtifactsConfig,
+    /// At least one pool; the default is one mock pool `default` serving any model.
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Listen address; every shard listens on it (SO_REUSEPORT). Default 127.0.0.1:8080.
+    pub addr: SocketAddr,
+    /// Number of shards (pinned executors); 0 = one per available core.
+    pub shards: usize,
+    /// Accepted `X-API-Key` values. Empty = auth off, allowed on loopback only.
+    pub api_keys: Vec<ApiKey>,
+    /// Largest request body accepted; larger gets 413. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// On SIGTERM, how long in-flight requests and streams may run before they are ended.
+    pub shutdown_grace_ms: u64,
+    /// A connection that has not sent a full request head by then is closed.
+    pub header_read_timeout_ms: u64,
+    /// Capacity of every cross-shard channel; a full channel is a typed overload.
+    pub mailbox_capacity: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SessionsConfig {
+    /// Sliding time to live of a session, renewed by each task.
+    pub ttl_ms: u64,
+    /// Most tasks one session may run.
+    pub max_turns: u32,
+    /// Tokens a session may spend; 0 = unbounded.
+    pub tokens_budget: u64,
+    /// Predicted engine time a session may spend; 0 = unbounded.
+    pub time_budget_ms: u64,
+    /// Cost (tokens x pool cost_per_token) a session may spend; 0 = unbounded.
+    pub cost_budget: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StreamConfig {
+    /// Interval of `: hb` comments on idle streams.
+    pub heartbeat_ms: u64,
+    /// A task nobody streams for this long is canceled (reason `orphaned`).
+    pub orphan_timeout_ms: u64,
+    /// How long a finished task's frames stay for late subscribers.
+    pub retention_ms: u64,
+    /// A `metrics` frame every this many tokens during decode.
+    pub metrics_every_tokens: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactBackend {
+    Memory,
+    Fs,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ArtifactsConfig {
+    pub backend: ArtifactBackend,
+    /// Directory of the `fs` backend.
+    pub dir: PathBuf,
+    /// Bound of the `memory` backend, in bytes of stored content.
+    pub max_memory_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum QueuePolicy {
+    /// A full queue refuses new tasks with 429 ADMISSION_REJECT.
+    #[serde(rename = "reject")]
+    Reject,
+    /// A full queue evicts its oldest queued batch task (else its oldest task).
+    #[serde(rename = "drop-lru")]
+    DropLru,
+}
+
+impl QueuePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueuePolicy::Reject => "reject",
+            QueuePolicy::DropLru => "drop-lru",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PoolConfig {
+    /// Unique name, `[A-Za-z0-9_.-]{1,64}`.
+    pub id: String,
+    pub engine: Engine,
+    /// Reported in metrics and health; at most 64 characters.
+    pub engine_version: String,
+    /// The model served; `*` serves any model_ref until a reload names one.
+    pub model_ref: String,
+    /// Largest context a task may ask for.
+    pub ctx_max: u32,
+    /// Tasks that run at once.
+    pub slots: u32,
+    /// Tasks that may wait beyond the slots.
+    pub queue_capacity: u32,
+    pub policy: QueuePolicy,
+    pub workloads: Vec<Workload>,
+    /// Cost charged per token against session cost budgets.
+    pub cost_per_token: f64,
+    pub adapter: AdapterConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterKind {
+    /// The built-in deterministic engine.
+    Mock,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AdapterConfig {
+    pub kind: AdapterKind,
+    /// Mock: time to first token; 0 = as fast as possible.
+    pub ttft_ms: u64,
+    /// Mock: time per output token; 0 = as fast as possible.
+    pub tpot_ms: u64,
+}
+
+/// An API key. Its `Debug` never shows the key, so configs can be logged.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: 0,
+            api_keys: Vec::new(),
+            max_body_bytes: 1_048_576,
+            shutdown_grace_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            mailbox_capacity: 1024,
+        }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            ttl_ms: 600_000,
+            max_turns: 8,
+            tokens_budget: 0,
+            time_budget_ms: 0,
+            cost_budget: 0.0,
+        }
+    }
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            heartbeat_ms: 15_000,
+            orphan_timeout_ms: 30_000,
+            retention_ms: 60_000,
+            metrics_every_tokens: 32,
+        }
+    }
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        ArtifactsConfig {
+            backend: ArtifactBackend::Memory,
+            dir: PathBuf::from("artifacts"),
+            max_memory_bytes: 268_435_456,
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            id: "default".into(),
+            engine: Engine::Llamacpp,
+            engine_version: "mock-1".into(),
+            model_ref: "*".into(),
+            ctx_max: 8192,
+            slots: 4,
+            queue_capacity: 256,
+            policy: QueuePolicy::Reject,
+            workloads: vec![Workload::Completion],
+            cost_per_token: 0.0,
+            adapter: AdapterConfig::default(),
+        }
+    }
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        AdapterConfig {
+            kind: AdapterKind::Mock,
+            ttft_ms: 20,
+            tpot_ms: 5,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            sessions: SessionsConfig::default(),
+            stream: StreamConfig::default(),
+            artifacts: ArtifactsConfig::default(),
+            pools: vec![PoolConfig::default()],
+        }
+    }
+}
+
+/// Every problem found in a configuration, each naming its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} problem", self.problems.len())?;
+        if self.problems.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str("):")?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses a TOML document, reporting every unknown key and every bad value at once.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let value: toml::Value = toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![format!("not valid TOML: {}", e.message().trim())],
+        })?;
+        let mut config: Config = deserialize_reporting_all(value)?;
+        // A file that declares no pools keeps the built-in one.
+        if config.pools.is_empty() && !text_declares_pools(text) {
+            config.pools = Config::default().pools;
+        }
+        Ok(config)
+    }
+
+    /// Checks the rules that span fields; call after env and flag overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let s = &self.server;
+        if s.shards > MAX_SHARDS {
+            p.push(format!(
+                "server.shards: {} is more than {MAX_SHARDS}",
+                s.shards
+            ));
+        }
+        if !(1024..=MAX_BODY).contains(&s.max_body_bytes) {
+            p.push(format!(
+                "server.max_body_bytes: {} is outside 1024..={MAX_BODY}",
+                s.max_body_bytes
+            ));
+        }
+        if s.header_read_timeout_ms == 0 {
+            p.push("server.header_read_timeout_ms: must be at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&s.mailbox_capacity) {
+            p.push(format!(
+                "server.mailbox_capacity: {} is outside 1..=1000000",
+                s.mailbox_capacity
+            ));
+        }
+        for (i, key) in s.api_keys.iter().enumerate() {
+            let k = key.expose();
+            if k.is_empty() || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                p.push(format!(
+                    "server.api_keys[{i}]: must be 1 to 256 visible ASCII characters"
+                ));
+            }
+        }
+        if s.api_keys.is_empty() && !s.addr.ip().is_loopback() {
+            p.push(format!(
+                "server.addr: {} is not a loopback address and no API key is configured; \
+                 set server.api_keys or ORCHD_API_KEYS, or listen on 127.0.0.1",
+                s.addr
+            ));
+        }
+        let ss = &self.sessions;
+        if ss.ttl_ms == 0 {
+            p.push("sessions.ttl_ms: must be at least 1".into());
+        }
+        if ss.max_turns == 0 {
+            p.push("sessions.max_turns: must be at least 1".into());
+        }
+        if !(ss.cost_budget.is_finite() && ss.cost_budget >= 0.0) {
+            p.push("sessions.cost_budget: must be a finite number >= 0".into());
+        }
+        let st = &self.stream;
+        for (name, v) in [
+            ("heartbeat_ms", st.heartbeat_ms),
+            ("orphan_timeout_ms", st.orphan_timeout_ms),
+        ] {
+            if v == 0 {
+                p.push(format!("stream.{name}: must be at least 1"));
+            }
+        }
+        if st.metrics_every_tokens == 0 {
+            p.push("stream.metrics_every_tokens: must be at least 1".into());
+        }
+        if self.artifacts.max_memory_bytes < 1024 {
+            p.push("artifacts.max_memory_bytes: must be at least 1024".into());
+        }
+        if self.artifacts.backend == ArtifactBackend::Fs
+            && self.artifacts.dir.as_os_str().is_empty()
+        {
+            p.push("artifacts.dir: must be set for backend = \"fs\"".into());
+        }
+        if self.pools.is_empty() {
+            p.push("pools: at least one pool is required".into());
+        }
+        let mut ids = HashSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            validate_pool(i, pool, &mut ids, &mut p);
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: p })
+        }
+    }
+
+    /// Total slots over all pools.
+    pub fn total_slots(&self) -> u64 {
+        self.pools.iter().map(|p| u64::from(p.slots)).sum()
+    }
+}
+
+fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut Vec<String>) {
+    let at = format!("pools[{i}]");
+    let id_ok = (1..=64).contains(&pool.id.len())
+        && pool
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !id_ok {
+        p.push(format!(
+            "{at}.id: {:?} must match [A-Za-z0-9_.-]{{1,64}}",
+            pool.id
+        ));
+    } else if !ids.insert(pool.id.clone()) {
+        p.push(format!("{at}.id: {:?} is used by another pool", pool.id));
+    }
+    if pool.engine_version.is_empty() || pool.engine_version.len() > 64 {
+        p.push(format!("{at}.engine_version: must be 1 to 64 characters"));
+    }
+    if pool.model_ref.is_empty() || pool.model_ref.len() > 512 {
+        p.push(format!("{at}.model_ref: must be 1 to 512 characters"));
+    }
+    if pool.ctx_max == 0 {
+        p.push(format!("{at}.ctx_max: must be at least 1"));
+    }
+    if !(1..=MAX_SLOTS).contains(&pool.slots) {
+        p.push(format!(
+            "{at}.slots: {} is outside 1..={MAX_SLOTS}",
+            pool.slots
+        ));
+    }
+    if pool.queue_capacity > MAX_QUEUE {
+        p.push(format!(
+            "{at}.queue_capacity: {} is more than {MAX_QUEUE}",
+            pool.queue_capacity
+        ));
+    }
+    if pool.workloads.is_empty() {
+        p.push(format!("{at}.workloads: at least one workload is required"));
+    }
+    let distinct: HashSet<_> = pool.workloads.iter().collect();
+    if distinct.len() != pool.workloads.len() {
+        p.push(format!("{at}.workloads: lists a workload twice"));
+    }
+    if !(pool.cost_per_token.is_finite() && pool.cost_per_token >= 0.0) {
+        p.push(format!("{at}.cost_per_token: must be a finite number >= 0"));
+    }
+    let a = &pool.adapter;
+    for (name, v) in [("ttft_ms", a.ttft_ms), ("tpot_ms", a.tpot_ms)] {
+        if v > 3_600_000 {
+            p.push(format!("{at}.adapter.{name}: {v} is more than an hour"));
+        }
+    }
+}
+
+/// `[[pools]]` written with no tables at all (`pools = []`) is an explicit empty list,
+/// which validate() refuses; a file without the key keeps the default pool.
+fn text_declares_pools(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text)
+        .map(|t| t.contains_key("pools"))
+        .unwrap_or(false)
+}
+
+/// Deserializes `value`, collecting every unknown key (via serde_ignored) and every bad
+/// value (via serde_path_to_error): each bad value is reported, removed so that its
+/// default applies, and the pass is repeated, so one run names every offending key.
+fn deserialize_reporting_all<T: DeserializeOwned>(
+    mut value: toml::Value,
+) -> Result<T, ConfigError> {
+    let mut bad = Vec::new();
+    // Each pass removes one key, so the number of passes is bounded by the keys present.
+    for _ in 0..256 {
+        let mut unknown = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let result = {
+            let de = serde_path_to_error::Deserializer::new(value.clone(), &mut track);
+            serde_ignored::deserialize(de, |path| unknown.push(ignored_path(&path)))
+        };
+        match result {
+            Ok(t) if bad.is_empty() && unknown.is_empty() => return Ok(t),
+            Ok(_) => {
+                let mut problems: Vec<String> = unknown
+                    .into_iter()
+                    .map(|k| format!("{k}: unknown key"))
+                    .collect();
+                problems.append(&mut bad);
+                return Err(ConfigError { problems });
+            }
+            Err(e) => {
+                let path = track.path();
+                let segs = path_segments(&path);
+                bad.push(format!(
+                    "{}: {}",
+                    render(&segs),
+                    strip_position(&e.to_string())
+                ));
+                if segs.is_empty() || !remove_at(&mut value, &segs) {
+                    // Not a removable leaf (e.g. a missing required key): stop here.
+                    return Err(ConfigError { problems: bad });
+                }
+            }
+        }
+    }
+    Err(ConfigError { problems: bad })
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn render(segs: &[Seg]) -> String {
+    let mut out = String::new();
+    for s in segs {
+        match s {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    if out.is_empty() {
+        out.push_str("(top level)");
+    }
+    out
+}
+
+fn path_segments(path: &serde_path_to_error::Path) -> Vec<Seg> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(Seg::Key(key.clone())),
+            Segment::Seq { index } => Some(Seg::Index(*index)),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        })
+        .collect()
+}
+
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    fn walk(p: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
+        use serde_ignored::Path;
+        match p {
+            Path::Root => {}
+            Path::Seq { parent, index } => {
+                walk(parent, out);
+                out.push(Seg::Index(*index));
+            }
+            Path::Map { parent, key } => {
+                walk(parent, out);
+                out.push(Seg::Key(key.clone()));
+            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => walk(parent, out),
+        }
+    }
+    let mut segs = Vec::new();
+    walk(path, &mut segs);
+    render(&segs)
+}
+
+fn remove_at(value: &mut toml::Value, segs: &[Seg]) -> bool {
+    let (last, parents) = segs.split_last().expect("non-empty path");
+    if let Seg::Index(_) = last {
+        // An element of a list of scalars: drop the whole list so its default applies.
+        return !parents.is_empty() && remove_at(value, parents);
+    }
+    let mut cur = value;
+    for s in parents {
+        cur = match (s, cur) {
+            (Seg::Key(k), toml::Value::Table(t)) => match t.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Seg::Index(i), toml::Value::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (Seg::Key(k), toml::Value::Table(t)) => t.remove(k).is_some(),
+        _ => false,
+    }
+}
+
+/// toml's messages end with a position that means nothing after re-serialization.
+fn strip_position(msg: &str) -> String {
+    let msg = msg.lines().next().unwrap_or(msg);
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_file_is_the_default() {
+        let parsed = Config::from_toml_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_unknown_key_and_bad_value_is_named_at_once() {
+        let text = r#"
+            [server]
+            adress = "127.0.0.1:1"
+            shards = "two"
+            max_body_bytes = -5
+            [stream]
+            heartbeat = 3
+            [[pools]]
+            id = "a"
+            slots = "many"
+            policy = "lifo"
+            [pools.adapter]
+            kind = "mock"
+            colour = "red"
+        "#;
+        let err = Config::from_toml_str(text).unwrap_err();
+        let all = err.to_string();
+        for key in [
+            "server.adress: unknown key",
+            "stream.heartbeat: unknown key",
+            "pools[0].adapter.colour: unknown key",
+            "server.shards:",
+            "server.max_body_bytes:",
+            "pools[0].slots:",
+            "pools[0].policy:",
+        ] {
+            assert!(all.contains(key), "{key:?} missing from:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let err = Config::from_toml_str("[server\naddr = 1").unwrap_err();
+        assert!(err.problems[0].starts_with("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_cross_field_problems() {
+        let mut c = Config::default();
+        c.server.addr = "0.0.0.0:8080".parse().unwrap();
+        c.pools.push(PoolConfig {
+            slots: 0,
+            workloads: vec![],
+            ..PoolConfig::default()
+        });
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.addr"), "{err}");
+        assert!(
+            err.contains("pools[1].id: \"default\" is used by another pool"),
+            "{err}"
+        );
+        assert!(err.contains("pools[1].slots"), "{err}");
+        assert!(err.contains("pools[1].workloads"), "{err}");
+    }
+
+    #[test]
+    fn keys_allow_non_loopback_and_never_print() {
+        let mut c = Config::default();
+        c.server.addr = "0.0.0.0:8080".parse().unwrap();
+        c.server.api_keys = vec![ApiKey::new("s3cret-key")];
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn explicit_empty_pool_list_is_refused() {
+        let c = Config::from_toml_str("pools = []").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("pools: at least one"));
+    }
+
+    #[test]
+    fn partial_pool_takes_defaults() {
+        let c = Config::from_toml_str(
+            "[[pools]]\nid = \"p1\"\nengine = \"vllm\"\n[[pools]]\nid = \"p2\"\nslots = 2\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.pools[0].engine, Engine::Vllm);
+        assert_eq!(c.pools[1].slots, 2);
+        assert_eq!(c.pools[1].queue_capacity, 256);
+    }
+}

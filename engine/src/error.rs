@@ -1,0 +1,254 @@
+//! The one error taxonomy of orchd (SPEC section 1, "Error envelope").
+//!
+//! An [`ApiError`] carries everything the HTTP boundary needs to render a response
+//! (envelope, status, `Retry-After`/`X-Backoff-Ms`) or an SSE `error` frame, but no HTTP
+//! types: [`ErrorClass`] names the kind of refusal and the http crate maps it to a status
+//! code in exactly one exhaustive `match`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::Engine;
+
+/// The `code` of an error envelope or SSE `error` frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorKind {
+    AdmissionReject,
+    QueueFullDropLru,
+    InvalidParams,
+    PoolUnready,
+    PoolUnavailable,
+    ReplicaExhausted,
+    DecodeTimeout,
+    WorkerReset,
+    Internal,
+    DeadlineUnmet,
+    ModelDeprecated,
+    UntrustedArtifact,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::AdmissionReject,
+        ErrorKind::QueueFullDropLru,
+        ErrorKind::InvalidParams,
+        ErrorKind::PoolUnready,
+        ErrorKind::PoolUnavailable,
+        ErrorKind::ReplicaExhausted,
+        ErrorKind::DecodeTimeout,
+        ErrorKind::WorkerReset,
+        ErrorKind::Internal,
+        ErrorKind::DeadlineUnmet,
+        ErrorKind::ModelDeprecated,
+        ErrorKind::UntrustedArtifact,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::AdmissionReject => "ADMISSION_REJECT",
+            ErrorKind::QueueFullDropLru => "QUEUE_FULL_DROP_LRU",
+            ErrorKind::InvalidParams => "INVALID_PARAMS",
+            ErrorKind::PoolUnready => "POOL_UNREADY",
+            ErrorKind::PoolUnavailable => "POOL_UNAVAILABLE",
+            ErrorKind::ReplicaExhausted => "REPLICA_EXHAUSTED",
+            ErrorKind::DecodeTimeout => "DECODE_TIMEOUT",
+            ErrorKind::WorkerReset => "WORKER_RESET",
+            ErrorKind::Internal => "INTERNAL",
+            ErrorKind::DeadlineUnmet => "DEADLINE_UNMET",
+            ErrorKind::ModelDeprecated => "MODEL_DEPRECATED",
+            ErrorKind::UntrustedArtifact => "UNTRUSTED_ARTIFACT",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The class of a refusal: which response a client gets. The http crate owns the only
+/// mapping from class to status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed or asks for something impossible.
+    BadRequest,
+    /// No credentials were presented.
+    Unauthenticated,
+    /// Credentials were presented and are not known.
+    Forbidden,
+    /// The addressed resource (route, task, pool, artifact) does not exist.
+    NotFound,
+    /// The resource exists but not for this method.
+    MethodNotAllowed,
+    /// The request conflicts with the resource's current state.
+    Conflict,
+    /// The body is larger than the configured limit.
+    PayloadTooLarge,
+    /// Admission refused for load or policy; may carry retry advice.
+    TooManyRequests,
+    /// A fault inside orchd.
+    Internal,
+    /// No pool can take the work now, or at all.
+    Unavailable,
+    /// A bounded store is full.
+    InsufficientStorage,
+}
+
+/// A refusal or failure, as the client will see it.
+///
+/// Messages are `Cow<'static, str>` so that hot refusals (queue full, unknown route)
+/// cost no allocation beyond the response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub class: ErrorClass,
+    pub kind: ErrorKind,
+    pub message: Cow<'static, str>,
+    pub engine: Option<Engine>,
+    pub pool_id: Option<String>,
+    pub retriable: bool,
+    /// Retry advice in milliseconds; when set, the response carries `Retry-After`
+    /// (whole seconds, at least 1) and `X-Backoff-Ms` with this value.
+    pub retry_after_ms: Option<u64>,
+    pub policy_label: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(class: ErrorClass, kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError {
+            class,
+            kind,
+            message: message.into(),
+            engine: None,
+            pool_id: None,
+            retriable: false,
+            retry_after_ms: None,
+            policy_label: None,
+        }
+    }
+
+    /// `400 INVALID_PARAMS`; the message must name the offending field.
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorClass::BadRequest, ErrorKind::InvalidParams, message)
+    }
+
+    /// `404 INVALID_PARAMS`.
+    pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorClass::NotFound, ErrorKind::InvalidParams, message)
+    }
+
+    /// `500 INTERNAL`.
+    pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorClass::Internal, ErrorKind::Internal, message)
+    }
+
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    pub fn with_pool(mut self, pool_id: impl Into<String>) -> Self {
+        self.pool_id = Some(pool_id.into());
+        self
+    }
+
+    pub fn retriable(mut self, retriable: bool) -> Self {
+        self.retriable = retriable;
+        self
+    }
+
+    /// Sets retry advice and marks the error retriable.
+    pub fn retry_after_ms(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self.retriable = true;
+        self
+    }
+
+    pub fn policy(mut self, label: &'static str) -> Self {
+        self.policy_label = Some(label);
+        self
+    }
+
+    /// `Retry-After` in whole seconds: rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1))
+    }
+
+    /// The envelope body of SPEC section 1, as JSON.
+    pub fn envelope_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            code: ErrorKind,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            engine: Option<Engine>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pool_id: Option<&'a str>,
+            retriable: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retry_after_ms: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            policy_label: Option<&'a str>,
+        }
+        let env = Envelope {
+            code: self.kind,
+            message: &self.message,
+            engine: self.engine,
+            pool_id: self.pool_id.as_deref(),
+            retriable: self.retriable,
+            retry_after_ms: self.retry_after_ms,
+            policy_label: self.policy_label,
+        };
+        serde_json::to_vec(&env).expect("envelope serializes")
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_serialize_as_spec_names() {
+        for kind in ErrorKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+    }
+
+    #[test]
+    fn envelope_carries_only_set_fields() {
+        let e = ApiError::invalid("ctx: must be > 0");
+        let v: serde_json::Value = serde_json::from_slice(&e.envelope_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"code": "INVALID_PARAMS", "message": "ctx: must be > 0", "retriable": false})
+        );
+    }
+
+    #[test]
+    fn retry_advice_rounds_up_to_whole_seconds() {
+        let e = ApiError::new(
+            ErrorClass::TooManyRequests,
+            ErrorKind::AdmissionReject,
+            "full",
+        )
+        .retry_after_ms(1);
+        assert_eq!(e.retry_after_secs(), Some(1));
+        assert!(e.retriable);
+        let e = e.retry_after_ms(2001);
+        assert_eq!(e.retry_after_secs(), Some(3));
+        let v: serde_json::Value = serde_json::from_slice(&e.envelope_json()).unwrap();
+        assert_eq!(v["retry_after_ms"], 2001);
+    }
+}

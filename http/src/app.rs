@@ -1,0 +1,69 @@
+//! What every request handler can reach: the process-wide immutable part ([`App`]) and
+//! the shard-local part ([`ShardApp`]).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use orchd_engine::Config;
+use orchd_shards::Shard;
+
+use crate::api::capabilities;
+use crate::auth::Keys;
+
+/// Immutable after startup; shared by all shards.
+pub(crate) struct App {
+    pub config: Config,
+    pub keys: Keys,
+    /// `GET /v1/capabilities`, rendered once.
+    pub capabilities: Bytes,
+}
+
+impl App {
+    pub fn new(config: Config) -> App {
+        let keys = Keys::new(config.server.api_keys.iter().map(|k| k.expose()));
+        let capabilities = capabilities::render(&config);
+        App {
+            config,
+            keys,
+            capabilities,
+        }
+    }
+}
+
+/// One shard's view: the shared app, the shard itself, and shard-local scratch.
+/// Lives on one core.
+pub(crate) struct ShardApp {
+    pub app: Arc<App>,
+    pub shard: Rc<Shard>,
+    /// State of a shard-local generator for correlation ids: no syscall, no lock.
+    rng: Cell<u64>,
+}
+
+impl ShardApp {
+    pub fn new(app: Arc<App>, shard: Rc<Shard>) -> ShardApp {
+        let seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap());
+        ShardApp {
+            app,
+            shard,
+            rng: Cell::new(seed),
+        }
+    }
+
+    /// 64 random bits (wyrand; seeded from the OS once per shard).
+    pub fn next_u64(&self) -> u64 {
+        let s = self.rng.get().wrapping_add(0xa076_1d64_78bd_642f);
+        self.rng.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    }
+
+    /// A fresh UUIDv4 for a request that brought no correlation id.
+    pub fn new_uuid(&self) -> uuid::Uuid {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        b[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        uuid::Builder::from_random_bytes(b).into_uuid()
+    }
+}

@@ -1,0 +1,144 @@
+//! The request pipeline: correlation id, auth, body limit, routing, error rendering.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use orchd_engine::{ApiError, ErrorClass, ErrorKind};
+
+use crate::api;
+use crate::app::ShardApp;
+use crate::body::Body;
+use crate::respond;
+
+const CORRELATION_ID: &str = "x-correlation-id";
+
+/// Serves one request. Never fails: every error becomes an envelope response, and every
+/// response carries the request's correlation id.
+pub(crate) async fn handle(app: Rc<ShardApp>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let cid = correlation_id(&app, &req);
+    let method = req.method().clone();
+    let mut resp = match route(&app, req).await {
+        Ok(r) => r,
+        Err(Refusal::Error(e)) => respond::error(&e),
+        Err(Refusal::Method(allow)) => {
+            let e = ApiError::new(
+                ErrorClass::MethodNotAllowed,
+                ErrorKind::InvalidParams,
+                format!("method {method} is not allowed here; allowed: {allow}"),
+            );
+            let mut r = respond::error(&e);
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+            r
+        }
+    };
+    let status = resp.status().as_u16();
+    app.shard.probe.count_response(status);
+    let cid_str = cid.to_str().unwrap_or("");
+    if status >= 500 {
+        tracing::warn!(correlation_id = cid_str, %method, status, shard = app.shard.id().0,
+            elapsed_us = started.elapsed().as_micros() as u64, "request failed");
+    } else {
+        tracing::debug!(correlation_id = cid_str, %method, status, shard = app.shard.id().0,
+            elapsed_us = started.elapsed().as_micros() as u64, "request");
+    }
+    let h = resp.headers_mut();
+    h.insert(CORRELATION_ID, cid);
+    h.insert("x-orchd-shard", HeaderValue::from(app.shard.id().0));
+    resp
+}
+
+pub(crate) enum Refusal {
+    Error(ApiError),
+    /// 405, with the methods the path does allow.
+    Method(&'static str),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal::Error(e)
+    }
+}
+
+/// The client's correlation id if it is sane (1 to 128 visible ASCII characters),
+/// else a fresh UUIDv4. Anything else a client sends is not echoed.
+fn correlation_id(app: &ShardApp, req: &Request<Incoming>) -> HeaderValue {
+    if let Some(v) = req.headers().get(CORRELATION_ID) {
+        let b = v.as_bytes();
+        if (1..=128).contains(&b.len()) && b.iter().all(u8::is_ascii_graphic) {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = app.new_uuid().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).expect("a UUID is a valid header value")
+}
+
+/// Paths exempt from auth (SPEC section 1): scrapers and probes carry no key.
+fn exempt(path: &str) -> bool {
+    matches!(path, "/metrics" | "/livez" | "/readyz")
+}
+
+async fn route(app: &Rc<ShardApp>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+    let path = req.uri().path();
+    if !exempt(path) {
+        app.app
+            .keys
+            .check(req.headers().get("x-api-key").map(HeaderValue::as_bytes))?;
+    }
+    check_declared_length(app, &req)?;
+    let method = req.method();
+    match path {
+        "/livez" => get_only(method)?.then(api::ops::livez),
+        "/readyz" => match *method {
+            Method::GET => Ok(api::ops::readyz(app).await?),
+            _ => Err(Refusal::Method("GET")),
+        },
+        "/metrics" => match *method {
+            Method::GET => Ok(api::ops::metrics(app).await?),
+            _ => Err(Refusal::Method("GET")),
+        },
+        "/v1/capabilities" => get_only(method)?.then(|| api::capabilities::get(app)),
+        _ => Err(ApiError::not_found(format!("no route for {path}")).into()),
+    }
+}
+
+struct Allowed;
+
+impl Allowed {
+    fn then(self, f: impl FnOnce() -> Response<Body>) -> Result<Response<Body>, Refusal> {
+        Ok(f())
+    }
+}
+
+fn get_only(method: &Method) -> Result<Allowed, Refusal> {
+    if *method == Method::GET {
+        Ok(Allowed)
+    } else {
+        Err(Refusal::Method("GET"))
+    }
+}
+
+/// Refuses a declared body larger than `server.max_body_bytes` before reading any of
+/// it, on every route (like a proxy's client body limit). Bodies without a length are
+/// limited while they are read.
+fn check_declared_length(app: &ShardApp, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let max = app.app.config.server.max_body_bytes;
+    let Some(len) = req.headers().get(CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+        Some(n) if n <= max as u64 => Ok(()),
+        Some(n) => Err(ApiError::new(
+            ErrorClass::PayloadTooLarge,
+            ErrorKind::InvalidParams,
+            format!("body: {n} bytes is more than the limit of {max} (server.max_body_bytes)"),
+        )),
+        None => Err(ApiError::invalid("Content-Length: not a number")),
+    }
+}

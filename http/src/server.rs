@@ -1,0 +1,115 @@
+//! One shard's HTTP server: accept loop, connections, graceful shutdown.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+
+use orchd_shards::rt::{self, Conn, Listener, ShardTimer};
+use orchd_shards::{Ready, Shard};
+
+use crate::app::{App, ShardApp};
+use crate::router;
+
+/// The main future of one shard: adopt the listener, report ready, serve until
+/// shutdown, then give open connections up to the grace period.
+pub(crate) async fn shard_main(
+    app: Arc<App>,
+    shard: Rc<Shard>,
+    listener: std::net::TcpListener,
+    ready: Ready,
+) {
+    let listener = Listener::adopt(listener);
+    let grace = Duration::from_millis(app.config.server.shutdown_grace_ms);
+    let app = Rc::new(ShardApp::new(app, shard));
+    ready.ok();
+    tracing::debug!(shard = app.shard.id().0, "shard serving");
+
+    loop {
+        let next = future::or(async { Some(listener.accept().await) }, async {
+            app.shard.stopped().await;
+            None
+        })
+        .await;
+        match next {
+            None => break,
+            Some(Ok(conn)) => rt::spawn_detached(serve_conn(Rc::clone(&app), conn)),
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(shard = app.shard.id().0, error = %e, "accept failed");
+                rt::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+
+    let probe = &app.shard.probe;
+    let deadline = Instant::now() + grace;
+    while probe.connections_open.get() > 0 && Instant::now() < deadline {
+        rt::sleep(Duration::from_millis(5)).await;
+    }
+    let left = probe.connections_open.get();
+    if left > 0 {
+        tracing::warn!(
+            shard = app.shard.id().0,
+            connections = left,
+            "grace period over; closing"
+        );
+    }
+}
+
+/// Decrements the open-connection gauge however the connection ends.
+struct OpenConn(Rc<ShardApp>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        let p = &self.0.shard.probe;
+        p.connections_open.set(p.connections_open.get() - 1);
+    }
+}
+
+async fn serve_conn(app: Rc<ShardApp>, conn: Conn) {
+    let probe = &app.shard.probe;
+    probe
+        .connections_accepted
+        .set(probe.connections_accepted.get() + 1);
+    probe.connections_open.set(probe.connections_open.get() + 1);
+    let _open = OpenConn(Rc::clone(&app));
+    let stopped = app.shard.stopped();
+
+    let svc_app = Rc::clone(&app);
+    let svc = service_fn(move |req| {
+        let app = Rc::clone(&svc_app);
+        async move { Ok::<_, Infallible>(router::handle(app, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(ShardTimer)
+        .header_read_timeout(Duration::from_millis(
+            app.app.config.server.header_read_timeout_ms,
+        ))
+        .keep_alive(true);
+    let conn = builder.serve_connection(conn, svc);
+    let mut conn = std::pin::pin!(conn);
+
+    let outcome = future::or(async { Some(conn.as_mut().await) }, async {
+        stopped.await;
+        None
+    })
+    .await;
+    let result = match outcome {
+        Some(result) => result,
+        None => {
+            // Shutdown: finish the request in flight (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(shard = app.shard.id().0, error = %e, "connection ended with an error");
+    }
+}

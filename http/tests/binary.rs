@@ -1,0 +1,188 @@
+//! The `orchd` binary as a user runs it: config errors, the loopback rule, the default
+//! config printout, readiness and SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_orchd");
+
+fn orchd() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("ORCHD_ADDR")
+        .env_remove("ORCHD_CONFIG")
+        .env_remove("ORCHD_API_KEYS")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs orchd to completion (bounded) and returns (exit code, stderr).
+fn run_to_end(cmd: &mut Command) -> (i32, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child, Duration::from_secs(20));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+/// Waits for the child to exit; kills it and fails after `limit`.
+fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("orchd did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("orchd-bin-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("orchd.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn bad_config_names_every_offending_key() {
+    let p = temp_file(
+        "bad",
+        "[server]\nadress = \"x\"\nshards = \"two\"\n[[pools]]\nid = \"p\"\nslots = 0\npolicy = \"lifo\"\n",
+    );
+    let (code, err) = run_to_end(orchd().arg("--config").arg(&p));
+    assert_eq!(code, 2, "{err}");
+    for key in [
+        "server.adress: unknown key",
+        "server.shards",
+        "pools[0].policy",
+    ] {
+        assert!(err.contains(key), "{key:?} not named in:\n{err}");
+    }
+}
+
+#[test]
+fn cross_field_problems_stop_startup() {
+    let p = temp_file(
+        "cross",
+        "[[pools]]\nid = \"a\"\nslots = 0\n[[pools]]\nid = \"a\"\n",
+    );
+    let (code, err) = run_to_end(orchd().arg("--config").arg(&p));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pools[0].slots"), "{err}");
+    assert!(err.contains("pools[1].id"), "{err}");
+}
+
+#[test]
+fn non_loopback_without_keys_is_refused() {
+    let (code, err) = run_to_end(orchd().env("ORCHD_ADDR", "0.0.0.0:0"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+}
+
+#[test]
+fn default_config_printout_is_the_default() {
+    let out = orchd().arg("--print-default-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let parsed = orchd_engine::Config::from_toml_str(&text).unwrap();
+    assert_eq!(parsed, orchd_engine::Config::default());
+    assert!(text.contains("[[pools]]") && text.contains("kind = \"mock\""));
+}
+
+/// Starts orchd on port 0 and returns it with the address from its `ready` log line.
+// The child is handed to the caller, which waits for it; clippy cannot see that.
+#[allow(clippy::zombie_processes)]
+fn start_ready(
+    extra_env: &[(&str, &str)],
+) -> (Child, String, BufReader<std::process::ChildStderr>) {
+    let mut cmd = orchd();
+    cmd.env("ORCHD_ADDR", "127.0.0.1:0")
+        .env("ORCHD_LOG", "info");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let t = Instant::now();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 || t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("orchd never logged ready");
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if v["message"] == "ready" {
+            return (child, v["addr"].as_str().unwrap().to_string(), err);
+        }
+    }
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_exit_0() {
+    let (mut child, addr, mut err) = start_ready(&[("ORCHD_API_KEYS", "topsecret-key")]);
+    // An idle keep-alive connection must not hold shutdown up.
+    let idle = std::net::TcpStream::connect(&addr).unwrap();
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = wait_bounded(&mut child, Duration::from_secs(15));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert!(rest.contains("\"stopped\""), "{rest}");
+    assert!(!rest.contains("topsecret"), "a key reached the log");
+    drop(idle);
+}
+
+#[test]
+fn sigint_stops_cleanly_too() {
+    let (mut child, _addr, _err) = start_ready(&[]);
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_bounded(&mut child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn too_low_memlock_limit_fails_fast_naming_the_fix() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = orchd();
+    cmd.env("ORCHD_ADDR", "127.0.0.1:0");
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (code, err) = run_to_end(&mut cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("locked-memory limit is 64 KiB"), "{err}");
+    assert!(err.contains("ulimit -l"), "{err}");
+}
