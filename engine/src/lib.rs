@@ -9,6 +9,7 @@
 //! Must not depend on: glommio, hyper, tokio, or anything else that owns threads or
 //! sockets. The Cargo graph enforces it: this crate's only dependencies are serde-level.
 
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod types;
@@ -16,3 +17,6 @@ pub mod types;
 pub use config::Config;
 pub use error::{ApiError, ErrorClass, ErrorKind};
 pub use types::{Engine, Priority, Workload};
+pub mod frame;
+pub mod mock;
+pub mod task;

@@ -1,0 +1,869 @@
+//! Admission (SPEC section 2, "POST /v1/tasks"): the dispatcher's state and rules.
+//!
+//! The dispatcher owns this value; owner shards report back when a queued task starts
+//! and when any task ends, so the per-pool mirror of running and queued tasks is exact
+//! up to messages in flight, and errs only on the safe side: a slot freed by an owner is
+//! counted busy until its `finished` arrives, so a queue is never over its capacity.
+//! Times are milliseconds on a monotonic clock chosen by the caller (`now_ms`).
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+
+use uuid::Uuid;
+
+use crate::config::{Config, PoolConfig, QueuePolicy, SessionsConfig};
+use crate::error::{ApiError, ErrorClass, ErrorKind};
+use crate::frame::BudgetRemaining;
+use crate::task::{KvHint, TaskSpec};
+use crate::types::Priority;
+
+/// Bytes of KV cache the mock engine accounts per context token (a 7B-class model in
+/// fp16 holds about 0.5 MiB; the mock reports a small, stable figure).
+pub const KV_BYTES_PER_TOKEN: u64 = 1024;
+/// Retry advice for a pool that exists but is not ready (draining, reloading, down).
+pub const UNREADY_RETRY_MS: u64 = 1000;
+const EWMA_ALPHA: f64 = 0.2;
+
+/// An exponentially weighted moving average.
+#[derive(Clone, Copy, Debug)]
+pub struct Ewma(f64);
+
+impl Ewma {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    fn observe(&mut self, v: f64) {
+        self.0 += EWMA_ALPHA * (v - self.0);
+    }
+}
+
+/// The dispatcher's view of one pool.
+#[derive(Debug)]
+pub struct PoolMirror {
+    pub cfg: PoolConfig,
+    /// The model currently served (`*` = any).
+    pub model_ref: String,
+    pub ready: bool,
+    running: u32,
+    /// Queued task ids by class (0 interactive, 1 batch), oldest first.
+    queued: [VecDeque<Uuid>; 2],
+    /// Admission to end of a task that ran, in ms.
+    service_ms: Ewma,
+    ttft_ms: Ewma,
+    tpot_ms: Ewma,
+}
+
+impl PoolMirror {
+    fn new(cfg: PoolConfig) -> PoolMirror {
+        let ttft = cfg.adapter.ttft_ms as f64;
+        let tpot = cfg.adapter.tpot_ms as f64;
+        PoolMirror {
+            model_ref: cfg.model_ref.clone(),
+            ready: true,
+            running: 0,
+            queued: [VecDeque::new(), VecDeque::new()],
+            // Until a task has run, assume a typical one of 64 tokens.
+            service_ms: Ewma(ttft + 64.0 * tpot),
+            ttft_ms: Ewma(ttft),
+            tpot_ms: Ewma(tpot),
+            cfg,
+        }
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queued[0].len() + self.queued[1].len()
+    }
+
+    pub fn running(&self) -> u32 {
+        self.running
+    }
+
+    fn serves(&self, spec: &TaskSpec) -> bool {
+        self.cfg.engine == spec.engine
+            && (self.model_ref == "*" || self.model_ref == spec.model_ref)
+    }
+
+    fn occupancy(&self) -> f64 {
+        (f64::from(self.running) + self.queued_len() as f64) / f64::from(self.cfg.slots)
+    }
+
+    /// Predicted time from admission to the end of decode, without queueing.
+    pub fn predicted_decode_ms(&self, spec: &TaskSpec) -> u64 {
+        (self.ttft_ms.get() + f64::from(spec.expected_out()) * self.tpot_ms.get()).ceil() as u64
+    }
+
+    /// Predicted wait before a task at `position` starts.
+    pub fn predicted_start_ms(&self, position: u32) -> u64 {
+        if position == 0 {
+            return 0;
+        }
+        let rounds = (f64::from(position) / f64::from(self.cfg.slots)).ceil();
+        (rounds * self.service_ms.get()).ceil() as u64
+    }
+
+    /// Predicted time until everything admitted now has finished: the retry advice of
+    /// a full queue.
+    pub fn predicted_drain_ms(&self) -> u64 {
+        let work = f64::from(self.running) + self.queued_len() as f64;
+        ((work / f64::from(self.cfg.slots)) * self.service_ms.get())
+            .ceil()
+            .max(1.0) as u64
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Budget {
+    pub tokens: u64,
+    pub time_ms: u64,
+    pub cost: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Session {
+    turns: u32,
+    last_ms: u64,
+    /// The pool holding this session's KV cache (affinity), if any.
+    kv_pool: Option<usize>,
+    kv_tokens: u64,
+    reserved: Budget,
+    spent: Budget,
+}
+
+/// What a session looks like to `GET /v1/sessions/{id}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionView {
+    pub ttl_ms_remaining: u64,
+    pub turns: u32,
+    pub kv_bytes: u64,
+    pub kv_warmth: bool,
+    pub budgets: BudgetRemaining,
+}
+
+/// The answer to an admitted task, kept for idempotent resubmission.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admitted {
+    pub task_id: Uuid,
+    pub pool: usize,
+    pub queue_position: u32,
+    pub predicted_start_ms: u64,
+    pub backoff_ms: u64,
+    pub predicted_decode_ms: u64,
+    pub kv_warmth: bool,
+    /// Budget remainders after this task's reservation, when budgets are configured.
+    pub budgets: Option<BudgetRemaining>,
+    /// A queued task to evict for this one (drop-lru).
+    pub evict: Option<Uuid>,
+    /// True when this is a resubmission of a task already admitted.
+    pub duplicate: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    pool: usize,
+    digest: [u8; 16],
+    session: Uuid,
+    admitted: Admitted,
+    reserved: Budget,
+    /// 0 interactive, 1 batch.
+    class: usize,
+    in_queue: bool,
+    /// `Some(t)`: finished, forgotten at `t`.
+    expires_ms: Option<u64>,
+    prompt_tokens: u64,
+}
+
+/// How a task ended, as its owner shard reports it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outcome {
+    pub tokens_out: u32,
+    /// First to last token.
+    pub decode_ms: u64,
+    /// Admission to first token, if a token came.
+    pub ttft_ms: Option<u64>,
+    /// Start of execution to end, if it ran.
+    pub service_ms: Option<u64>,
+    pub ran: bool,
+}
+
+/// The dispatcher's admission state.
+pub struct Admission {
+    pub pools: Vec<PoolMirror>,
+    sessions: HashMap<Uuid, Session>,
+    tasks: HashMap<Uuid, Entry>,
+    expiries: VecDeque<(u64, Uuid)>,
+    scfg: SessionsConfig,
+    retention_ms: u64,
+}
+
+impl Admission {
+    pub fn new(config: &Config) -> Admission {
+        Admission {
+            pools: config.pools.iter().cloned().map(PoolMirror::new).collect(),
+            sessions: HashMap::new(),
+            tasks: HashMap::new(),
+            expiries: VecDeque::new(),
+            scfg: config.sessions.clone(),
+            retention_ms: config.stream.retention_ms,
+        }
+    }
+
+    fn budgets_active(&self) -> bool {
+        self.scfg.tokens_budget > 0 || self.scfg.time_budget_ms > 0 || self.scfg.cost_budget > 0.0
+    }
+
+    fn remaining(&self, s: &Session) -> BudgetRemaining {
+        let c = &self.scfg;
+        let used = |spent: f64, reserved: f64| spent + reserved;
+        BudgetRemaining {
+            tokens_budget_remaining: (c.tokens_budget > 0).then(|| {
+                c.tokens_budget
+                    .saturating_sub(s.spent.tokens + s.reserved.tokens)
+            }),
+            time_budget_remaining_ms: (c.time_budget_ms > 0).then(|| {
+                c.time_budget_ms
+                    .saturating_sub(s.spent.time_ms + s.reserved.time_ms)
+            }),
+            cost_budget_remaining: (c.cost_budget > 0.0)
+                .then(|| (c.cost_budget - used(s.spent.cost, s.reserved.cost)).max(0.0)),
+        }
+    }
+
+    fn live_session(&self, id: &Uuid, now_ms: u64) -> Option<&Session> {
+        self.sessions
+            .get(id)
+            .filter(|s| now_ms.saturating_sub(s.last_ms) <= self.scfg.ttl_ms)
+    }
+
+    /// Decides on a task, in SPEC order, and commits the decision.
+    pub fn admit(&mut self, spec: &TaskSpec, now_ms: u64) -> Result<Admitted, ApiError> {
+        let digest = spec.digest();
+        if let Some(e) = self.tasks.get(&spec.task_id) {
+            if e.digest == digest {
+                let mut again = e.admitted.clone();
+                again.duplicate = true;
+                again.evict = None;
+                return Ok(again);
+            }
+            return Err(ApiError::new(
+                ErrorClass::Conflict,
+                ErrorKind::InvalidParams,
+                "task_id: already used by a task with a different body",
+            ));
+        }
+
+        // 1 + 2: the pools serving engine and model, then validation against them.
+        let serving: Vec<usize> = (0..self.pools.len())
+            .filter(|&i| self.pools[i].serves(spec))
+            .collect();
+        if serving.is_empty() {
+            return Err(ApiError::new(
+                ErrorClass::Unavailable,
+                ErrorKind::PoolUnavailable,
+                format!(
+                    "model_ref: no pool serves model {:?} on engine {}",
+                    spec.model_ref,
+                    spec.engine.as_str()
+                ),
+            )
+            .with_engine(spec.engine));
+        }
+        let fitting: Vec<usize> = serving
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let p = &self.pools[i].cfg;
+                p.workloads.contains(&spec.workload) && spec.ctx <= p.ctx_max
+            })
+            .collect();
+        if fitting.is_empty() {
+            let p = &self.pools[serving[0]].cfg;
+            let msg: Cow<'static, str> = if !p.workloads.contains(&spec.workload) {
+                format!(
+                    "workload: {} is not supported by the pools serving this model",
+                    spec.workload.as_str()
+                )
+                .into()
+            } else {
+                let max = serving
+                    .iter()
+                    .map(|&i| self.pools[i].cfg.ctx_max)
+                    .max()
+                    .unwrap_or(0);
+                format!("ctx: {} is more than ctx_max {max}", spec.ctx).into()
+            };
+            return Err(ApiError::invalid(msg).with_engine(spec.engine));
+        }
+        let ready: Vec<usize> = fitting
+            .iter()
+            .copied()
+            .filter(|&i| self.pools[i].ready)
+            .collect();
+        if ready.is_empty() {
+            let p = &self.pools[fitting[0]];
+            return Err(ApiError::new(
+                ErrorClass::Unavailable,
+                ErrorKind::PoolUnready,
+                format!(
+                    "pool {} is not ready (draining, reloading or down)",
+                    p.cfg.id
+                ),
+            )
+            .with_engine(spec.engine)
+            .with_pool(p.cfg.id.clone())
+            .retry_after_ms(UNREADY_RETRY_MS));
+        }
+        let session = self
+            .live_session(&spec.session_id, now_ms)
+            .cloned()
+            .unwrap_or_default();
+        let want_warm = spec.kv_hint != Some(KvHint::Cold);
+        let pool = match session.kv_pool {
+            Some(p) if want_warm && ready.contains(&p) => p,
+            _ => *ready
+                .iter()
+                .min_by(|&&a, &&b| {
+                    self.pools[a]
+                        .occupancy()
+                        .total_cmp(&self.pools[b].occupancy())
+                })
+                .expect("ready is not empty"),
+        };
+        let kv_warmth = want_warm && session.kv_pool == Some(pool);
+        let mirror = &self.pools[pool];
+
+        // 3: session turns and budgets.
+        let refuse = |label: &'static str, msg: String| {
+            ApiError::new(ErrorClass::TooManyRequests, ErrorKind::AdmissionReject, msg)
+                .with_engine(spec.engine)
+                .with_pool(mirror.cfg.id.clone())
+                .policy(label)
+        };
+        if session.turns >= self.scfg.max_turns {
+            return Err(refuse(
+                "session-turns",
+                format!(
+                    "session_id: the session has used all {} turns",
+                    self.scfg.max_turns
+                ),
+            ));
+        }
+        let predicted_decode_ms = mirror.predicted_decode_ms(spec);
+        let reserve = Budget {
+            tokens: u64::from(spec.max_tokens),
+            time_ms: predicted_decode_ms,
+            cost: f64::from(spec.max_tokens) * mirror.cfg.cost_per_token,
+        };
+        let c = &self.scfg;
+        let (s, r) = (&session.spent, &session.reserved);
+        if c.tokens_budget > 0 && s.tokens + r.tokens + reserve.tokens > c.tokens_budget {
+            return Err(refuse(
+                "budget-tokens",
+                "max_tokens: the session's token budget cannot cover this task".into(),
+            ));
+        }
+        if c.time_budget_ms > 0 && s.time_ms + r.time_ms + reserve.time_ms > c.time_budget_ms {
+            return Err(refuse(
+                "budget-time",
+                "session_id: the session's time budget cannot cover this task".into(),
+            ));
+        }
+        if c.cost_budget > 0.0 && s.cost + r.cost + reserve.cost > c.cost_budget {
+            return Err(refuse(
+                "budget-cost",
+                "session_id: the session's cost budget cannot cover this task".into(),
+            ));
+        }
+
+        // 4: deadline, at the position the task would take.
+        let class = usize::from(spec.priority == Priority::Batch);
+        let queued_total = mirror.queued_len();
+        let must_queue = mirror.running >= mirror.cfg.slots || queued_total > 0;
+        let position = if !must_queue {
+            0
+        } else if class == 0 {
+            mirror.queued[0].len() as u32 + 1
+        } else {
+            queued_total as u32 + 1
+        };
+        let predicted_start_ms = mirror.predicted_start_ms(position);
+        if predicted_start_ms + predicted_decode_ms > spec.deadline_ms {
+            return Err(ApiError::new(
+                ErrorClass::BadRequest,
+                ErrorKind::DeadlineUnmet,
+                format!(
+                    "deadline_ms: predicted start {predicted_start_ms} ms + decode {predicted_decode_ms} ms exceeds {} ms",
+                    spec.deadline_ms
+                ),
+            )
+            .with_engine(spec.engine)
+            .with_pool(mirror.cfg.id.clone()));
+        }
+
+        // 5: queue capacity and policy.
+        let mut evict = None;
+        let mut position = position;
+        if must_queue && queued_total >= mirror.cfg.queue_capacity as usize {
+            let drain = mirror.predicted_drain_ms();
+            match mirror.cfg.policy {
+                QueuePolicy::Reject => {
+                    return Err(ApiError::new(
+                        ErrorClass::TooManyRequests,
+                        ErrorKind::AdmissionReject,
+                        format!(
+                            "pool {} queue is full ({} queued)",
+                            mirror.cfg.id, queued_total
+                        ),
+                    )
+                    .with_engine(spec.engine)
+                    .with_pool(mirror.cfg.id.clone())
+                    .policy("reject")
+                    .retry_after_ms(drain));
+                }
+                QueuePolicy::DropLru => {
+                    let victim_class = if mirror.queued[1].is_empty() { 0 } else { 1 };
+                    match mirror.queued[victim_class].front() {
+                        Some(v) => {
+                            evict = Some(*v);
+                            // The victim leaves; positions behind it move up by one.
+                            if class >= victim_class {
+                                position -= 1;
+                            }
+                        }
+                        None => {
+                            return Err(ApiError::new(
+                                ErrorClass::TooManyRequests,
+                                ErrorKind::QueueFullDropLru,
+                                format!(
+                                    "pool {} queue is full and nothing can be evicted",
+                                    mirror.cfg.id
+                                ),
+                            )
+                            .with_engine(spec.engine)
+                            .with_pool(mirror.cfg.id.clone())
+                            .policy("drop-lru")
+                            .retry_after_ms(drain));
+                        }
+                    }
+                }
+            }
+        }
+        let predicted_start_ms = self.pools[pool].predicted_start_ms(position);
+
+        // Commit.
+        if let Some(v) = evict {
+            self.pools[pool]
+                .queued
+                .iter_mut()
+                .for_each(|q| q.retain(|t| *t != v));
+            if let Some(e) = self.tasks.get_mut(&v) {
+                e.in_queue = false;
+            }
+        }
+        let m = &mut self.pools[pool];
+        if position == 0 && !must_queue {
+            m.running += 1;
+        } else {
+            m.queued[class].push_back(spec.task_id);
+        }
+        let ttl = self.scfg.ttl_ms;
+        let sess = self.sessions.entry(spec.session_id).or_default();
+        if now_ms.saturating_sub(sess.last_ms) > ttl && sess.turns > 0 {
+            *sess = Session::default();
+        }
+        sess.turns += 1;
+        sess.last_ms = now_ms;
+        if !want_warm || sess.kv_pool != Some(pool) {
+            sess.kv_tokens = 0;
+        }
+        sess.kv_pool = Some(pool);
+        sess.reserved.tokens += reserve.tokens;
+        sess.reserved.time_ms += reserve.time_ms;
+        sess.reserved.cost += reserve.cost;
+        let sess = sess.clone();
+        let budgets = self.budgets_active().then(|| self.remaining(&sess));
+        let admitted = Admitted {
+            task_id: spec.task_id,
+            pool,
+            queue_position: position,
+            predicted_start_ms,
+            backoff_ms: predicted_start_ms,
+            predicted_decode_ms,
+            kv_warmth,
+            budgets,
+            evict,
+            duplicate: false,
+        };
+        self.tasks.insert(
+            spec.task_id,
+            Entry {
+                pool,
+                digest,
+                session: spec.session_id,
+                admitted: admitted.clone(),
+                reserved: reserve,
+                class,
+                in_queue: must_queue,
+                expires_ms: None,
+                prompt_tokens: spec.prompt_tokens(),
+            },
+        );
+        Ok(admitted)
+    }
+
+    /// Undoes an admission whose task could not be handed to its owner shard.
+    pub fn rollback(&mut self, admitted: &Admitted) {
+        let Some(e) = self.tasks.remove(&admitted.task_id) else {
+            return;
+        };
+        let m = &mut self.pools[e.pool];
+        if e.in_queue {
+            m.queued
+                .iter_mut()
+                .for_each(|q| q.retain(|t| *t != admitted.task_id));
+        } else {
+            m.running = m.running.saturating_sub(1);
+        }
+        if let Some(v) = admitted.evict {
+            if let Some(ve) = self.tasks.get_mut(&v) {
+                ve.in_queue = true;
+                self.pools[e.pool].queued[ve.class].push_front(v);
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&e.session) {
+            s.turns = s.turns.saturating_sub(1);
+            release(&mut s.reserved, &e.reserved);
+        }
+    }
+
+    /// A queued task started on its owner shard.
+    pub fn on_started(&mut self, task: Uuid) {
+        let Some(e) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        let m = &mut self.pools[e.pool];
+        if e.in_queue {
+            m.queued.iter_mut().for_each(|q| q.retain(|t| *t != task));
+            e.in_queue = false;
+        }
+        m.running += 1;
+    }
+
+    /// A task ended (any way); settles its session and starts its retention window.
+    pub fn on_finished(&mut self, task: Uuid, outcome: Outcome, now_ms: u64) {
+        let Some(e) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if e.expires_ms.is_some() {
+            return;
+        }
+        let m = &mut self.pools[e.pool];
+        if e.in_queue {
+            m.queued.iter_mut().for_each(|q| q.retain(|t| *t != task));
+            e.in_queue = false;
+        } else if outcome.ran {
+            m.running = m.running.saturating_sub(1);
+        }
+        if let Some(s) = outcome.service_ms {
+            m.service_ms.observe(s as f64);
+        }
+        if let Some(t) = outcome.ttft_ms {
+            m.ttft_ms.observe(t as f64);
+        }
+        if outcome.tokens_out > 1 {
+            m.tpot_ms
+                .observe(outcome.decode_ms as f64 / f64::from(outcome.tokens_out - 1));
+        }
+        let cost = f64::from(outcome.tokens_out) * m.cfg.cost_per_token;
+        let expires = now_ms + self.retention_ms;
+        e.expires_ms = Some(expires);
+        let (pool, session, reserved, prompt) = (e.pool, e.session, e.reserved, e.prompt_tokens);
+        self.expiries.push_back((expires, task));
+        if let Some(s) = self.sessions.get_mut(&session) {
+            release(&mut s.reserved, &reserved);
+            s.spent.tokens += u64::from(outcome.tokens_out);
+            s.spent.time_ms += outcome.decode_ms;
+            s.spent.cost += cost;
+            if s.kv_pool == Some(pool) {
+                s.kv_tokens += prompt + u64::from(outcome.tokens_out);
+            }
+        }
+    }
+
+    /// The pool of a known task (live or within retention).
+    pub fn locate(&self, task: &Uuid) -> Option<usize> {
+        self.tasks.get(task).map(|e| e.pool)
+    }
+
+    pub fn session(&self, id: &Uuid, now_ms: u64) -> SessionView {
+        let fresh = Session::default();
+        let (s, ttl) = match self.live_session(id, now_ms) {
+            Some(s) => (
+                s,
+                self.scfg
+                    .ttl_ms
+                    .saturating_sub(now_ms.saturating_sub(s.last_ms)),
+            ),
+            None => (&fresh, self.scfg.ttl_ms),
+        };
+        SessionView {
+            ttl_ms_remaining: ttl,
+            turns: s.turns,
+            kv_bytes: s.kv_tokens * KV_BYTES_PER_TOKEN,
+            kv_warmth: s.kv_pool.is_some(),
+            budgets: self.remaining(s),
+        }
+    }
+
+    pub fn delete_session(&mut self, id: &Uuid) {
+        self.sessions.remove(id);
+    }
+
+    /// Forgets finished tasks past retention and sessions past their TTL.
+    pub fn sweep(&mut self, now_ms: u64) {
+        while let Some(&(t, id)) = self.expiries.front() {
+            if t > now_ms {
+                break;
+            }
+            self.expiries.pop_front();
+            if self.tasks.get(&id).is_some_and(|e| e.expires_ms == Some(t)) {
+                self.tasks.remove(&id);
+            }
+        }
+        let ttl = self.scfg.ttl_ms;
+        self.sessions.retain(|_, s| {
+            now_ms.saturating_sub(s.last_ms) <= ttl
+                || s.reserved.tokens > 0
+                || s.reserved.time_ms > 0
+        });
+    }
+
+    pub fn live_tasks(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|e| e.expires_ms.is_none())
+            .count()
+    }
+}
+
+fn release(reserved: &mut Budget, r: &Budget) {
+    reserved.tokens = reserved.tokens.saturating_sub(r.tokens);
+    reserved.time_ms = reserved.time_ms.saturating_sub(r.time_ms);
+    reserved.cost = (reserved.cost - r.cost).max(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoolConfig;
+    use crate::task::tests::body;
+
+    fn spec(task: u128, session: u128, extra: &str) -> TaskSpec {
+        let mut s = TaskSpec::parse(body(extra).as_bytes()).unwrap();
+        s.task_id = Uuid::from_u128(task);
+        s.session_id = Uuid::from_u128(session);
+        s
+    }
+
+    fn one_pool(f: impl FnOnce(&mut PoolConfig)) -> Admission {
+        let mut c = Config::default();
+        c.pools[0].slots = 1;
+        c.pools[0].queue_capacity = 2;
+        f(&mut c.pools[0]);
+        Admission::new(&c)
+    }
+
+    #[test]
+    fn positions_count_up_with_one_slot() {
+        let mut a = one_pool(|_| {});
+        let pos: Vec<u32> = (1..=3)
+            .map(|i| a.admit(&spec(i, i, ""), 0).unwrap().queue_position)
+            .collect();
+        assert_eq!(pos, [0, 1, 2]);
+        let p1 = a.admit(&spec(9, 9, ""), 0).unwrap_err();
+        assert_eq!(p1.kind, ErrorKind::AdmissionReject);
+        assert_eq!(p1.policy_label, Some("reject"));
+        assert!(p1.retry_after_ms.unwrap() > 0);
+    }
+
+    #[test]
+    fn interactive_goes_before_batch() {
+        let mut a = one_pool(|p| p.queue_capacity = 5);
+        a.admit(&spec(1, 1, ""), 0).unwrap();
+        let b = a
+            .admit(&spec(2, 2, "").with_priority(Priority::Batch), 0)
+            .unwrap();
+        assert_eq!(b.queue_position, 1);
+        let i = a.admit(&spec(3, 3, ""), 0).unwrap();
+        assert_eq!(i.queue_position, 1, "interactive jumps the batch task");
+    }
+
+    #[test]
+    fn drop_lru_evicts_the_oldest_batch_task() {
+        let mut a = one_pool(|p| p.policy = QueuePolicy::DropLru);
+        a.admit(&spec(1, 1, ""), 0).unwrap();
+        a.admit(&spec(2, 2, ""), 0).unwrap();
+        a.admit(&spec(3, 3, "").with_priority(Priority::Batch), 0)
+            .unwrap();
+        let n = a.admit(&spec(4, 4, ""), 0).unwrap();
+        assert_eq!(n.evict, Some(Uuid::from_u128(3)));
+        assert_eq!(n.queue_position, 2);
+        // Nothing evictable with a zero-capacity queue.
+        let mut z = one_pool(|p| {
+            p.policy = QueuePolicy::DropLru;
+            p.queue_capacity = 0;
+        });
+        z.admit(&spec(1, 1, ""), 0).unwrap();
+        let e = z.admit(&spec(2, 2, ""), 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::QueueFullDropLru);
+        assert_eq!(e.policy_label, Some("drop-lru"));
+    }
+
+    #[test]
+    fn a_finished_task_frees_its_slot_and_teaches_the_eta() {
+        let mut a = one_pool(|_| {});
+        a.admit(&spec(1, 1, ""), 0).unwrap();
+        let q = a.admit(&spec(2, 2, ""), 0).unwrap();
+        let before = q.predicted_start_ms;
+        a.on_finished(
+            Uuid::from_u128(1),
+            Outcome {
+                tokens_out: 8,
+                decode_ms: 7,
+                ttft_ms: Some(1),
+                service_ms: Some(5000),
+                ran: true,
+            },
+            10,
+        );
+        a.on_started(Uuid::from_u128(2));
+        let next = a.admit(&spec(3, 3, ""), 10).unwrap();
+        assert_eq!(next.queue_position, 1);
+        assert!(
+            next.predicted_start_ms > before,
+            "{} vs {before}",
+            next.predicted_start_ms
+        );
+    }
+
+    #[test]
+    fn resubmission_is_idempotent_and_a_changed_body_conflicts() {
+        let mut a = one_pool(|_| {});
+        let first = a.admit(&spec(1, 1, ""), 0).unwrap();
+        let again = a.admit(&spec(1, 1, ""), 0).unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.queue_position, first.queue_position);
+        let e = a.admit(&spec(1, 1, r#","seed":5"#), 0).unwrap_err();
+        assert_eq!(e.class, ErrorClass::Conflict);
+    }
+
+    #[test]
+    fn turns_and_token_budget_are_enforced() {
+        let mut c = Config::default();
+        c.sessions.max_turns = 2;
+        let mut a = Admission::new(&c);
+        a.admit(&spec(1, 7, ""), 0).unwrap();
+        a.admit(&spec(2, 7, ""), 0).unwrap();
+        let e = a.admit(&spec(3, 7, ""), 0).unwrap_err();
+        assert_eq!(e.policy_label, Some("session-turns"));
+        assert!(!e.retriable);
+
+        let mut c = Config::default();
+        c.sessions.tokens_budget = 20;
+        let mut a = Admission::new(&c);
+        let first = a.admit(&spec(1, 7, ""), 0).unwrap();
+        assert_eq!(first.budgets.unwrap().tokens_budget_remaining, Some(12));
+        a.admit(&spec(2, 7, ""), 0).unwrap();
+        let e = a.admit(&spec(3, 7, ""), 0).unwrap_err();
+        assert_eq!(e.policy_label, Some("budget-tokens"));
+        // Settling refunds what was not used.
+        a.on_finished(
+            Uuid::from_u128(1),
+            Outcome {
+                tokens_out: 2,
+                ran: true,
+                ..Outcome::default()
+            },
+            1,
+        );
+        assert_eq!(
+            a.session(&Uuid::from_u128(7), 1)
+                .budgets
+                .tokens_budget_remaining,
+            Some(10)
+        );
+        a.admit(&spec(3, 7, ""), 1).unwrap();
+    }
+
+    #[test]
+    fn routing_errors() {
+        let mut a = one_pool(|_| {});
+        let e = a
+            .admit(&spec(1, 1, "").with_engine(crate::types::Engine::Vllm), 0)
+            .unwrap_err();
+        assert_eq!(
+            (e.class, e.kind),
+            (ErrorClass::Unavailable, ErrorKind::PoolUnavailable)
+        );
+        assert!(!e.retriable);
+        let mut big = spec(2, 2, "");
+        big.ctx = 100_000;
+        let e = a.admit(&big, 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidParams);
+        assert!(e.message.contains("ctx"));
+        a.pools[0].ready = false;
+        let e = a.admit(&spec(3, 3, ""), 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PoolUnready);
+        assert!(e.retry_after_ms.is_some());
+    }
+
+    #[test]
+    fn deadline_unmet_when_prediction_exceeds_it() {
+        let mut a = one_pool(|p| {
+            p.adapter.ttft_ms = 100;
+            p.adapter.tpot_ms = 10;
+        });
+        let mut s = spec(1, 1, "");
+        s.deadline_ms = 150; // 100 + 8 * 10 = 180 > 150
+        let e = a.admit(&s, 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::DeadlineUnmet);
+        assert_eq!(e.class, ErrorClass::BadRequest);
+    }
+
+    #[test]
+    fn kv_affinity_prefers_the_last_pool() {
+        let mut c = Config::default();
+        c.pools.push(PoolConfig {
+            id: "b".into(),
+            ..PoolConfig::default()
+        });
+        let mut a = Admission::new(&c);
+        let first = a.admit(&spec(1, 5, ""), 0).unwrap();
+        assert!(!first.kv_warmth);
+        // Load the first pool so that least-loaded would pick the other one.
+        for i in 10..13 {
+            a.admit(&spec(i, i, ""), 0).unwrap();
+        }
+        let second = a.admit(&spec(2, 5, ""), 0).unwrap();
+        assert_eq!(second.pool, first.pool);
+        assert!(second.kv_warmth);
+        let cold = a.admit(&spec(3, 5, r#","kv_hint":"cold""#), 0).unwrap();
+        assert!(!cold.kv_warmth);
+    }
+
+    trait With {
+        fn with_priority(self, p: Priority) -> Self;
+        fn with_engine(self, e: crate::types::Engine) -> Self;
+    }
+
+    impl With for TaskSpec {
+        fn with_priority(mut self, p: Priority) -> Self {
+            self.priority = p;
+            self
+        }
+        fn with_engine(mut self, e: crate::types::Engine) -> Self {
+            self.engine = e;
+            self
+        }
+    }
+}

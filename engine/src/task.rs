@@ -1,0 +1,238 @@
+//! `TaskRequest` (SPEC section 2): parsing and the validation that needs no pool.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::types::{Engine, Priority, Workload};
+
+/// Upper bounds on numbers a client may send; larger is an error, not a wish.
+pub const MAX_DEADLINE_MS: u64 = 24 * 3600 * 1000;
+pub const MAX_INPUTS: usize = 4096;
+pub const MAX_MODEL_REF: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Determinism {
+    Strict,
+    BestEffort,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvHint {
+    Reuse,
+    Cold,
+}
+
+/// A validated task request. Field order is the canonical order of [`TaskSpec::digest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub task_id: Uuid,
+    pub session_id: Uuid,
+    pub workload: Workload,
+    pub model_ref: String,
+    pub engine: Engine,
+    pub ctx: u32,
+    pub priority: Priority,
+    pub max_tokens: u32,
+    pub deadline_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub determinism: Option<Determinism>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_profile_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_hint: Option<KvHint>,
+}
+
+impl TaskSpec {
+    /// Parses and validates a request body. Every error is a 400 naming the field.
+    pub fn parse(body: &[u8]) -> Result<TaskSpec, ApiError> {
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let spec: TaskSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.to_string();
+            let msg = match msg.find(" at line ") {
+                Some(i) => &msg[..i],
+                None => &msg,
+            };
+            if path == "." || path == "?" || path.is_empty() {
+                ApiError::invalid(format!("body: {msg}"))
+            } else {
+                ApiError::invalid(format!("{path}: {msg}"))
+            }
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The checks that need no pool.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.ctx == 0 {
+            return Err(ApiError::invalid("ctx: must be > 0"));
+        }
+        if self.max_tokens == 0 {
+            return Err(ApiError::invalid("max_tokens: must be >= 1"));
+        }
+        if self.max_tokens > self.ctx {
+            return Err(ApiError::invalid(format!(
+                "max_tokens: {} is more than ctx {}",
+                self.max_tokens, self.ctx
+            ))
+            .with_engine(self.engine));
+        }
+        if self.deadline_ms == 0 || self.deadline_ms > MAX_DEADLINE_MS {
+            return Err(ApiError::invalid(format!(
+                "deadline_ms: must be in 1..={MAX_DEADLINE_MS}"
+            )));
+        }
+        if self.model_ref.is_empty() || self.model_ref.len() > MAX_MODEL_REF {
+            return Err(ApiError::invalid(format!(
+                "model_ref: must be 1 to {MAX_MODEL_REF} characters"
+            )));
+        }
+        if let Some(inputs) = &self.inputs {
+            if inputs.len() > MAX_INPUTS {
+                return Err(ApiError::invalid(format!(
+                    "inputs: at most {MAX_INPUTS} entries"
+                )));
+            }
+        }
+        if self
+            .sampler_profile_version
+            .as_ref()
+            .is_some_and(|v| v.len() > 128)
+        {
+            return Err(ApiError::invalid(
+                "sampler_profile_version: at most 128 characters",
+            ));
+        }
+        if self.workload == Workload::Completion {
+            let has_prompt = self.prompt.is_some();
+            let has_inputs = self.inputs.as_ref().is_some_and(|i| !i.is_empty());
+            if !has_prompt && !has_inputs {
+                return Err(ApiError::invalid(
+                    "prompt: a completion needs prompt or inputs",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A digest of the canonical form, for idempotent resubmission: the same
+    /// `task_id` with the same digest is the same task.
+    pub fn digest(&self) -> [u8; 16] {
+        let canonical = serde_json::to_vec(self).expect("spec serializes");
+        let full = Sha256::digest(&canonical);
+        full[..16].try_into().expect("16 bytes")
+    }
+
+    /// Rough prompt size in tokens (whitespace words), for KV estimates.
+    pub fn prompt_tokens(&self) -> u64 {
+        let words = |s: &str| s.split_whitespace().count() as u64;
+        self.prompt.as_deref().map_or(0, words)
+            + self.inputs.iter().flatten().map(|s| words(s)).sum::<u64>()
+    }
+
+    /// The tokens the task is expected to produce.
+    pub fn expected_out(&self) -> u32 {
+        self.expected_tokens
+            .map_or(self.max_tokens, |e| e.clamp(1, self.max_tokens))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn body(extra: &str) -> String {
+        format!(
+            r#"{{"task_id":"6f1c3c7e-2b4a-4c1e-9c1d-1a2b3c4d5e6f","session_id":"0b7e8f6a-1111-4222-8333-944455556666",
+            "workload":"completion","model_ref":"m","engine":"llamacpp","ctx":4096,"priority":"interactive",
+            "max_tokens":8,"deadline_ms":60000,"prompt":"hello"{extra}}}"#
+        )
+    }
+
+    fn err(body: &str) -> String {
+        TaskSpec::parse(body.as_bytes())
+            .unwrap_err()
+            .message
+            .into_owned()
+    }
+
+    #[test]
+    fn a_good_request_parses() {
+        let s = TaskSpec::parse(
+            body(r#","seed":7,"kv_hint":"cold","determinism":"strict""#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(s.max_tokens, 8);
+        assert_eq!(s.seed, Some(7));
+        assert_eq!(s.kv_hint, Some(KvHint::Cold));
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let cases = [
+            (body("").replace("\"ctx\":4096", "\"ctx\":0"), "ctx"),
+            (body("").replace("\"ctx\":4096", "\"ctx\":-1"), "ctx"),
+            (
+                body("").replace("\"ctx\":4096", "\"ctx\":99999999999"),
+                "ctx",
+            ),
+            (
+                body("").replace("\"max_tokens\":8", "\"max_tokens\":5000"),
+                "max_tokens",
+            ),
+            (
+                body("").replace("\"engine\":\"llamacpp\"", "\"engine\":\"gpt\""),
+                "engine",
+            ),
+            (
+                body("").replace("\"priority\":\"interactive\"", "\"priority\":1"),
+                "priority",
+            ),
+            (body("").replace("6f1c3c7e-2b4a", "zzzz"), "task_id"),
+            (body("").replace(",\"prompt\":\"hello\"", ""), "prompt"),
+            (body(r#","colour":"red""#), "colour"),
+            (
+                body("").replace("\"deadline_ms\":60000", "\"deadline_ms\":0"),
+                "deadline_ms",
+            ),
+            (body("").replace(",\"model_ref\":\"m\"", ""), "model_ref"),
+            ("{not json".to_string(), "body"),
+            ("[]".to_string(), "body"),
+        ];
+        for (b, field) in cases {
+            let m = err(&b);
+            assert!(m.contains(field), "{field:?} not named in {m:?}");
+        }
+    }
+
+    #[test]
+    fn max_tokens_over_ctx_names_the_engine() {
+        let b = body("").replace("\"max_tokens\":8", "\"max_tokens\":5000");
+        let e = TaskSpec::parse(b.as_bytes()).unwrap_err();
+        assert_eq!(e.engine, Some(Engine::Llamacpp));
+    }
+
+    #[test]
+    fn digest_ignores_formatting_not_content() {
+        let a = TaskSpec::parse(body("").as_bytes()).unwrap();
+        let b = TaskSpec::parse(body("").replace(",", " ,\n").as_bytes()).unwrap();
+        assert_eq!(a.digest(), b.digest());
+        let c = TaskSpec::parse(body("").replace("hello", "hullo").as_bytes()).unwrap();
+        assert_ne!(a.digest(), c.digest());
+    }
+}
