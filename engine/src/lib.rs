@@ -10,6 +10,7 @@
 //! sockets. The Cargo graph enforces it: this crate's only dependencies are serde-level.
 
 pub mod admission;
+pub mod artifact;
 pub mod config;
 pub mod error;
 pub mod types;

@@ -1,22 +1,37 @@
-//! The response body type: a whole buffer now, SSE streams as the data plane lands.
+//! Response bodies: a whole buffer, or a live SSE stream of a task.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_lite::Stream;
 use http_body::{Frame, SizeHint};
+use uuid::Uuid;
+
+use orchd_shards::owner::{FrameMsg, Subscribed, SUBSCRIBER_BUFFER};
+use orchd_shards::{rt, ShardCommand, ShardId};
+
+use crate::app::ShardApp;
 
 /// A response body. An enum rather than a boxed trait object: no allocation per
-/// response, and the variants are all known.
+/// plain response, and the variants are all known.
 pub(crate) enum Body {
     Full(Option<Bytes>),
+    Sse(Box<SseBody>),
 }
 
 impl Body {
     pub fn full(bytes: impl Into<Bytes>) -> Body {
         let b = bytes.into();
         Body::Full(if b.is_empty() { None } else { Some(b) })
+    }
+
+    pub fn empty() -> Body {
+        Body::Full(None)
     }
 }
 
@@ -26,22 +41,132 @@ impl http_body::Body for Body {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Sse(s) => s.poll_next_frame(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(b) => b.is_none(),
+            Body::Sse(s) => s.done,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Sse(_) => SizeHint::default(),
+        }
+    }
+}
+
+type Subscription = Pin<Box<dyn Future<Output = Option<(Subscribed, flume::Receiver<FrameMsg>)>>>>;
+
+/// Asks the owner shard for the task's frames from `from` on.
+pub(crate) fn subscribe(app: Rc<ShardApp>, task: Uuid, owner: ShardId, from: u64) -> Subscription {
+    Box::pin(async move {
+        let (tx, rx) = flume::bounded(SUBSCRIBER_BUFFER);
+        let r = app
+            .shard
+            .invoke_on(owner, |reply| ShardCommand::Subscribe { task, from, tx, reply })
+            .await
+            .ok()?;
+        Some((r, rx))
+    })
+}
+
+/// One client's view of a task's frame log: frames as the owner shard sends them
+/// (`Bytes` clones, no copy), `: hb` comments when idle, and a fresh subscription from
+/// its cursor if the owner dropped it for falling behind.
+pub(crate) struct SseBody {
+    app: Rc<ShardApp>,
+    task: Uuid,
+    owner: ShardId,
+    rx: Option<flume::r#async::RecvStream<'static, FrameMsg>>,
+    /// Id of the next frame this client should see.
+    next_id: u64,
+    done: bool,
+    resubscribing: Option<Subscription>,
+    heartbeat: Duration,
+    last_sent: Instant,
+    timer: Option<Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+const HEARTBEAT: &[u8] = b": hb\n\n";
+
+impl SseBody {
+    pub fn new(app: Rc<ShardApp>, task: Uuid, owner: ShardId, from: u64, rx: flume::Receiver<FrameMsg>) -> SseBody {
+        let heartbeat = Duration::from_millis(app.app.config.stream.heartbeat_ms);
+        SseBody {
+            app,
+            task,
+            owner,
+            rx: Some(rx.into_stream()),
+            next_id: from,
+            done: false,
+            resubscribing: None,
+            heartbeat,
+            last_sent: Instant::now(),
+            timer: None,
+        }
+    }
+
+    fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if let Some(sub) = self.resubscribing.as_mut() {
+                match sub.as_mut().poll(cx) {
+                    Poll::Ready(Some((Subscribed::Live, rx))) => {
+                        self.resubscribing = None;
+                        self.rx = Some(rx.into_stream());
+                        continue;
+                    }
+                    Poll::Ready(_) => {
+                        self.done = true;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => {}
+                }
+            } else if let Some(rx) = self.rx.as_mut() {
+                match Pin::new(rx).poll_next(cx) {
+                    Poll::Ready(Some((bytes, terminal))) => {
+                        self.next_id += 1;
+                        self.done = terminal;
+                        self.last_sent = Instant::now();
+                        return Poll::Ready(Some(bytes));
+                    }
+                    Poll::Ready(None) => {
+                        // Dropped by the owner before the terminal frame: we fell
+                        // behind. Pick up from the cursor.
+                        self.rx = None;
+                        let app = Rc::clone(&self.app);
+                        self.resubscribing = Some(subscribe(app, self.task, self.owner, self.next_id));
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let now = Instant::now();
+            let due = self.last_sent + self.heartbeat;
+            if now >= due {
+                self.last_sent = now;
+                self.timer = None;
+                return Poll::Ready(Some(Bytes::from_static(HEARTBEAT)));
+            }
+            let timer = self.timer.get_or_insert_with(|| Box::pin(rt::sleep(due - now)));
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.timer = None;
+                    continue;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

@@ -78,6 +78,7 @@ pub fn serve(config: Config) -> Result<Server, ServeError> {
         shards,
         mailbox_capacity: config.server.mailbox_capacity,
         ready_timeout: Duration::from_secs(10),
+        config: Arc::new(config.clone()),
     };
     let app = Arc::new(app::App::new(config));
     let runtime = Runtime::start(opts, listeners, move |shard, listener, ready| {

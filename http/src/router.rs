@@ -22,7 +22,7 @@ pub(crate) async fn handle(app: Rc<ShardApp>, req: Request<Incoming>) -> Respons
     let started = Instant::now();
     let cid = correlation_id(&app, &req);
     let method = req.method().clone();
-    let mut resp = match route(&app, req).await {
+    let mut resp = match route(&app, req, &cid).await {
         Ok(r) => r,
         Err(Refusal::Error(e)) => respond::error(&e),
         Err(Refusal::Method(allow)) => {
@@ -84,44 +84,58 @@ fn exempt(path: &str) -> bool {
     matches!(path, "/metrics" | "/livez" | "/readyz")
 }
 
-async fn route(app: &Rc<ShardApp>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+async fn route(
+    app: &Rc<ShardApp>,
+    req: Request<Incoming>,
+    cid: &HeaderValue,
+) -> Result<Response<Body>, Refusal> {
     let path = req.uri().path();
     if !exempt(path) {
-        app.app
-            .keys
-            .check(req.headers().get("x-api-key").map(HeaderValue::as_bytes))?;
+        app.app.keys.check(req.headers().get("x-api-key").map(HeaderValue::as_bytes))?;
     }
     check_declared_length(app, &req)?;
-    let method = req.method();
-    match path {
-        "/livez" => get_only(method)?.then(api::ops::livez),
-        "/readyz" => match *method {
-            Method::GET => Ok(api::ops::readyz(app).await?),
-            _ => Err(Refusal::Method("GET")),
-        },
-        "/metrics" => match *method {
-            Method::GET => Ok(api::ops::metrics(app).await?),
-            _ => Err(Refusal::Method("GET")),
-        },
-        "/v1/capabilities" => get_only(method)?.then(|| api::capabilities::get(app)),
-        _ => Err(ApiError::not_found(format!("no route for {path}")).into()),
+    let method = req.method().clone();
+    let mut segs = path.split('/').skip(1);
+    let parts: [&str; 4] = std::array::from_fn(|_| segs.next().unwrap_or(""));
+    if segs.next().is_some() {
+        return Err(not_found(path));
     }
+    let allow = |m: &'static str| Refusal::Method(m);
+    let r = match (parts, &method) {
+        (["livez", "", "", ""], &Method::GET) => api::ops::livez(),
+        (["readyz", "", "", ""], &Method::GET) => api::ops::readyz(app).await?,
+        (["metrics", "", "", ""], &Method::GET) => api::ops::metrics(app).await?,
+        (["livez" | "readyz" | "metrics", "", "", ""], _) => return Err(allow("GET")),
+        (["v1", "capabilities", "", ""], &Method::GET) => api::capabilities::get(app),
+        (["v1", "capabilities", "", ""], _) => return Err(allow("GET")),
+        (["v1", "tasks", "", ""], &Method::POST) => {
+            let limit = app.app.config.server.max_body_bytes;
+            let body = api::tasks::read_body(req.into_body(), limit).await?;
+            api::tasks::create(app, body, cid).await?
+        }
+        (["v1", "tasks", "", ""], _) => return Err(allow("POST")),
+        (["v1", "tasks", id, "stream"], &Method::GET) if !id.is_empty() => {
+            api::tasks::stream(app, id, req.headers()).await?
+        }
+        (["v1", "tasks", id, "stream"], _) if !id.is_empty() => return Err(allow("GET")),
+        (["v1", "tasks", id, "cancel"], &Method::POST) if !id.is_empty() => {
+            api::tasks::cancel(app, id).await?
+        }
+        (["v1", "tasks", id, "cancel"], _) if !id.is_empty() => return Err(allow("POST")),
+        (["v1", "sessions", id, ""], &Method::GET) if !id.is_empty() => api::sessions::get(app, id).await?,
+        (["v1", "sessions", id, ""], &Method::DELETE) if !id.is_empty() => {
+            api::sessions::delete(app, id).await?
+        }
+        (["v1", "sessions", id, ""], _) if !id.is_empty() => return Err(allow("GET, DELETE")),
+        (["v1", "artifacts", id, ""], &Method::GET) if !id.is_empty() => api::artifacts::get(app, id).await?,
+        (["v1", "artifacts", id, ""], _) if !id.is_empty() => return Err(allow("GET")),
+        _ => return Err(not_found(path)),
+    };
+    Ok(r)
 }
 
-struct Allowed;
-
-impl Allowed {
-    fn then(self, f: impl FnOnce() -> Response<Body>) -> Result<Response<Body>, Refusal> {
-        Ok(f())
-    }
-}
-
-fn get_only(method: &Method) -> Result<Allowed, Refusal> {
-    if *method == Method::GET {
-        Ok(Allowed)
-    } else {
-        Err(Refusal::Method("GET"))
-    }
+fn not_found(path: &str) -> Refusal {
+    Refusal::Error(ApiError::not_found(format!("no route for {path}")))
 }
 
 /// Refuses a declared body larger than `server.max_body_bytes` before reading any of

@@ -15,6 +15,9 @@ use orchd_shards::{Ready, Shard};
 use crate::app::{App, ShardApp};
 use crate::router;
 
+/// After the grace period, how long streams get to deliver their terminal frames.
+const FLUSH_AFTER_GRACE: Duration = Duration::from_millis(500);
+
 /// The main future of one shard: adopt the listener, report ready, serve until
 /// shutdown, then give open connections up to the grace period.
 pub(crate) async fn shard_main(
@@ -47,18 +50,27 @@ pub(crate) async fn shard_main(
     }
     drop(listener);
 
+    // Streams and tasks get the grace period to finish on their own; then the tasks
+    // still running end with a terminal frame (and their transcripts are stored), and
+    // their streams get a moment to deliver it.
     let probe = &app.shard.probe;
     let deadline = Instant::now() + grace;
-    while probe.connections_open.get() > 0 && Instant::now() < deadline {
+    let busy = || probe.connections_open.get() > 0 || app.shard.live_tasks() > 0;
+    while busy() && Instant::now() < deadline {
+        rt::sleep(Duration::from_millis(5)).await;
+    }
+    let tasks = app.shard.live_tasks();
+    if tasks > 0 {
+        tracing::warn!(shard = app.shard.id().0, tasks, "grace period over; ending tasks");
+        app.shard.end_all_tasks("orchd is shutting down");
+    }
+    let flush = Instant::now() + FLUSH_AFTER_GRACE;
+    while probe.connections_open.get() > 0 && Instant::now() < flush {
         rt::sleep(Duration::from_millis(5)).await;
     }
     let left = probe.connections_open.get();
     if left > 0 {
-        tracing::warn!(
-            shard = app.shard.id().0,
-            connections = left,
-            "grace period over; closing"
-        );
+        tracing::warn!(shard = app.shard.id().0, connections = left, "closing connections");
     }
 }
 

@@ -9,9 +9,17 @@
 //! through [`Shard`]), and glommio outside the [`rt`] module, so that an epoll fallback
 //! can replace `rt` alone.
 
+mod dispatcher;
 pub mod mesh;
+pub mod owner;
 pub mod rt;
 pub mod runtime;
+
+/// The shard that owns pool number `pool` (its index in the config): the one place
+/// that decides where a pool lives.
+pub fn shard_for(pool: usize, shards: usize) -> ShardId {
+    ShardId(pool % shards.max(1))
+}
 
 pub use mesh::{Mailbox, MeshError, Reply, ShardId};
 pub use runtime::{

@@ -332,3 +332,8 @@ pub fn available_cores() -> Vec<usize> {
     }
     cores
 }
+
+/// Lets the other tasks of this executor run before continuing.
+pub async fn yield_now() {
+    futures_lite::future::yield_now().await
+}

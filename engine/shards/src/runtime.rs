@@ -5,16 +5,22 @@
 //! `shard_main` on it; startup waits until every shard reports ready or failed, so a
 //! shard that cannot start is an error at startup, not a silent half-running server.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
 
+use orchd_engine::Config;
+
+pub use crate::dispatcher::DispatcherCommand;
 use crate::mesh::{self, Inbox, Mailbox, MeshError, Reply, ShardId};
+use crate::owner::{FrameMsg, NewTask, Owner, Subscribed};
 use crate::rt;
 
 /// How many shards to run for a configured `server.shards` (0 = one per core).
@@ -34,18 +40,26 @@ pub struct RuntimeOptions {
     pub mailbox_capacity: usize,
     /// How long startup waits for all shards to report.
     pub ready_timeout: Duration,
+    pub config: Arc<Config>,
 }
 
 /// Commands a shard executes on its own core.
 pub enum ShardCommand {
     /// Read this shard's probe (for `/metrics`).
     Scrape(Reply<ProbeSnapshot>),
-}
-
-/// Commands of the dispatcher, the owner of cluster-wide admission state.
-pub enum DispatcherCommand {
-    /// Liveness of the dispatcher (for `/readyz`).
-    Ping(Reply<()>),
+    /// From the dispatcher: an admitted task of a pool this shard owns.
+    Enqueue(Box<NewTask>),
+    /// Stream a task's frames from `from` on into `tx`.
+    Subscribe {
+        task: Uuid,
+        from: u64,
+        tx: flume::Sender<FrameMsg>,
+        reply: Reply<Subscribed>,
+    },
+    /// Cancel a task; replies with the tokens it produced, `None` if unknown.
+    Cancel { task: Uuid, reply: Reply<Option<u32>> },
+    /// A stored artifact's document, if this shard holds it.
+    Artifact { id: String, reply: Reply<Option<Bytes>> },
 }
 
 /// Shard-local counters: plain cells, no atomics; read by a scrape on the same core.
@@ -90,6 +104,9 @@ pub struct Shard {
     dispatcher: Mailbox<DispatcherCommand>,
     stop: watch::Receiver<bool>,
     pub probe: Probe,
+    /// The tasks and pools this shard owns.
+    pub(crate) owner: RefCell<Owner>,
+    config: Arc<Config>,
     _not_send: PhantomData<Rc<()>>,
 }
 
@@ -100,6 +117,20 @@ impl Shard {
 
     pub fn shard_count(&self) -> usize {
         self.peers.len()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Ends every task this shard owns with an error frame (`POOL_UNAVAILABLE`).
+    pub fn end_all_tasks(self: &Rc<Self>, message: &str) {
+        self.owner.borrow_mut().end_all(self, message);
+    }
+
+    /// Tasks on this shard that have not ended.
+    pub fn live_tasks(&self) -> usize {
+        self.owner.borrow().live_tasks()
     }
 
     pub fn dispatcher(&self) -> &Mailbox<DispatcherCommand> {
@@ -144,7 +175,25 @@ impl Shard {
                 ShardCommand::Scrape(reply) => {
                     let _ = reply.send(self.probe.snapshot(self.id));
                 }
+                ShardCommand::Enqueue(new) => self.owner.borrow_mut().enqueue(&self, *new),
+                ShardCommand::Subscribe { task, from, tx, reply } => {
+                    let _ = reply.send(self.owner.borrow_mut().subscribe(task, from, tx));
+                }
+                ShardCommand::Cancel { task, reply } => {
+                    let _ = reply.send(self.owner.borrow_mut().cancel(&self, task));
+                }
+                ShardCommand::Artifact { id, reply } => {
+                    let _ = reply.send(self.owner.borrow().artifact(&id));
+                }
             }
+        }
+    }
+
+    async fn sweep_forever(self: Rc<Self>) {
+        let every = self.owner.borrow().sweep_interval();
+        loop {
+            rt::sleep(every).await;
+            self.owner.borrow_mut().sweep(&self, Instant::now());
         }
     }
 }
@@ -205,10 +254,14 @@ impl Runtime {
         let cores = rt::available_cores();
         let (stop, stop_rx) = watch::channel(false);
 
+        let epoch = Instant::now();
+        let (peers, inboxes): (Vec<_>, Vec<_>) =
+            (0..opts.shards).map(|_| mesh::mailbox(opts.mailbox_capacity)).unzip();
         let (dispatcher, dispatcher_inbox) = mesh::mailbox(opts.mailbox_capacity);
         let (halt, halted) = oneshot::channel::<()>();
+        let (config, dpeers) = (Arc::clone(&opts.config), peers.clone());
         let dispatcher_thread = rt::spawn_executor("orchd-dispatcher", None, move || {
-            dispatcher_main(dispatcher_inbox, halted)
+            crate::dispatcher::dispatcher_main(dispatcher_inbox, halted, config, dpeers, epoch)
         })
         .map_err(StartError::Spawn)?;
 
@@ -220,9 +273,6 @@ impl Runtime {
             dispatcher: dispatcher.clone(),
         };
 
-        let (peers, inboxes): (Vec<_>, Vec<_>) = (0..opts.shards)
-            .map(|_| mesh::mailbox(opts.mailbox_capacity))
-            .unzip();
         let shard_main = Arc::new(shard_main);
         let mut waiting = Vec::with_capacity(opts.shards);
         for (i, (seed, inbox)) in seeds.into_iter().zip(inboxes).enumerate() {
@@ -231,6 +281,8 @@ impl Runtime {
             let dispatcher = dispatcher.clone();
             let stop = stop_rx.clone();
             let shard_main = Arc::clone(&shard_main);
+            let config = Arc::clone(&opts.config);
+            let shards = opts.shards;
             let cpu = cores[i % cores.len()];
             let thread =
                 rt::spawn_executor(&format!("orchd-shard-{i}"), Some(cpu), move || async move {
@@ -240,9 +292,12 @@ impl Runtime {
                         dispatcher,
                         stop,
                         probe: Probe::default(),
+                        owner: RefCell::new(Owner::new(&config, i, shards)),
+                        config,
                         _not_send: PhantomData,
                     });
                     rt::spawn_detached(Rc::clone(&shard).serve_commands(inbox));
+                    rt::spawn_detached(Rc::clone(&shard).sweep_forever());
                     shard_main(shard, seed, Ready { tx }).await
                 });
             match thread {
@@ -318,20 +373,4 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let _ = self.stop_now();
     }
-}
-
-async fn dispatcher_main(inbox: Inbox<DispatcherCommand>, halted: oneshot::Receiver<()>) {
-    let serve = async {
-        while let Some(cmd) = inbox.recv().await {
-            match cmd {
-                DispatcherCommand::Ping(reply) => {
-                    let _ = reply.send(());
-                }
-            }
-        }
-    };
-    futures_lite::future::or(serve, async {
-        let _ = halted.await;
-    })
-    .await
 }

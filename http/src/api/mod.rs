@@ -1,4 +1,7 @@
 //! Handlers, one module per resource.
 
+pub(crate) mod artifacts;
 pub(crate) mod capabilities;
 pub(crate) mod ops;
+pub(crate) mod sessions;
+pub(crate) mod tasks;

@@ -1,0 +1,635 @@
+//! The owner side of tasks: each pool lives on one shard ([`crate::shard_for`]), which
+//! keeps the pool's queue (interactive before batch, FIFO within a class), its slots,
+//! every task's frame log and subscribers, and drives the engine.
+//!
+//! Everything that touches a task (tokens, cancel, deadlines, orphan checks) runs on
+//! this one thread, in order: that is what makes cancel race-free. Each frame is
+//! encoded once into `Bytes`; subscribers (on any shard) get clones over bounded
+//! channels. A subscriber whose channel is full is dropped, never waited for: it
+//! drains what it has and subscribes again from its cursor, so a slow client never
+//! blocks the shard.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use orchd_engine::admission::{Admitted, Outcome};
+use orchd_engine::artifact::{content_id, ArtifactKind, MemoryStore, Stored};
+use orchd_engine::config::{Config, PoolConfig, StreamConfig};
+use orchd_engine::frame::{self, Event};
+use orchd_engine::mock::MockTokens;
+use orchd_engine::task::TaskSpec;
+use orchd_engine::{ErrorKind, Priority};
+
+use crate::mesh::Mailbox;
+use crate::rt;
+use crate::runtime::{DispatcherCommand, Shard};
+
+/// A frame for a subscriber, and whether it is the last one.
+pub type FrameMsg = (Bytes, bool);
+
+/// Frames a subscriber may have in flight before it is dropped (and resubscribes).
+pub const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// A task admitted by the dispatcher, on its way to its owner shard.
+pub struct NewTask {
+    pub spec: TaskSpec,
+    pub admitted: Admitted,
+    pub correlation_id: String,
+    pub admitted_at: Instant,
+}
+
+/// The answer to a subscription.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Subscribed {
+    /// Frames from the cursor were sent; more follow until the terminal frame.
+    Live,
+    /// The task has ended and no frame remains after the cursor.
+    Ended,
+    NotFound,
+}
+
+/// How a task ends.
+enum Terminal {
+    End { canceled: bool, reason: &'static str },
+    Error { kind: ErrorKind, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Queued,
+    Running,
+    Done,
+}
+
+struct TaskRun {
+    spec: TaskSpec,
+    admitted: Admitted,
+    correlation_id: String,
+    state: State,
+    frames: Vec<Bytes>,
+    subs: Vec<flume::Sender<FrameMsg>>,
+    /// Since when nobody has been subscribed (from admission if nobody ever was).
+    alone_since: Option<Instant>,
+    tokens_out: u32,
+    admitted_at: Instant,
+    started_at: Option<Instant>,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+    deadline_at: Instant,
+    last_metrics_at: Instant,
+    position: u32,
+    /// The model the task runs on, fixed when it starts (reloads do not touch it).
+    model_ref: String,
+}
+
+impl TaskRun {
+    fn next_id(&self) -> u64 {
+        self.frames.len() as u64
+    }
+
+    /// Appends a frame to the log and hands it to every subscriber.
+    fn emit(&mut self, bytes: Bytes, terminal: bool, now: Instant) {
+        let had = !self.subs.is_empty();
+        self.subs.retain(|tx| tx.try_send((bytes.clone(), terminal)).is_ok());
+        self.frames.push(bytes);
+        if terminal {
+            self.subs.clear();
+        }
+        if had && self.subs.is_empty() && self.alone_since.is_none() {
+            self.alone_since = Some(now);
+        }
+    }
+
+    fn class(&self) -> usize {
+        usize::from(self.spec.priority == Priority::Batch)
+    }
+}
+
+struct OwnerPool {
+    cfg: PoolConfig,
+    model_ref: String,
+    busy: u32,
+    queue: [VecDeque<Uuid>; 2],
+    /// Start to end of recent tasks, for predictions in metrics frames.
+    service_ms: f64,
+    tpot_ms: f64,
+}
+
+impl OwnerPool {
+    fn depth(&self) -> u32 {
+        (self.queue[0].len() + self.queue[1].len()) as u32
+    }
+}
+
+/// One shard's tasks and pools. Lives on its shard; reached through [`Shard`].
+pub struct Owner {
+    pools: HashMap<usize, OwnerPool>,
+    tasks: HashMap<Uuid, Rc<RefCell<TaskRun>>>,
+    retained: VecDeque<(Instant, Uuid)>,
+    artifacts: MemoryStore,
+    /// Messages for the dispatcher that found its mailbox full; sent first next time,
+    /// so the dispatcher's view of queues never loses an event.
+    pending: VecDeque<DispatcherCommand>,
+    stream: StreamConfig,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl Owner {
+    pub(crate) fn new(config: &Config, shard: usize, shards: usize) -> Owner {
+        let pools = config
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| crate::shard_for(*i, shards).0 == shard)
+            .map(|(i, p)| {
+                let tpot = p.adapter.tpot_ms as f64;
+                let pool = OwnerPool {
+                    cfg: p.clone(),
+                    model_ref: p.model_ref.clone(),
+                    busy: 0,
+                    queue: [VecDeque::new(), VecDeque::new()],
+                    service_ms: p.adapter.ttft_ms as f64 + 64.0 * tpot,
+                    tpot_ms: tpot,
+                };
+                (i, pool)
+            })
+            .collect();
+        Owner {
+            pools,
+            tasks: HashMap::new(),
+            retained: VecDeque::new(),
+            artifacts: MemoryStore::new(config.artifacts.max_memory_bytes / shards.max(1) as u64),
+            pending: VecDeque::new(),
+            stream: config.stream.clone(),
+        }
+    }
+
+    pub fn artifact(&self, id: &str) -> Option<Bytes> {
+        self.artifacts.get(id).map(|s| s.json.clone())
+    }
+
+    pub fn live_tasks(&self) -> usize {
+        self.tasks.values().filter(|t| t.borrow().state != State::Done).count()
+    }
+
+    fn notify(&mut self, dispatcher: &Mailbox<DispatcherCommand>, cmd: DispatcherCommand) {
+        self.flush(dispatcher);
+        if !self.pending.is_empty() {
+            self.pending.push_back(cmd);
+            return;
+        }
+        if let Err(back) = dispatcher.try_send(cmd) {
+            self.pending.push_back(back.command);
+        }
+    }
+
+    fn flush(&mut self, dispatcher: &Mailbox<DispatcherCommand>) {
+        while let Some(cmd) = self.pending.pop_front() {
+            if let Err(back) = dispatcher.try_send(cmd) {
+                self.pending.push_front(back.command);
+                return;
+            }
+        }
+    }
+
+    fn metrics_frame(&self, t: &TaskRun, now: Instant) -> Bytes {
+        let pool = &self.pools[&t.admitted.pool];
+        let queued = t.state == State::Queued;
+        let predicted_start = if queued {
+            let rounds = (f64::from(t.position) / f64::from(pool.cfg.slots)).ceil();
+            Some((rounds * pool.service_ms).ceil() as u64)
+        } else {
+            None
+        };
+        let remaining_tokens = f64::from(t.spec.expected_out().saturating_sub(t.tokens_out));
+        let mut predicted_left = remaining_tokens * pool.tpot_ms;
+        if t.first_token_at.is_none() {
+            predicted_left += pool.cfg.adapter.ttft_ms as f64;
+        }
+        predicted_left += predicted_start.unwrap_or(0) as f64;
+        let m = frame::Metrics {
+            queue_depth: pool.depth(),
+            on_time_probability: on_time_probability(t.deadline_at, now, predicted_left),
+            kv_warmth: t.admitted.kv_warmth,
+            queue_position: queued.then_some(t.position),
+            predicted_start_ms: predicted_start,
+            tokens_out: (!queued).then_some(t.tokens_out),
+            budgets: t.admitted.budgets.as_ref().unwrap_or(&NO_BUDGETS),
+        };
+        frame::encode(t.next_id(), Event::Metrics, &m)
+    }
+
+    /// Takes an admitted task: evicts the victim named by the dispatcher, queues the
+    /// task, starts what the slots allow.
+    pub(crate) fn enqueue(&mut self, shard: &Rc<Shard>, new: NewTask) {
+        let now = Instant::now();
+        let id = new.spec.task_id;
+        if self.tasks.contains_key(&id) {
+            return;
+        }
+        if let Some(victim) = new.admitted.evict {
+            self.finish(
+                shard,
+                victim,
+                Terminal::Error {
+                    kind: ErrorKind::QueueFullDropLru,
+                    message: format!("evicted from a full queue for task {id}"),
+                },
+                now,
+            );
+        }
+        let a = &new.admitted;
+        let mut run = TaskRun {
+            deadline_at: new.admitted_at + Duration::from_millis(new.spec.deadline_ms),
+            spec: new.spec,
+            admitted: new.admitted.clone(),
+            correlation_id: new.correlation_id,
+            state: State::Queued,
+            frames: Vec::with_capacity(8),
+            subs: Vec::new(),
+            alone_since: Some(new.admitted_at),
+            tokens_out: 0,
+            admitted_at: new.admitted_at,
+            started_at: None,
+            first_token_at: None,
+            last_token_at: None,
+            last_metrics_at: now,
+            position: a.queue_position,
+            model_ref: String::new(),
+        };
+        let started = frame::Started {
+            queue_position: a.queue_position,
+            predicted_start_ms: a.predicted_start_ms,
+        };
+        run.emit(frame::encode(0, Event::Started, &started), false, now);
+        let class = run.class();
+        let pool = a.pool;
+        if let Some(p) = self.pools.get_mut(&pool) {
+            p.queue[class].push_back(id);
+        }
+        // Positions are recomputed (and the first metrics frame sent) by `pump`.
+        run.position = u32::MAX;
+        self.tasks.insert(id, Rc::new(RefCell::new(run)));
+        self.pump(shard, pool, now);
+    }
+
+    /// Starts queued tasks while slots are free, then tells every queued task that
+    /// moved its new position.
+    fn pump(&mut self, shard: &Rc<Shard>, pool_index: usize, now: Instant) {
+        let Some(pool) = self.pools.get_mut(&pool_index) else { return };
+        let mut starting = Vec::new();
+        while pool.busy < pool.cfg.slots {
+            let Some(id) = pool.queue[0].pop_front().or_else(|| pool.queue[1].pop_front()) else {
+                break;
+            };
+            pool.busy += 1;
+            starting.push(id);
+        }
+        let model = pool.model_ref.clone();
+        let (ttft, tpot) = (pool.cfg.adapter.ttft_ms, pool.cfg.adapter.tpot_ms);
+        let every = self.stream.metrics_every_tokens;
+        for id in starting {
+            let Some(rc) = self.tasks.get(&id).cloned() else { continue };
+            {
+                let mut t = rc.borrow_mut();
+                t.state = State::Running;
+                t.started_at = Some(now);
+                t.model_ref = if model == "*" { t.spec.model_ref.clone() } else { model.clone() };
+                tracing::info!(
+                    correlation_id = %t.correlation_id, task_id = %id, pool = %self.pools[&pool_index].cfg.id,
+                    queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
+                    waited_ms = ms(now - t.admitted_at), "task started"
+                );
+                if t.position != 0 {
+                    // First frame after `started` for a task that never queued.
+                    t.position = 0;
+                    let f = self.metrics_frame(&t, now);
+                    t.emit(f, false, now);
+                }
+                if t.admitted.queue_position > 0 {
+                    self.notify(shard.dispatcher(), DispatcherCommand::Started { task: id });
+                }
+            }
+            let timing = (Duration::from_millis(ttft), Duration::from_millis(tpot));
+            rt::spawn_detached(drive_mock(Rc::clone(shard), rc, timing, every));
+        }
+        // Position updates for everyone still waiting.
+        let pool = &self.pools[&pool_index];
+        let order: Vec<Uuid> = pool.queue[0].iter().chain(pool.queue[1].iter()).copied().collect();
+        for (i, id) in order.into_iter().enumerate() {
+            let Some(rc) = self.tasks.get(&id) else { continue };
+            let mut t = rc.borrow_mut();
+            let pos = i as u32 + 1;
+            if t.position != pos {
+                t.position = pos;
+                t.last_metrics_at = now;
+                let f = self.metrics_frame(&t, now);
+                t.emit(f, false, now);
+            }
+        }
+    }
+
+    /// Ends a task with its terminal frame (once), frees its slot or queue place,
+    /// stores its transcript, tells the dispatcher. Returns its token count.
+    fn finish(&mut self, shard: &Rc<Shard>, id: Uuid, how: Terminal, now: Instant) -> Option<u32> {
+        let rc = self.tasks.get(&id).cloned()?;
+        let mut t = rc.borrow_mut();
+        if t.state == State::Done {
+            return Some(t.tokens_out);
+        }
+        let ran = t.state == State::Running;
+        t.state = State::Done;
+        let pool_index = t.admitted.pool;
+        let class = t.class();
+        if let Some(p) = self.pools.get_mut(&pool_index) {
+            if ran {
+                p.busy = p.busy.saturating_sub(1);
+            } else {
+                p.queue[class].retain(|q| *q != id);
+            }
+        }
+        let decode_ms = match (t.first_token_at, t.last_token_at) {
+            (Some(a), Some(b)) => ms(b - a),
+            _ => 0,
+        };
+        let pool_name = self.pools.get(&pool_index).map(|p| p.cfg.id.clone()).unwrap_or_default();
+        match &how {
+            Terminal::End { canceled, reason } => {
+                let summary = serde_json::json!({
+                    "event": "end", "tokens_out": t.tokens_out, "decode_ms": decode_ms, "canceled": canceled,
+                });
+                let stored = transcript(&t, summary);
+                let end = frame::End {
+                    tokens_out: t.tokens_out,
+                    decode_ms,
+                    transcript_id: &stored.id,
+                    canceled: *canceled,
+                };
+                let f = frame::encode(t.next_id(), Event::End, &end);
+                let tid = stored.id.clone();
+                self.artifacts.put(stored);
+                t.emit(f, true, now);
+                tracing::info!(
+                    correlation_id = %t.correlation_id, task_id = %id, pool = %pool_name,
+                    queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
+                    tokens_out = t.tokens_out, decode_ms, canceled, reason, transcript_id = %tid,
+                    "{}", if *canceled { "task canceled" } else { "task ended" }
+                );
+            }
+            Terminal::Error { kind, message } => {
+                let summary = serde_json::json!({"event": "error", "code": kind, "message": message});
+                let stored = transcript(&t, summary);
+                let err = frame::ErrorFrame { code: *kind, message, engine: Some(t.spec.engine) };
+                let f = frame::encode(t.next_id(), Event::Error, &err);
+                self.artifacts.put(stored);
+                t.emit(f, true, now);
+                tracing::info!(
+                    correlation_id = %t.correlation_id, task_id = %id, pool = %pool_name,
+                    queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
+                    tokens_out = t.tokens_out, code = %kind, message = %message, "task failed"
+                );
+            }
+        }
+        let service_ms = t.started_at.map(|s| ms(now - s));
+        if let (Some(p), Some(s)) = (self.pools.get_mut(&pool_index), service_ms) {
+            p.service_ms += 0.2 * (s as f64 - p.service_ms);
+            if t.tokens_out > 1 {
+                p.tpot_ms += 0.2 * (decode_ms as f64 / f64::from(t.tokens_out - 1) - p.tpot_ms);
+            }
+        }
+        let outcome = Outcome {
+            tokens_out: t.tokens_out,
+            decode_ms,
+            ttft_ms: t.first_token_at.map(|f| ms(f - t.admitted_at)),
+            service_ms,
+            ran,
+        };
+        let tokens = t.tokens_out;
+        drop(t);
+        self.notify(shard.dispatcher(), DispatcherCommand::Finished { task: id, outcome });
+        self.retained.push_back((now + Duration::from_millis(self.stream.retention_ms), id));
+        self.pump(shard, pool_index, now);
+        Some(tokens)
+    }
+
+    /// Cancels a task (no-op once it has ended); returns the tokens it produced.
+    pub(crate) fn cancel(&mut self, shard: &Rc<Shard>, id: Uuid) -> Option<u32> {
+        let how = Terminal::End { canceled: true, reason: "client" };
+        self.finish(shard, id, how, Instant::now())
+    }
+
+    /// Sends the frames from `from` on, then keeps the subscriber until the end.
+    pub(crate) fn subscribe(&mut self, id: Uuid, from: u64, tx: flume::Sender<FrameMsg>) -> Subscribed {
+        let Some(rc) = self.tasks.get(&id) else { return Subscribed::NotFound };
+        let mut t = rc.borrow_mut();
+        let done = t.state == State::Done;
+        let total = t.frames.len();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(total);
+        if done && from == total {
+            return Subscribed::Ended;
+        }
+        for (i, f) in t.frames[from..].iter().enumerate() {
+            let terminal = done && from + i + 1 == total;
+            if tx.try_send((f.clone(), terminal)).is_err() {
+                // Buffer full during replay: the subscriber drains and comes back.
+                return Subscribed::Live;
+            }
+        }
+        if !done {
+            t.subs.push(tx);
+            t.alone_since = None;
+        }
+        Subscribed::Live
+    }
+
+    /// Periodic work: orphans, deadlines, heartbeat metrics of queued tasks, retention.
+    pub(crate) fn sweep(&mut self, shard: &Rc<Shard>, now: Instant) {
+        self.flush(shard.dispatcher());
+        let orphan = Duration::from_millis(self.stream.orphan_timeout_ms);
+        let heartbeat = Duration::from_millis(self.stream.heartbeat_ms);
+        let mut ending = Vec::new();
+        let mut beats = Vec::new();
+        for (id, rc) in &self.tasks {
+            let mut t = rc.borrow_mut();
+            if t.state == State::Done {
+                continue;
+            }
+            t.subs.retain(|s| !s.is_disconnected());
+            if t.subs.is_empty() && t.alone_since.is_none() {
+                t.alone_since = Some(now);
+            }
+            if now >= t.deadline_at {
+                ending.push((*id, Terminal::Error {
+                    kind: ErrorKind::DeadlineUnmet,
+                    message: "the deadline passed before the task finished".into(),
+                }));
+            } else if t.alone_since.is_some_and(|s| now - s >= orphan) {
+                ending.push((*id, Terminal::End { canceled: true, reason: "orphaned" }));
+            } else if t.state == State::Queued && now - t.last_metrics_at >= heartbeat {
+                beats.push(Rc::clone(rc));
+            }
+        }
+        for rc in beats {
+            let mut t = rc.borrow_mut();
+            t.last_metrics_at = now;
+            let f = self.metrics_frame(&t, now);
+            t.emit(f, false, now);
+        }
+        for (id, how) in ending {
+            self.finish(shard, id, how, now);
+        }
+        while let Some(&(at, id)) = self.retained.front() {
+            if at > now {
+                break;
+            }
+            self.retained.pop_front();
+            self.tasks.remove(&id);
+        }
+    }
+
+    /// Ends every live task with an error frame (shutdown past its grace period).
+    pub(crate) fn end_all(&mut self, shard: &Rc<Shard>, message: &str) {
+        let now = Instant::now();
+        let live: Vec<Uuid> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.borrow().state != State::Done)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in live {
+            let how = Terminal::Error { kind: ErrorKind::PoolUnavailable, message: message.to_string() };
+            self.finish(shard, id, how, now);
+        }
+    }
+
+    /// How often [`Owner::sweep`] should run.
+    pub(crate) fn sweep_interval(&self) -> Duration {
+        let s = &self.stream;
+        let ms = (s.orphan_timeout_ms / 4).min(s.heartbeat_ms).clamp(10, 250);
+        Duration::from_millis(ms)
+    }
+}
+
+const NO_BUDGETS: frame::BudgetRemaining = frame::BudgetRemaining {
+    tokens_budget_remaining: None,
+    time_budget_remaining_ms: None,
+    cost_budget_remaining: None,
+};
+
+/// Chance of finishing by the deadline: a logistic of the slack (time left minus
+/// predicted time still needed), scaled to the prediction; 0 once the deadline passed.
+fn on_time_probability(deadline_at: Instant, now: Instant, predicted_left_ms: f64) -> f64 {
+    if now >= deadline_at {
+        return 0.0;
+    }
+    let left = (deadline_at - now).as_secs_f64() * 1e3;
+    let slack = left - predicted_left_ms;
+    let scale = (predicted_left_ms * 0.25).max(5.0);
+    let p = 1.0 / (1.0 + (-slack / scale).exp());
+    (p * 1000.0).round() / 1000.0
+}
+
+/// The task's frames as a `trace` artifact; its id is the `transcript_id`.
+fn transcript(t: &TaskRun, summary: serde_json::Value) -> Stored {
+    let frames: Vec<&str> = t.frames.iter().map(|f| std::str::from_utf8(f).unwrap_or("")).collect();
+    let content = serde_json::json!({
+        "task_id": t.spec.task_id,
+        "session_id": t.spec.session_id,
+        "frames": frames,
+        "terminal": summary,
+    });
+    let id = content_id(ArtifactKind::Trace, &content);
+    let created_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let doc = serde_json::json!({
+        "id": id,
+        "kind": "trace",
+        "digest": id.trim_start_matches("sha256:"),
+        "created_ms": created_ms,
+        "tags": ["transcript", format!("task:{}", t.spec.task_id)],
+        "content": content,
+    });
+    Stored {
+        json: Bytes::from(serde_json::to_vec(&doc).expect("transcript serializes")),
+        id,
+        kind: ArtifactKind::Trace,
+    }
+}
+
+enum Step {
+    More,
+    Done,
+    Deadline,
+}
+
+/// The mock engine on the owner shard: `ttft` before the first token, `tpot` between
+/// tokens (zero = as fast as possible, yielding now and then so other streams and
+/// requests on this shard keep moving).
+async fn drive_mock(shard: Rc<Shard>, rc: Rc<RefCell<TaskRun>>, (ttft, tpot): (Duration, Duration), every: u32) {
+    let id = rc.borrow().spec.task_id;
+    if !ttft.is_zero() {
+        rt::sleep(ttft).await;
+    }
+    let mut tokens = {
+        let t = rc.borrow();
+        MockTokens::new(&t.spec, &t.model_ref)
+    };
+    let mut burst = 0u32;
+    loop {
+        let now = Instant::now();
+        let step = {
+            let mut t = rc.borrow_mut();
+            if t.state != State::Running {
+                return;
+            }
+            if now >= t.deadline_at {
+                Step::Deadline
+            } else if t.tokens_out >= t.spec.max_tokens {
+                Step::Done
+            } else {
+                let f = frame::token(t.next_id(), t.tokens_out, tokens.next_token());
+                t.tokens_out += 1;
+                t.first_token_at.get_or_insert(now);
+                t.last_token_at = Some(now);
+                t.emit(f, false, now);
+                if t.tokens_out % every == 0 && t.tokens_out < t.spec.max_tokens {
+                    let f = shard.owner.borrow().metrics_frame(&t, now);
+                    t.emit(f, false, now);
+                }
+                Step::More
+            }
+        };
+        match step {
+            Step::More => {}
+            Step::Done => {
+                let how = Terminal::End { canceled: false, reason: "done" };
+                shard.owner.borrow_mut().finish(&shard, id, how, now);
+                return;
+            }
+            Step::Deadline => {
+                let how = Terminal::Error {
+                    kind: ErrorKind::DeadlineUnmet,
+                    message: "the deadline passed during decode".into(),
+                };
+                shard.owner.borrow_mut().finish(&shard, id, how, now);
+                return;
+            }
+        }
+        if !tpot.is_zero() {
+            rt::sleep(tpot).await;
+        } else {
+            burst += 1;
+            if burst >= 16 {
+                burst = 0;
+                rt::yield_now().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! `GET /v1/sessions/{id}`, `DELETE /v1/sessions/{id}` (SPEC section 2).
+
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use orchd_engine::frame::BudgetRemaining;
+use orchd_engine::ApiError;
+use orchd_shards::DispatcherCommand;
+
+use crate::api::tasks::{overloaded, parse_id};
+use crate::app::ShardApp;
+use crate::body::Body;
+use crate::respond;
+
+#[derive(Serialize)]
+struct SessionDoc {
+    ttl_ms_remaining: u64,
+    turns: u32,
+    kv_bytes: u64,
+    kv_warmth: bool,
+    #[serde(flatten)]
+    budgets: BudgetRemaining,
+}
+
+pub(crate) async fn get(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id, "session id")?;
+    let v = app
+        .shard
+        .dispatcher()
+        .request(|reply| DispatcherCommand::Session { id, reply })
+        .await
+        .map_err(overloaded)?;
+    let doc = SessionDoc {
+        ttl_ms_remaining: v.ttl_ms_remaining,
+        turns: v.turns,
+        kv_bytes: v.kv_bytes,
+        kv_warmth: v.kv_warmth,
+        budgets: v.budgets,
+    };
+    Ok(respond::json(StatusCode::OK, serde_json::to_vec(&doc).expect("serializes")))
+}
+
+pub(crate) async fn delete(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id, "session id")?;
+    app.shard
+        .dispatcher()
+        .request(|reply| DispatcherCommand::DeleteSession { id, reply })
+        .await
+        .map_err(overloaded)?;
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}

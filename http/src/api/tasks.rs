@@ -1,0 +1,161 @@
+//! `POST /v1/tasks`, `GET /v1/tasks/{id}/stream`, `POST /v1/tasks/{id}/cancel`
+//! (SPEC section 2).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Serialize;
+use uuid::Uuid;
+
+use orchd_engine::admission::Admitted;
+use orchd_engine::task::TaskSpec;
+use orchd_engine::{ApiError, ErrorClass, ErrorKind};
+use orchd_shards::owner::Subscribed;
+use orchd_shards::{DispatcherCommand, MeshError, ShardCommand, ShardId};
+
+use crate::app::ShardApp;
+use crate::body::{subscribe, Body, SseBody};
+use crate::respond;
+
+#[derive(Serialize)]
+struct Accepted {
+    task_id: Uuid,
+    queue_position: u32,
+    predicted_start_ms: u64,
+    backoff_ms: u64,
+}
+
+pub(crate) fn overloaded(e: MeshError) -> ApiError {
+    match e {
+        MeshError::Overloaded => ApiError::new(
+            ErrorClass::TooManyRequests,
+            ErrorKind::AdmissionReject,
+            "orchd is overloaded; retry shortly",
+        )
+        .policy("overloaded")
+        .retry_after_ms(50),
+        MeshError::Gone => ApiError::new(ErrorClass::Unavailable, ErrorKind::PoolUnready, "orchd is shutting down")
+            .retry_after_ms(1000),
+    }
+}
+
+pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(raw).map_err(|_| ApiError::invalid(format!("{what}: {raw:?} is not a UUID")))
+}
+
+pub(crate) async fn create(app: &Rc<ShardApp>, body: Bytes, cid: &HeaderValue) -> Result<Response<Body>, ApiError> {
+    if app.shard.stopping() {
+        return Err(overloaded(MeshError::Gone));
+    }
+    let spec = TaskSpec::parse(&body)?;
+    let correlation_id = cid.to_str().unwrap_or_default().to_string();
+    let admitted = app
+        .shard
+        .dispatcher()
+        .request(|reply| DispatcherCommand::Admit {
+            spec: Box::new(spec),
+            correlation_id: correlation_id.clone(),
+            reply,
+        })
+        .await
+        .map_err(overloaded)??;
+    let pool = &app.app.config.pools[admitted.pool].id;
+    tracing::info!(
+        correlation_id = %correlation_id, task_id = %admitted.task_id, pool = %pool,
+        queue_position = admitted.queue_position, predicted_start_ms = admitted.predicted_start_ms,
+        duplicate = admitted.duplicate, evicted = ?admitted.evict, "task admitted"
+    );
+    let body = Accepted {
+        task_id: admitted.task_id,
+        queue_position: admitted.queue_position,
+        predicted_start_ms: admitted.predicted_start_ms,
+        backoff_ms: admitted.backoff_ms,
+    };
+    let mut r = respond::json(StatusCode::ACCEPTED, serde_json::to_vec(&body).expect("serializes"));
+    budget_headers(r.headers_mut(), &admitted);
+    Ok(r)
+}
+
+fn budget_headers(h: &mut HeaderMap, a: &Admitted) {
+    let Some(b) = &a.budgets else { return };
+    if let Some(t) = b.tokens_budget_remaining {
+        h.insert("x-budget-tokens-remaining", HeaderValue::from(t));
+    }
+    if let Some(t) = b.time_budget_remaining_ms {
+        h.insert("x-budget-time-remaining-ms", HeaderValue::from(t));
+    }
+    if let Some(c) = b.cost_budget_remaining {
+        if let Ok(v) = HeaderValue::from_str(&format!("{c}")) {
+            h.insert("x-budget-cost-remaining", v);
+        }
+    }
+}
+
+async fn locate(app: &ShardApp, task: Uuid) -> Result<ShardId, ApiError> {
+    app.shard
+        .dispatcher()
+        .request(|reply| DispatcherCommand::Locate { task, reply })
+        .await
+        .map_err(overloaded)?
+        .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))
+}
+
+pub(crate) async fn stream(app: &Rc<ShardApp>, raw_id: &str, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+    let task = parse_id(raw_id, "task id")?;
+    let from = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .and_then(|n| n.checked_add(1))
+            .ok_or_else(|| ApiError::invalid("Last-Event-ID: must be a frame id (an integer >= 0)"))?,
+    };
+    let owner = locate(app, task).await?;
+    let (subscribed, rx) = subscribe(Rc::clone(app), task, owner, from)
+        .await
+        .ok_or_else(|| overloaded(MeshError::Gone))?;
+    let body = match subscribed {
+        Subscribed::NotFound => return Err(ApiError::not_found(format!("task {task} is not known"))),
+        Subscribed::Ended => Body::empty(),
+        Subscribed::Live => Body::Sse(Box::new(SseBody::new(Rc::clone(app), task, owner, from, rx))),
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+pub(crate) async fn cancel(app: &Rc<ShardApp>, raw_id: &str) -> Result<Response<Body>, ApiError> {
+    let task = parse_id(raw_id, "task id")?;
+    let owner = locate(app, task).await?;
+    let tokens = app
+        .shard
+        .invoke_on(owner, |reply| ShardCommand::Cancel { task, reply })
+        .await
+        .map_err(overloaded)?
+        .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))?;
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r.headers_mut().insert("x-tokens-out", HeaderValue::from(tokens));
+    Ok(r)
+}
+
+/// Reads a request body up to `limit` bytes; more is 413.
+pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
+            ErrorClass::PayloadTooLarge,
+            ErrorKind::InvalidParams,
+            format!("body: more than the limit of {limit} bytes (server.max_body_bytes)"),
+        )),
+        Err(_) => Err(ApiError::invalid("body: could not be read")),
+    }
+}
