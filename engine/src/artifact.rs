@@ -56,7 +56,12 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> MemoryStore {
-        MemoryStore { max_bytes, used: 0, items: HashMap::new(), order: VecDeque::new() }
+        MemoryStore {
+            max_bytes,
+            used: 0,
+            items: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     /// Stores `item`, evicting the oldest entries to make room. Returns false when the
@@ -70,7 +75,9 @@ impl MemoryStore {
             return true;
         }
         while self.used + size > self.max_bytes {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Some(o) = self.items.remove(&old) {
                 self.used -= o.json.len() as u64;
             }
@@ -96,16 +103,32 @@ mod tests {
 
     #[test]
     fn ids_are_content_addresses() {
-        let a = content_id(ArtifactKind::Plan, &serde_json::json!({"b": 1, "a": [1, 2]}));
-        let b = content_id(ArtifactKind::Plan, &serde_json::json!({"a": [1, 2], "b": 1}));
+        let a = content_id(
+            ArtifactKind::Plan,
+            &serde_json::json!({"b": 1, "a": [1, 2]}),
+        );
+        let b = content_id(
+            ArtifactKind::Plan,
+            &serde_json::json!({"a": [1, 2], "b": 1}),
+        );
         assert_eq!(a, b, "key order does not matter");
         assert!(a.starts_with("sha256:") && a.len() == 71);
-        assert_ne!(a, content_id(ArtifactKind::Trace, &serde_json::json!({"b": 1, "a": [1, 2]})));
+        assert_ne!(
+            a,
+            content_id(
+                ArtifactKind::Trace,
+                &serde_json::json!({"b": 1, "a": [1, 2]})
+            )
+        );
     }
 
     #[test]
     fn memory_store_is_bounded_and_evicts_oldest() {
-        let item = |id: &str| Stored { id: id.into(), kind: ArtifactKind::Trace, json: Bytes::from(vec![b'x'; 40]) };
+        let item = |id: &str| Stored {
+            id: id.into(),
+            kind: ArtifactKind::Trace,
+            json: Bytes::from(vec![b'x'; 40]),
+        };
         let mut s = MemoryStore::new(100);
         assert!(s.put(item("a")));
         assert!(s.put(item("b")));

@@ -72,7 +72,12 @@ pub(crate) fn subscribe(app: Rc<ShardApp>, task: Uuid, owner: ShardId, from: u64
         let (tx, rx) = flume::bounded(SUBSCRIBER_BUFFER);
         let r = app
             .shard
-            .invoke_on(owner, |reply| ShardCommand::Subscribe { task, from, tx, reply })
+            .invoke_on(owner, |reply| ShardCommand::Subscribe {
+                task,
+                from,
+                tx,
+                reply,
+            })
             .await
             .ok()?;
         Some((r, rx))
@@ -99,7 +104,13 @@ pub(crate) struct SseBody {
 const HEARTBEAT: &[u8] = b": hb\n\n";
 
 impl SseBody {
-    pub fn new(app: Rc<ShardApp>, task: Uuid, owner: ShardId, from: u64, rx: flume::Receiver<FrameMsg>) -> SseBody {
+    pub fn new(
+        app: Rc<ShardApp>,
+        task: Uuid,
+        owner: ShardId,
+        from: u64,
+        rx: flume::Receiver<FrameMsg>,
+    ) -> SseBody {
         let heartbeat = Duration::from_millis(app.app.config.stream.heartbeat_ms);
         SseBody {
             app,
@@ -146,7 +157,8 @@ impl SseBody {
                         // behind. Pick up from the cursor.
                         self.rx = None;
                         let app = Rc::clone(&self.app);
-                        self.resubscribing = Some(subscribe(app, self.task, self.owner, self.next_id));
+                        self.resubscribing =
+                            Some(subscribe(app, self.task, self.owner, self.next_id));
                         continue;
                     }
                     Poll::Pending => {}
@@ -159,7 +171,9 @@ impl SseBody {
                 self.timer = None;
                 return Poll::Ready(Some(Bytes::from_static(HEARTBEAT)));
             }
-            let timer = self.timer.get_or_insert_with(|| Box::pin(rt::sleep(due - now)));
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(rt::sleep(due - now)));
             match timer.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     self.timer = None;

@@ -91,7 +91,9 @@ async fn route(
 ) -> Result<Response<Body>, Refusal> {
     let path = req.uri().path();
     if !exempt(path) {
-        app.app.keys.check(req.headers().get("x-api-key").map(HeaderValue::as_bytes))?;
+        app.app
+            .keys
+            .check(req.headers().get("x-api-key").map(HeaderValue::as_bytes))?;
     }
     check_declared_length(app, &req)?;
     let method = req.method().clone();
@@ -122,12 +124,16 @@ async fn route(
             api::tasks::cancel(app, id).await?
         }
         (["v1", "tasks", id, "cancel"], _) if !id.is_empty() => return Err(allow("POST")),
-        (["v1", "sessions", id, ""], &Method::GET) if !id.is_empty() => api::sessions::get(app, id).await?,
+        (["v1", "sessions", id, ""], &Method::GET) if !id.is_empty() => {
+            api::sessions::get(app, id).await?
+        }
         (["v1", "sessions", id, ""], &Method::DELETE) if !id.is_empty() => {
             api::sessions::delete(app, id).await?
         }
         (["v1", "sessions", id, ""], _) if !id.is_empty() => return Err(allow("GET, DELETE")),
-        (["v1", "artifacts", id, ""], &Method::GET) if !id.is_empty() => api::artifacts::get(app, id).await?,
+        (["v1", "artifacts", id, ""], &Method::GET) if !id.is_empty() => {
+            api::artifacts::get(app, id).await?
+        }
         (["v1", "artifacts", id, ""], _) if !id.is_empty() => return Err(allow("GET")),
         _ => return Err(not_found(path)),
     };

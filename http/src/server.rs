@@ -61,7 +61,11 @@ pub(crate) async fn shard_main(
     }
     let tasks = app.shard.live_tasks();
     if tasks > 0 {
-        tracing::warn!(shard = app.shard.id().0, tasks, "grace period over; ending tasks");
+        tracing::warn!(
+            shard = app.shard.id().0,
+            tasks,
+            "grace period over; ending tasks"
+        );
         app.shard.end_all_tasks("orchd is shutting down");
     }
     let flush = Instant::now() + FLUSH_AFTER_GRACE;
@@ -70,7 +74,11 @@ pub(crate) async fn shard_main(
     }
     let left = probe.connections_open.get();
     if left > 0 {
-        tracing::warn!(shard = app.shard.id().0, connections = left, "closing connections");
+        tracing::warn!(
+            shard = app.shard.id().0,
+            connections = left,
+            "closing connections"
+        );
     }
 }
 

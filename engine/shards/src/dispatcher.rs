@@ -34,13 +34,27 @@ pub enum DispatcherCommand {
         reply: Reply<Result<Admitted, ApiError>>,
     },
     /// The owner shard of a known task.
-    Locate { task: Uuid, reply: Reply<Option<ShardId>> },
+    Locate {
+        task: Uuid,
+        reply: Reply<Option<ShardId>>,
+    },
     /// From an owner: a queued task started.
-    Started { task: Uuid },
+    Started {
+        task: Uuid,
+    },
     /// From an owner: a task ended.
-    Finished { task: Uuid, outcome: Outcome },
-    Session { id: Uuid, reply: Reply<SessionView> },
-    DeleteSession { id: Uuid, reply: Reply<()> },
+    Finished {
+        task: Uuid,
+        outcome: Outcome,
+    },
+    Session {
+        id: Uuid,
+        reply: Reply<SessionView>,
+    },
+    DeleteSession {
+        id: Uuid,
+        reply: Reply<()>,
+    },
 }
 
 pub(crate) struct Dispatcher {
@@ -59,7 +73,11 @@ impl Dispatcher {
             DispatcherCommand::Ping(reply) => {
                 let _ = reply.send(());
             }
-            DispatcherCommand::Admit { spec, correlation_id, reply } => {
+            DispatcherCommand::Admit {
+                spec,
+                correlation_id,
+                reply,
+            } => {
                 let _ = reply.send(self.admit(spec, correlation_id));
             }
             DispatcherCommand::Locate { task, reply } => {
@@ -89,7 +107,12 @@ impl Dispatcher {
             return Ok(admitted);
         }
         let owner = crate::shard_for(admitted.pool, self.peers.len());
-        let new = NewTask { spec: *spec, admitted: admitted.clone(), correlation_id, admitted_at };
+        let new = NewTask {
+            spec: *spec,
+            admitted: admitted.clone(),
+            correlation_id,
+            admitted_at,
+        };
         match self.peers[owner.0].try_send(ShardCommand::Enqueue(Box::new(new))) {
             Ok(()) => Ok(admitted),
             Err(_) => {
@@ -115,7 +138,11 @@ pub(crate) async fn dispatcher_main(
     peers: Vec<Mailbox<ShardCommand>>,
     epoch: Instant,
 ) {
-    let d = Rc::new(Dispatcher { admission: RefCell::new(Admission::new(&config)), peers, epoch });
+    let d = Rc::new(Dispatcher {
+        admission: RefCell::new(Admission::new(&config)),
+        peers,
+        epoch,
+    });
     let sweeper = Rc::clone(&d);
     rt::spawn_detached(async move {
         loop {

@@ -55,8 +55,14 @@ pub enum Subscribed {
 
 /// How a task ends.
 enum Terminal {
-    End { canceled: bool, reason: &'static str },
-    Error { kind: ErrorKind, message: String },
+    End {
+        canceled: bool,
+        reason: &'static str,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +101,8 @@ impl TaskRun {
     /// Appends a frame to the log and hands it to every subscriber.
     fn emit(&mut self, bytes: Bytes, terminal: bool, now: Instant) {
         let had = !self.subs.is_empty();
-        self.subs.retain(|tx| tx.try_send((bytes.clone(), terminal)).is_ok());
+        self.subs
+            .retain(|tx| tx.try_send((bytes.clone(), terminal)).is_ok());
         self.frames.push(bytes);
         if terminal {
             self.subs.clear();
@@ -177,7 +184,10 @@ impl Owner {
     }
 
     pub fn live_tasks(&self) -> usize {
-        self.tasks.values().filter(|t| t.borrow().state != State::Done).count()
+        self.tasks
+            .values()
+            .filter(|t| t.borrow().state != State::Done)
+            .count()
     }
 
     fn notify(&mut self, dispatcher: &Mailbox<DispatcherCommand>, cmd: DispatcherCommand) {
@@ -284,10 +294,15 @@ impl Owner {
     /// Starts queued tasks while slots are free, then tells every queued task that
     /// moved its new position.
     fn pump(&mut self, shard: &Rc<Shard>, pool_index: usize, now: Instant) {
-        let Some(pool) = self.pools.get_mut(&pool_index) else { return };
+        let Some(pool) = self.pools.get_mut(&pool_index) else {
+            return;
+        };
         let mut starting = Vec::new();
         while pool.busy < pool.cfg.slots {
-            let Some(id) = pool.queue[0].pop_front().or_else(|| pool.queue[1].pop_front()) else {
+            let Some(id) = pool.queue[0]
+                .pop_front()
+                .or_else(|| pool.queue[1].pop_front())
+            else {
                 break;
             };
             pool.busy += 1;
@@ -297,12 +312,18 @@ impl Owner {
         let (ttft, tpot) = (pool.cfg.adapter.ttft_ms, pool.cfg.adapter.tpot_ms);
         let every = self.stream.metrics_every_tokens;
         for id in starting {
-            let Some(rc) = self.tasks.get(&id).cloned() else { continue };
+            let Some(rc) = self.tasks.get(&id).cloned() else {
+                continue;
+            };
             {
                 let mut t = rc.borrow_mut();
                 t.state = State::Running;
                 t.started_at = Some(now);
-                t.model_ref = if model == "*" { t.spec.model_ref.clone() } else { model.clone() };
+                t.model_ref = if model == "*" {
+                    t.spec.model_ref.clone()
+                } else {
+                    model.clone()
+                };
                 tracing::info!(
                     correlation_id = %t.correlation_id, task_id = %id, pool = %self.pools[&pool_index].cfg.id,
                     queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
@@ -323,9 +344,15 @@ impl Owner {
         }
         // Position updates for everyone still waiting.
         let pool = &self.pools[&pool_index];
-        let order: Vec<Uuid> = pool.queue[0].iter().chain(pool.queue[1].iter()).copied().collect();
+        let order: Vec<Uuid> = pool.queue[0]
+            .iter()
+            .chain(pool.queue[1].iter())
+            .copied()
+            .collect();
         for (i, id) in order.into_iter().enumerate() {
-            let Some(rc) = self.tasks.get(&id) else { continue };
+            let Some(rc) = self.tasks.get(&id) else {
+                continue;
+            };
             let mut t = rc.borrow_mut();
             let pos = i as u32 + 1;
             if t.position != pos {
@@ -360,7 +387,11 @@ impl Owner {
             (Some(a), Some(b)) => ms(b - a),
             _ => 0,
         };
-        let pool_name = self.pools.get(&pool_index).map(|p| p.cfg.id.clone()).unwrap_or_default();
+        let pool_name = self
+            .pools
+            .get(&pool_index)
+            .map(|p| p.cfg.id.clone())
+            .unwrap_or_default();
         match &how {
             Terminal::End { canceled, reason } => {
                 let summary = serde_json::json!({
@@ -385,9 +416,14 @@ impl Owner {
                 );
             }
             Terminal::Error { kind, message } => {
-                let summary = serde_json::json!({"event": "error", "code": kind, "message": message});
+                let summary =
+                    serde_json::json!({"event": "error", "code": kind, "message": message});
                 let stored = transcript(&t, summary);
-                let err = frame::ErrorFrame { code: *kind, message, engine: Some(t.spec.engine) };
+                let err = frame::ErrorFrame {
+                    code: *kind,
+                    message,
+                    engine: Some(t.spec.engine),
+                };
                 let f = frame::encode(t.next_id(), Event::Error, &err);
                 self.artifacts.put(stored);
                 t.emit(f, true, now);
@@ -414,21 +450,35 @@ impl Owner {
         };
         let tokens = t.tokens_out;
         drop(t);
-        self.notify(shard.dispatcher(), DispatcherCommand::Finished { task: id, outcome });
-        self.retained.push_back((now + Duration::from_millis(self.stream.retention_ms), id));
+        self.notify(
+            shard.dispatcher(),
+            DispatcherCommand::Finished { task: id, outcome },
+        );
+        self.retained
+            .push_back((now + Duration::from_millis(self.stream.retention_ms), id));
         self.pump(shard, pool_index, now);
         Some(tokens)
     }
 
     /// Cancels a task (no-op once it has ended); returns the tokens it produced.
     pub(crate) fn cancel(&mut self, shard: &Rc<Shard>, id: Uuid) -> Option<u32> {
-        let how = Terminal::End { canceled: true, reason: "client" };
+        let how = Terminal::End {
+            canceled: true,
+            reason: "client",
+        };
         self.finish(shard, id, how, Instant::now())
     }
 
     /// Sends the frames from `from` on, then keeps the subscriber until the end.
-    pub(crate) fn subscribe(&mut self, id: Uuid, from: u64, tx: flume::Sender<FrameMsg>) -> Subscribed {
-        let Some(rc) = self.tasks.get(&id) else { return Subscribed::NotFound };
+    pub(crate) fn subscribe(
+        &mut self,
+        id: Uuid,
+        from: u64,
+        tx: flume::Sender<FrameMsg>,
+    ) -> Subscribed {
+        let Some(rc) = self.tasks.get(&id) else {
+            return Subscribed::NotFound;
+        };
         let mut t = rc.borrow_mut();
         let done = t.state == State::Done;
         let total = t.frames.len();
@@ -467,12 +517,21 @@ impl Owner {
                 t.alone_since = Some(now);
             }
             if now >= t.deadline_at {
-                ending.push((*id, Terminal::Error {
-                    kind: ErrorKind::DeadlineUnmet,
-                    message: "the deadline passed before the task finished".into(),
-                }));
+                ending.push((
+                    *id,
+                    Terminal::Error {
+                        kind: ErrorKind::DeadlineUnmet,
+                        message: "the deadline passed before the task finished".into(),
+                    },
+                ));
             } else if t.alone_since.is_some_and(|s| now - s >= orphan) {
-                ending.push((*id, Terminal::End { canceled: true, reason: "orphaned" }));
+                ending.push((
+                    *id,
+                    Terminal::End {
+                        canceled: true,
+                        reason: "orphaned",
+                    },
+                ));
             } else if t.state == State::Queued && now - t.last_metrics_at >= heartbeat {
                 beats.push(Rc::clone(rc));
             }
@@ -505,7 +564,10 @@ impl Owner {
             .map(|(id, _)| *id)
             .collect();
         for id in live {
-            let how = Terminal::Error { kind: ErrorKind::PoolUnavailable, message: message.to_string() };
+            let how = Terminal::Error {
+                kind: ErrorKind::PoolUnavailable,
+                message: message.to_string(),
+            };
             self.finish(shard, id, how, now);
         }
     }
@@ -539,7 +601,11 @@ fn on_time_probability(deadline_at: Instant, now: Instant, predicted_left_ms: f6
 
 /// The task's frames as a `trace` artifact; its id is the `transcript_id`.
 fn transcript(t: &TaskRun, summary: serde_json::Value) -> Stored {
-    let frames: Vec<&str> = t.frames.iter().map(|f| std::str::from_utf8(f).unwrap_or("")).collect();
+    let frames: Vec<&str> = t
+        .frames
+        .iter()
+        .map(|f| std::str::from_utf8(f).unwrap_or(""))
+        .collect();
     let content = serde_json::json!({
         "task_id": t.spec.task_id,
         "session_id": t.spec.session_id,
@@ -547,7 +613,9 @@ fn transcript(t: &TaskRun, summary: serde_json::Value) -> Stored {
         "terminal": summary,
     });
     let id = content_id(ArtifactKind::Trace, &content);
-    let created_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let created_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let doc = serde_json::json!({
         "id": id,
         "kind": "trace",
@@ -572,8 +640,16 @@ enum Step {
 /// The mock engine on the owner shard: `ttft` before the first token, `tpot` between
 /// tokens (zero = as fast as possible, yielding now and then so other streams and
 /// requests on this shard keep moving).
-async fn drive_mock(shard: Rc<Shard>, rc: Rc<RefCell<TaskRun>>, (ttft, tpot): (Duration, Duration), every: u32) {
+async fn drive_mock(
+    shard: Rc<Shard>,
+    rc: Rc<RefCell<TaskRun>>,
+    (ttft, tpot): (Duration, Duration),
+    every: u32,
+) {
     let id = rc.borrow().spec.task_id;
+    // glommio may run a new task right away, inside the caller's borrow of the owner:
+    // step out first so every borrow below happens on a fresh poll.
+    rt::yield_now().await;
     if !ttft.is_zero() {
         rt::sleep(ttft).await;
     }
@@ -609,7 +685,10 @@ async fn drive_mock(shard: Rc<Shard>, rc: Rc<RefCell<TaskRun>>, (ttft, tpot): (D
         match step {
             Step::More => {}
             Step::Done => {
-                let how = Terminal::End { canceled: false, reason: "done" };
+                let how = Terminal::End {
+                    canceled: false,
+                    reason: "done",
+                };
                 shard.owner.borrow_mut().finish(&shard, id, how, now);
                 return;
             }

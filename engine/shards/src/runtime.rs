@@ -57,9 +57,15 @@ pub enum ShardCommand {
         reply: Reply<Subscribed>,
     },
     /// Cancel a task; replies with the tokens it produced, `None` if unknown.
-    Cancel { task: Uuid, reply: Reply<Option<u32>> },
+    Cancel {
+        task: Uuid,
+        reply: Reply<Option<u32>>,
+    },
     /// A stored artifact's document, if this shard holds it.
-    Artifact { id: String, reply: Reply<Option<Bytes>> },
+    Artifact {
+        id: String,
+        reply: Reply<Option<Bytes>>,
+    },
 }
 
 /// Shard-local counters: plain cells, no atomics; read by a scrape on the same core.
@@ -176,7 +182,12 @@ impl Shard {
                     let _ = reply.send(self.probe.snapshot(self.id));
                 }
                 ShardCommand::Enqueue(new) => self.owner.borrow_mut().enqueue(&self, *new),
-                ShardCommand::Subscribe { task, from, tx, reply } => {
+                ShardCommand::Subscribe {
+                    task,
+                    from,
+                    tx,
+                    reply,
+                } => {
                     let _ = reply.send(self.owner.borrow_mut().subscribe(task, from, tx));
                 }
                 ShardCommand::Cancel { task, reply } => {
@@ -255,8 +266,9 @@ impl Runtime {
         let (stop, stop_rx) = watch::channel(false);
 
         let epoch = Instant::now();
-        let (peers, inboxes): (Vec<_>, Vec<_>) =
-            (0..opts.shards).map(|_| mesh::mailbox(opts.mailbox_capacity)).unzip();
+        let (peers, inboxes): (Vec<_>, Vec<_>) = (0..opts.shards)
+            .map(|_| mesh::mailbox(opts.mailbox_capacity))
+            .unzip();
         let (dispatcher, dispatcher_inbox) = mesh::mailbox(opts.mailbox_capacity);
         let (halt, halted) = oneshot::channel::<()>();
         let (config, dpeers) = (Arc::clone(&opts.config), peers.clone());

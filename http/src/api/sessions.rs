@@ -37,7 +37,10 @@ pub(crate) async fn get(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, 
         kv_warmth: v.kv_warmth,
         budgets: v.budgets,
     };
-    Ok(respond::json(StatusCode::OK, serde_json::to_vec(&doc).expect("serializes")))
+    Ok(respond::json(
+        StatusCode::OK,
+        serde_json::to_vec(&doc).expect("serializes"),
+    ))
 }
 
 pub(crate) async fn delete(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, ApiError> {

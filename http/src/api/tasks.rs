@@ -37,8 +37,12 @@ pub(crate) fn overloaded(e: MeshError) -> ApiError {
         )
         .policy("overloaded")
         .retry_after_ms(50),
-        MeshError::Gone => ApiError::new(ErrorClass::Unavailable, ErrorKind::PoolUnready, "orchd is shutting down")
-            .retry_after_ms(1000),
+        MeshError::Gone => ApiError::new(
+            ErrorClass::Unavailable,
+            ErrorKind::PoolUnready,
+            "orchd is shutting down",
+        )
+        .retry_after_ms(1000),
     }
 }
 
@@ -46,7 +50,11 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(raw).map_err(|_| ApiError::invalid(format!("{what}: {raw:?} is not a UUID")))
 }
 
-pub(crate) async fn create(app: &Rc<ShardApp>, body: Bytes, cid: &HeaderValue) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn create(
+    app: &Rc<ShardApp>,
+    body: Bytes,
+    cid: &HeaderValue,
+) -> Result<Response<Body>, ApiError> {
     if app.shard.stopping() {
         return Err(overloaded(MeshError::Gone));
     }
@@ -74,7 +82,10 @@ pub(crate) async fn create(app: &Rc<ShardApp>, body: Bytes, cid: &HeaderValue) -
         predicted_start_ms: admitted.predicted_start_ms,
         backoff_ms: admitted.backoff_ms,
     };
-    let mut r = respond::json(StatusCode::ACCEPTED, serde_json::to_vec(&body).expect("serializes"));
+    let mut r = respond::json(
+        StatusCode::ACCEPTED,
+        serde_json::to_vec(&body).expect("serializes"),
+    );
     budget_headers(r.headers_mut(), &admitted);
     Ok(r)
 }
@@ -103,7 +114,11 @@ async fn locate(app: &ShardApp, task: Uuid) -> Result<ShardId, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))
 }
 
-pub(crate) async fn stream(app: &Rc<ShardApp>, raw_id: &str, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn stream(
+    app: &Rc<ShardApp>,
+    raw_id: &str,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
     let task = parse_id(raw_id, "task id")?;
     let from = match headers.get("last-event-id") {
         None => 0,
@@ -112,16 +127,26 @@ pub(crate) async fn stream(app: &Rc<ShardApp>, raw_id: &str, headers: &HeaderMap
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .and_then(|n| n.checked_add(1))
-            .ok_or_else(|| ApiError::invalid("Last-Event-ID: must be a frame id (an integer >= 0)"))?,
+            .ok_or_else(|| {
+                ApiError::invalid("Last-Event-ID: must be a frame id (an integer >= 0)")
+            })?,
     };
     let owner = locate(app, task).await?;
     let (subscribed, rx) = subscribe(Rc::clone(app), task, owner, from)
         .await
         .ok_or_else(|| overloaded(MeshError::Gone))?;
     let body = match subscribed {
-        Subscribed::NotFound => return Err(ApiError::not_found(format!("task {task} is not known"))),
+        Subscribed::NotFound => {
+            return Err(ApiError::not_found(format!("task {task} is not known")))
+        }
         Subscribed::Ended => Body::empty(),
-        Subscribed::Live => Body::Sse(Box::new(SseBody::new(Rc::clone(app), task, owner, from, rx))),
+        Subscribed::Live => Body::Sse(Box::new(SseBody::new(
+            Rc::clone(app),
+            task,
+            owner,
+            from,
+            rx,
+        ))),
     };
     let mut r = Response::new(body);
     let h = r.headers_mut();
@@ -142,7 +167,8 @@ pub(crate) async fn cancel(app: &Rc<ShardApp>, raw_id: &str) -> Result<Response<
         .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
-    r.headers_mut().insert("x-tokens-out", HeaderValue::from(tokens));
+    r.headers_mut()
+        .insert("x-tokens-out", HeaderValue::from(tokens));
     Ok(r)
 }
 
@@ -151,11 +177,16 @@ pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Api
     use http_body_util::BodyExt;
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
-            ErrorClass::PayloadTooLarge,
-            ErrorKind::InvalidParams,
-            format!("body: more than the limit of {limit} bytes (server.max_body_bytes)"),
-        )),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                ErrorClass::PayloadTooLarge,
+                ErrorKind::InvalidParams,
+                format!("body: more than the limit of {limit} bytes (server.max_body_bytes)"),
+            ))
+        }
         Err(_) => Err(ApiError::invalid("body: could not be read")),
     }
 }

@@ -184,3 +184,157 @@ pub fn is_uuid_v4(s: &str) -> bool {
             .enumerate()
             .all(|(i, c)| [8, 13, 18, 23].contains(&i) || c.is_ascii_hexdigit())
 }
+
+/// One SSE event as read off the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub id: u64,
+    pub event: String,
+    pub data: serde_json::Value,
+    /// The exact bytes of the frame, `id:` line to blank line.
+    pub raw: String,
+}
+
+/// An open `text/event-stream` response, read incrementally (chunked encoding).
+pub struct SseReader {
+    pub client: Client,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    buf: Vec<u8>,
+    pub heartbeats: usize,
+    ended: bool,
+}
+
+impl Client {
+    /// Sends a GET and returns the stream once the response head is read.
+    pub fn open_stream(mut self, path: &str, headers: &[(&str, &str)]) -> SseReader {
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: orchd\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.reader.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        SseReader {
+            client: self,
+            status,
+            headers,
+            buf: Vec::new(),
+            heartbeats: 0,
+            ended: false,
+        }
+    }
+}
+
+impl SseReader {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Reads one more chunk of the body; false at the end of the body.
+    fn fill(&mut self) -> bool {
+        if self.ended {
+            return false;
+        }
+        let mut line = String::new();
+        if self.client.reader.read_line(&mut line).unwrap_or(0) == 0 {
+            self.ended = true;
+            return false;
+        }
+        let n = usize::from_str_radix(line.trim(), 16).expect("chunk size");
+        let mut chunk = vec![0; n + 2];
+        self.client.reader.read_exact(&mut chunk).unwrap();
+        if n == 0 {
+            self.ended = true;
+            return false;
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        true
+    }
+
+    /// The next event (heartbeat comments are counted and skipped); `None` at the end.
+    pub fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                let raw = String::from_utf8(raw).unwrap();
+                if raw.starts_with(':') {
+                    self.heartbeats += 1;
+                    continue;
+                }
+                let mut id = None;
+                let mut event = String::new();
+                let mut data = String::new();
+                for l in raw.lines() {
+                    if let Some(v) = l.strip_prefix("id: ") {
+                        id = Some(v.parse().unwrap());
+                    } else if let Some(v) = l.strip_prefix("event: ") {
+                        event = v.to_string();
+                    } else if let Some(v) = l.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                let data = serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("bad data {data:?}: {e}"));
+                return Some(Event {
+                    id: id.expect("every frame has an id"),
+                    event,
+                    data,
+                    raw,
+                });
+            }
+            if !self.fill() {
+                assert!(
+                    self.buf.is_empty(),
+                    "stream ended inside a frame: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+                return None;
+            }
+        }
+    }
+
+    /// Every remaining event, to the end of the stream.
+    pub fn collect(mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next_event() {
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// A task request body with the given ids and overrides merged in.
+pub fn task_body(task: &str, session: &str, extra: serde_json::Value) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "task_id": task, "session_id": session, "workload": "completion", "model_ref": "m",
+        "engine": "llamacpp", "ctx": 4096, "priority": "interactive", "max_tokens": 8,
+        "deadline_ms": 60000, "prompt": "hello", "seed": 7
+    });
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A fresh random UUID string.
+pub fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
