@@ -157,6 +157,8 @@ pub struct AdapterConfig {
     pub ttft_ms: u64,
     /// Mock: time per output token; 0 = as fast as possible.
     pub tpot_ms: u64,
+    /// Watchdog: a running task with no token for this long ends with DECODE_TIMEOUT.
+    pub decode_timeout_ms: u64,
 }
 
 /// An API key. Its `Debug` never shows the key, so configs can be logged.
@@ -251,6 +253,7 @@ impl Default for AdapterConfig {
             kind: AdapterKind::Mock,
             ttft_ms: 20,
             tpot_ms: 5,
+            decode_timeout_ms: 30_000,
         }
     }
 }
@@ -440,7 +443,16 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
         p.push(format!("{at}.cost_per_token: must be a finite number >= 0"));
     }
     let a = &pool.adapter;
-    for (name, v) in [("ttft_ms", a.ttft_ms), ("tpot_ms", a.tpot_ms)] {
+    if a.decode_timeout_ms == 0 {
+        p.push(format!(
+            "{at}.adapter.decode_timeout_ms: must be at least 1"
+        ));
+    }
+    for (name, v) in [
+        ("ttft_ms", a.ttft_ms),
+        ("tpot_ms", a.tpot_ms),
+        ("decode_timeout_ms", a.decode_timeout_ms),
+    ] {
         if v > 3_600_000 {
             p.push(format!("{at}.adapter.{name}: {v} is more than an hour"));
         }

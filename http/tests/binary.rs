@@ -1,6 +1,8 @@
 //! The `orchd` binary as a user runs it: config errors, the loopback rule, the default
 //! config printout, readiness and SIGTERM.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,13 +101,22 @@ fn default_config_printout_is_the_default() {
 }
 
 /// Starts orchd on port 0 and returns it with the address from its `ready` log line.
-// The child is handed to the caller, which waits for it; clippy cannot see that.
-#[allow(clippy::zombie_processes)]
 fn start_ready(
     extra_env: &[(&str, &str)],
 ) -> (Child, String, BufReader<std::process::ChildStderr>) {
+    start_ready_with(extra_env, &[])
+}
+
+/// Like [`start_ready`], with extra arguments.
+// The child is handed to the caller, which waits for it; clippy cannot see that.
+#[allow(clippy::zombie_processes)]
+fn start_ready_with(
+    extra_env: &[(&str, &str)],
+    args: &[&std::ffi::OsStr],
+) -> (Child, String, BufReader<std::process::ChildStderr>) {
     let mut cmd = orchd();
-    cmd.env("ORCHD_ADDR", "127.0.0.1:0")
+    cmd.args(args)
+        .env("ORCHD_ADDR", "127.0.0.1:0")
         .env("ORCHD_LOG", "info");
     for (k, v) in extra_env {
         cmd.env(k, v);
@@ -185,4 +196,37 @@ fn too_low_memlock_limit_fails_fast_naming_the_fix() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("locked-memory limit is 64 KiB"), "{err}");
     assert!(err.contains("ulimit -l"), "{err}");
+}
+
+#[test]
+fn sigterm_ends_live_streams_with_a_terminal_frame_and_exits_0() {
+    let p = temp_file(
+        "grace",
+        "[server]\nshutdown_grace_ms = 300\n[[pools]]\nid = \"p\"\n[pools.adapter]\nttft_ms = 0\ntpot_ms = 20\n",
+    );
+    let (mut child, addr, _err) =
+        start_ready_with(&[], &[std::ffi::OsStr::new("--config"), p.as_os_str()]);
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let task = support::uuid();
+    let body = support::task_body(
+        &task,
+        &support::uuid(),
+        serde_json::json!({"max_tokens": 1000}),
+    );
+    let r = support::Client::connect(addr).send("POST", "/v1/tasks", &[], &body);
+    assert_eq!(r.status, 202);
+    let mut stream =
+        support::Client::connect(addr).open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
+    assert_eq!(stream.next_event().unwrap().event, "started");
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut last = None;
+    while let Some(e) = stream.next_event() {
+        last = Some(e);
+    }
+    let last = last.expect("frames after SIGTERM");
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "POOL_UNAVAILABLE");
+    let status = wait_bounded(&mut child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
 }

@@ -713,3 +713,22 @@ fn a_deadline_that_passes_during_decode_ends_the_stream_with_an_error() {
     assert_eq!(last.data["code"], "DEADLINE_UNMET");
     assert_eq!(last.data["engine"], "llamacpp");
 }
+
+#[test]
+fn an_engine_slower_than_the_watchdog_ends_with_decode_timeout() {
+    let mut c = fast(2);
+    c.pools[0].adapter.ttft_ms = 600;
+    c.pools[0].adapter.decode_timeout_ms = 150;
+    let s = TestServer::start(c);
+    let task = uuid();
+    assert_eq!(
+        submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 4}))).status,
+        202
+    );
+    let events = stream(&s, &task);
+    assert_well_formed(&events);
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "DECODE_TIMEOUT");
+    assert_eq!(events.iter().filter(|e| e.event == "token").count(), 0);
+}

@@ -516,12 +516,31 @@ impl Owner {
             if t.subs.is_empty() && t.alone_since.is_none() {
                 t.alone_since = Some(now);
             }
+            let watchdog = self
+                .pools
+                .get(&t.admitted.pool)
+                .map(|p| p.cfg.adapter.decode_timeout_ms);
+            let quiet_since = t.last_token_at.or(t.started_at);
+            let stalled = match (t.state, quiet_since, watchdog) {
+                (State::Running, Some(since), Some(limit)) => {
+                    (now - since >= Duration::from_millis(limit)).then_some(limit)
+                }
+                _ => None,
+            };
             if now >= t.deadline_at {
                 ending.push((
                     *id,
                     Terminal::Error {
                         kind: ErrorKind::DeadlineUnmet,
                         message: "the deadline passed before the task finished".into(),
+                    },
+                ));
+            } else if let Some(limit) = stalled {
+                ending.push((
+                    *id,
+                    Terminal::Error {
+                        kind: ErrorKind::DecodeTimeout,
+                        message: format!("no token from the engine for {limit} ms"),
                     },
                 ));
             } else if t.alone_since.is_some_and(|s| now - s >= orphan) {
