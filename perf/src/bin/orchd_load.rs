@@ -1,0 +1,304 @@
+//! orchd-load: a closed-loop load generator for orchd's SSE data plane.
+//!
+//! N virtual users, each on its own keep-alive connection, repeat: submit a task
+//! (`POST /v1/tasks`), stream it (`GET /v1/tasks/{id}/stream`), parse the SSE frames
+//! incrementally, check frame order (consecutive ids, gap-free token indexes, exactly
+//! one terminal frame). Records time to first token (from submit), inter-token gaps and
+//! task time in HDR histograms; 429s are counted and retried after their advice.
+//! Bounded by `--tasks` and `--duration`; refuses non-loopback targets unless
+//! `--allow-remote`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "orchd-load", about = "Closed-loop SSE load against orchd")]
+struct Args {
+    /// orchd address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Concurrent virtual users (one connection each).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Tasks to complete in all.
+    #[arg(long, default_value_t = 1024)]
+    tasks: u64,
+    /// max_tokens of every task.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    /// Stop after this many seconds even if tasks remain.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// X-API-Key to send.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Allow a target outside 127.0.0.0/8 and ::1.
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+struct Stats {
+    ttft_us: Histogram<u64>,
+    itl_us: Histogram<u64>,
+    task_us: Histogram<u64>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        let h = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+        Stats { ttft_us: h(), itl_us: h(), task_us: h() }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    done: AtomicU64,
+    tokens: AtomicU64,
+    rejected: AtomicU64,
+    errors: AtomicU64,
+    violations: AtomicU64,
+    started: AtomicU64,
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn request(args: &Args, method: &str, path: &str, body: Bytes) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(path).header("host", "orchd");
+    if let Some(k) = &args.api_key {
+        b = b.header("x-api-key", k);
+    }
+    if !body.is_empty() {
+        b = b.header("content-type", "application/json");
+    }
+    b.body(Full::new(body)).expect("request builds")
+}
+
+/// One virtual user.
+async fn user(args: Arc<Args>, counters: Arc<Counters>, stats: Arc<Mutex<Stats>>, stop_at: Instant) {
+    let mut local = Stats::new();
+    let mut sender = match connect(args.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("connect: {e}");
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let session = uuid::Uuid::new_v4();
+    while Instant::now() < stop_at {
+        if counters.started.fetch_add(1, Ordering::Relaxed) >= args.tasks {
+            break;
+        }
+        let task = uuid::Uuid::new_v4();
+        let body = serde_json::json!({
+            "task_id": task, "session_id": session, "workload": "completion", "model_ref": "load",
+            "engine": "llamacpp", "ctx": 8192, "priority": "interactive", "max_tokens": args.max_tokens,
+            "deadline_ms": 600000, "prompt": "load test", "kv_hint": "cold",
+        });
+        let t0 = Instant::now();
+        let submitted = loop {
+            if sender.ready().await.is_err() {
+                match connect(args.addr).await {
+                    Ok(s) => sender = s,
+                    Err(_) => break None,
+                }
+            }
+            let req = request(&args, "POST", "/v1/tasks", Bytes::from(serde_json::to_vec(&body).unwrap()));
+            let Ok(resp) = sender.send_request(req).await else { break None };
+            let status = resp.status();
+            let retry_ms = resp
+                .headers()
+                .get("x-backoff-ms")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(100);
+            let _ = resp.into_body().collect().await;
+            match status {
+                StatusCode::ACCEPTED => break Some(()),
+                StatusCode::TOO_MANY_REQUESTS => {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(retry_ms.min(1000))).await;
+                }
+                _ => break None,
+            }
+        };
+        if submitted.is_none() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let req = request(&args, "GET", &format!("/v1/tasks/{task}/stream"), Bytes::new());
+        let Ok(resp) = sender.send_request(req).await else {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let mut body = resp.into_body();
+        let mut buf = Vec::<u8>::with_capacity(4096);
+        let mut next_id = 0u64;
+        let mut next_index = 0u64;
+        let mut last_token: Option<Instant> = None;
+        let mut terminal = 0;
+        let mut ok = true;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                ok = false;
+                break;
+            };
+            let Some(data) = frame.data_ref() else { continue };
+            buf.extend_from_slice(data);
+            let now = Instant::now();
+            while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+                let ev: Vec<u8> = buf.drain(..pos + 2).collect();
+                if ev.first() == Some(&b':') {
+                    continue;
+                }
+                let text = std::str::from_utf8(&ev).unwrap_or("");
+                let mut lines = text.lines();
+                let id = lines.next().and_then(|l| l.strip_prefix("id: ")).and_then(|v| v.parse::<u64>().ok());
+                let event = lines.next().and_then(|l| l.strip_prefix("event: ")).unwrap_or("");
+                if id != Some(next_id) {
+                    counters.violations.fetch_add(1, Ordering::Relaxed);
+                }
+                next_id = id.unwrap_or(next_id) + 1;
+                match event {
+                    "token" => {
+                        let data = lines.next().and_then(|l| l.strip_prefix("data: ")).unwrap_or("{}");
+                        let i = serde_json::from_str::<serde_json::Value>(data).ok().and_then(|v| v["i"].as_u64());
+                        if i != Some(next_index) {
+                            counters.violations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        next_index += 1;
+                        match last_token {
+                            None => {
+                                let _ = local.ttft_us.record((now - t0).as_micros().max(1) as u64);
+                            }
+                            Some(prev) => {
+                                let _ = local.itl_us.record((now - prev).as_micros().max(1) as u64);
+                            }
+                        }
+                        last_token = Some(now);
+                    }
+                    "end" => terminal += 1,
+                    "error" => {
+                        terminal += 1;
+                        ok = false;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if terminal != 1 {
+            counters.violations.fetch_add(1, Ordering::Relaxed);
+        }
+        if ok {
+            let _ = local.task_us.record(t0.elapsed().as_micros().max(1) as u64);
+            counters.done.fetch_add(1, Ordering::Relaxed);
+            counters.tokens.fetch_add(next_index, Ordering::Relaxed);
+        } else {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let mut s = stats.lock().expect("stats lock");
+    s.ttft_us.add(&local.ttft_us).expect("same bounds");
+    s.itl_us.add(&local.itl_us).expect("same bounds");
+    s.task_us.add(&local.task_us).expect("same bounds");
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Arc::new(Args::parse());
+    if !args.addr.ip().is_loopback() && !args.allow_remote {
+        eprintln!("orchd-load: {} is not a loopback address (use --allow-remote on purpose)", args.addr);
+        std::process::exit(2);
+    }
+    let counters = Arc::new(Counters::default());
+    let stats = Arc::new(Mutex::new(Stats::new()));
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(args.duration);
+    let progress = {
+        let counters = Arc::clone(&counters);
+        let total = args.tasks;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprint!(
+                    "\r{:>6.1}s  tasks {}/{}  tokens {}  429s {}  errors {}   ",
+                    started.elapsed().as_secs_f64(),
+                    counters.done.load(Ordering::Relaxed),
+                    total,
+                    counters.tokens.load(Ordering::Relaxed),
+                    counters.rejected.load(Ordering::Relaxed),
+                    counters.errors.load(Ordering::Relaxed),
+                );
+            }
+        })
+    };
+    let users: Vec<_> = (0..args.concurrency)
+        .map(|_| tokio::spawn(user(Arc::clone(&args), Arc::clone(&counters), Arc::clone(&stats), stop_at)))
+        .collect();
+    for u in users {
+        let _ = u.await;
+    }
+    progress.abort();
+    eprintln!();
+    let secs = started.elapsed().as_secs_f64();
+    let s = stats.lock().expect("stats lock");
+    let done = counters.done.load(Ordering::Relaxed);
+    let tokens = counters.tokens.load(Ordering::Relaxed);
+    let q = |h: &Histogram<u64>, p: f64| ms(h.value_at_quantile(p));
+    let summary = serde_json::json!({
+        "concurrency": args.concurrency, "max_tokens": args.max_tokens, "seconds": secs,
+        "tasks": done, "tokens": tokens, "tasks_per_s": done as f64 / secs, "tokens_per_s": tokens as f64 / secs,
+        "rejected_429": counters.rejected.load(Ordering::Relaxed), "errors": counters.errors.load(Ordering::Relaxed),
+        "frame_violations": counters.violations.load(Ordering::Relaxed),
+        "ttft_ms": {"p50": q(&s.ttft_us, 0.5), "p99": q(&s.ttft_us, 0.99), "p999": q(&s.ttft_us, 0.999), "max": ms(s.ttft_us.max())},
+        "itl_ms": {"p50": q(&s.itl_us, 0.5), "p99": q(&s.itl_us, 0.99), "p999": q(&s.itl_us, 0.999), "max": ms(s.itl_us.max())},
+        "task_ms": {"p50": q(&s.task_us, 0.5), "p99": q(&s.task_us, 0.99), "max": ms(s.task_us.max())},
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
+        return;
+    }
+    println!("concurrency {}  max_tokens {}  {:.2}s", args.concurrency, args.max_tokens, secs);
+    println!("tasks {done}  ({:.0}/s)   tokens {tokens}  ({:.0}/s)", done as f64 / secs, tokens as f64 / secs);
+    println!(
+        "429s {}  errors {}  frame-order violations {}",
+        summary["rejected_429"], summary["errors"], summary["frame_violations"]
+    );
+    println!("{:<22}{:>10}{:>10}{:>10}{:>10}", "latency (ms)", "p50", "p99", "p99.9", "max");
+    for (name, h) in [("time to first token", &s.ttft_us), ("inter-token", &s.itl_us), ("task", &s.task_us)] {
+        println!(
+            "{:<22}{:>10.3}{:>10.3}{:>10.3}{:>10.3}",
+            name,
+            q(h, 0.5),
+            q(h, 0.99),
+            q(h, 0.999),
+            ms(h.max())
+        );
+    }
+}
