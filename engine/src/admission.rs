@@ -253,10 +253,15 @@ impl Admission {
         }
 
         // 1 + 2: the pools serving engine and model, then validation against them.
-        let serving: Vec<usize> = (0..self.pools.len())
-            .filter(|&i| self.pools[i].serves(spec))
-            .collect();
-        if serving.is_empty() {
+        // Plain passes over the (few) pools: no allocation on the refusal paths.
+        let n = self.pools.len();
+        let serves = |i: usize| self.pools[i].serves(spec);
+        let fits = |i: usize| {
+            let p = &self.pools[i].cfg;
+            serves(i) && p.workloads.contains(&spec.workload) && spec.ctx <= p.ctx_max
+        };
+        let candidate = |i: usize| fits(i) && self.pools[i].ready;
+        let Some(first_serving) = (0..n).find(|&i| serves(i)) else {
             return Err(ApiError::new(
                 ErrorClass::Unavailable,
                 ErrorKind::PoolUnavailable,
@@ -267,17 +272,9 @@ impl Admission {
                 ),
             )
             .with_engine(spec.engine));
-        }
-        let fitting: Vec<usize> = serving
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let p = &self.pools[i].cfg;
-                p.workloads.contains(&spec.workload) && spec.ctx <= p.ctx_max
-            })
-            .collect();
-        if fitting.is_empty() {
-            let p = &self.pools[serving[0]].cfg;
+        };
+        let Some(first_fitting) = (0..n).find(|&i| fits(i)) else {
+            let p = &self.pools[first_serving].cfg;
             let msg: Cow<'static, str> = if !p.workloads.contains(&spec.workload) {
                 format!(
                     "workload: {} is not supported by the pools serving this model",
@@ -285,22 +282,21 @@ impl Admission {
                 )
                 .into()
             } else {
-                let max = serving
-                    .iter()
-                    .map(|&i| self.pools[i].cfg.ctx_max)
-                    .max()
-                    .unwrap_or(0);
-                format!("ctx: {} is more than ctx_max {max}", spec.ctx).into()
+                let max = (0..n)
+                    .filter(|&i| serves(i))
+                    .map(|i| self.pools[i].cfg.ctx_max)
+                    .max();
+                format!(
+                    "ctx: {} is more than ctx_max {}",
+                    spec.ctx,
+                    max.unwrap_or(0)
+                )
+                .into()
             };
             return Err(ApiError::invalid(msg).with_engine(spec.engine));
-        }
-        let ready: Vec<usize> = fitting
-            .iter()
-            .copied()
-            .filter(|&i| self.pools[i].ready)
-            .collect();
-        if ready.is_empty() {
-            let p = &self.pools[fitting[0]];
+        };
+        if !(0..n).any(candidate) {
+            let p = &self.pools[first_fitting];
             return Err(ApiError::new(
                 ErrorClass::Unavailable,
                 ErrorKind::PoolUnready,
@@ -319,15 +315,15 @@ impl Admission {
             .unwrap_or_default();
         let want_warm = spec.kv_hint != Some(KvHint::Cold);
         let pool = match session.kv_pool {
-            Some(p) if want_warm && ready.contains(&p) => p,
-            _ => *ready
-                .iter()
-                .min_by(|&&a, &&b| {
+            Some(p) if want_warm && p < n && candidate(p) => p,
+            _ => (0..n)
+                .filter(|&i| candidate(i))
+                .min_by(|&a, &b| {
                     self.pools[a]
                         .occupancy()
                         .total_cmp(&self.pools[b].occupancy())
                 })
-                .expect("ready is not empty"),
+                .expect("a candidate exists"),
         };
         let kv_warmth = want_warm && session.kv_pool == Some(pool);
         let mirror = &self.pools[pool];

@@ -123,8 +123,8 @@ impl Client {
         self.read_response()
     }
 
-    /// Reads one response (Content-Length or chunked body).
-    pub fn read_response(&mut self) -> Response {
+    /// Reads a status line and headers.
+    fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
         let status: u16 = line
@@ -144,6 +144,13 @@ impl Client {
             let (k, v) = l.split_once(':').unwrap();
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
+        (status, headers)
+    }
+
+    /// Reads one response (Content-Length or chunked body).
+    pub fn read_response(&mut self) -> Response {
+        let (status, headers) = self.read_head();
+        let mut line = String::new();
         let mut resp = Response {
             status,
             headers,
@@ -215,20 +222,7 @@ impl Client {
         }
         req.push_str("\r\n");
         self.reader.get_mut().write_all(req.as_bytes()).unwrap();
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).unwrap();
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':').unwrap();
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
+        let (status, headers) = self.read_head();
         SseReader {
             client: self,
             status,

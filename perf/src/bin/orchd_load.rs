@@ -59,7 +59,11 @@ struct Stats {
 impl Stats {
     fn new() -> Stats {
         let h = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
-        Stats { ttft_us: h(), itl_us: h(), task_us: h() }
+        Stats {
+            ttft_us: h(),
+            itl_us: h(),
+            task_us: h(),
+        }
     }
 }
 
@@ -78,7 +82,9 @@ type Sender = http1::SendRequest<Full<Bytes>>;
 async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -86,7 +92,10 @@ async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
 }
 
 fn request(args: &Args, method: &str, path: &str, body: Bytes) -> Request<Full<Bytes>> {
-    let mut b = Request::builder().method(method).uri(path).header("host", "orchd");
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "orchd");
     if let Some(k) = &args.api_key {
         b = b.header("x-api-key", k);
     }
@@ -97,7 +106,12 @@ fn request(args: &Args, method: &str, path: &str, body: Bytes) -> Request<Full<B
 }
 
 /// One virtual user.
-async fn user(args: Arc<Args>, counters: Arc<Counters>, stats: Arc<Mutex<Stats>>, stop_at: Instant) {
+async fn user(
+    args: Arc<Args>,
+    counters: Arc<Counters>,
+    stats: Arc<Mutex<Stats>>,
+    stop_at: Instant,
+) {
     let mut local = Stats::new();
     let mut sender = match connect(args.addr).await {
         Ok(s) => s,
@@ -126,8 +140,15 @@ async fn user(args: Arc<Args>, counters: Arc<Counters>, stats: Arc<Mutex<Stats>>
                     Err(_) => break None,
                 }
             }
-            let req = request(&args, "POST", "/v1/tasks", Bytes::from(serde_json::to_vec(&body).unwrap()));
-            let Ok(resp) = sender.send_request(req).await else { break None };
+            let req = request(
+                &args,
+                "POST",
+                "/v1/tasks",
+                Bytes::from(serde_json::to_vec(&body).unwrap()),
+            );
+            let Ok(resp) = sender.send_request(req).await else {
+                break None;
+            };
             let status = resp.status();
             let retry_ms = resp
                 .headers()
@@ -148,7 +169,12 @@ async fn user(args: Arc<Args>, counters: Arc<Counters>, stats: Arc<Mutex<Stats>>
             counters.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let req = request(&args, "GET", &format!("/v1/tasks/{task}/stream"), Bytes::new());
+        let req = request(
+            &args,
+            "GET",
+            &format!("/v1/tasks/{task}/stream"),
+            Bytes::new(),
+        );
         let Ok(resp) = sender.send_request(req).await else {
             counters.errors.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -165,7 +191,9 @@ async fn user(args: Arc<Args>, counters: Arc<Counters>, stats: Arc<Mutex<Stats>>
                 ok = false;
                 break;
             };
-            let Some(data) = frame.data_ref() else { continue };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
             buf.extend_from_slice(data);
             let now = Instant::now();
             while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
@@ -175,16 +203,27 @@ async fn user(args: Arc<Args>, counters: Arc<Counters>, stats: Arc<Mutex<Stats>>
                 }
                 let text = std::str::from_utf8(&ev).unwrap_or("");
                 let mut lines = text.lines();
-                let id = lines.next().and_then(|l| l.strip_prefix("id: ")).and_then(|v| v.parse::<u64>().ok());
-                let event = lines.next().and_then(|l| l.strip_prefix("event: ")).unwrap_or("");
+                let id = lines
+                    .next()
+                    .and_then(|l| l.strip_prefix("id: "))
+                    .and_then(|v| v.parse::<u64>().ok());
+                let event = lines
+                    .next()
+                    .and_then(|l| l.strip_prefix("event: "))
+                    .unwrap_or("");
                 if id != Some(next_id) {
                     counters.violations.fetch_add(1, Ordering::Relaxed);
                 }
                 next_id = id.unwrap_or(next_id) + 1;
                 match event {
                     "token" => {
-                        let data = lines.next().and_then(|l| l.strip_prefix("data: ")).unwrap_or("{}");
-                        let i = serde_json::from_str::<serde_json::Value>(data).ok().and_then(|v| v["i"].as_u64());
+                        let data = lines
+                            .next()
+                            .and_then(|l| l.strip_prefix("data: "))
+                            .unwrap_or("{}");
+                        let i = serde_json::from_str::<serde_json::Value>(data)
+                            .ok()
+                            .and_then(|v| v["i"].as_u64());
                         if i != Some(next_index) {
                             counters.violations.fetch_add(1, Ordering::Relaxed);
                         }
@@ -233,7 +272,10 @@ fn ms(us: u64) -> f64 {
 async fn main() {
     let args = Arc::new(Args::parse());
     if !args.addr.ip().is_loopback() && !args.allow_remote {
-        eprintln!("orchd-load: {} is not a loopback address (use --allow-remote on purpose)", args.addr);
+        eprintln!(
+            "orchd-load: {} is not a loopback address (use --allow-remote on purpose)",
+            args.addr
+        );
         std::process::exit(2);
     }
     let counters = Arc::new(Counters::default());
@@ -259,7 +301,14 @@ async fn main() {
         })
     };
     let users: Vec<_> = (0..args.concurrency)
-        .map(|_| tokio::spawn(user(Arc::clone(&args), Arc::clone(&counters), Arc::clone(&stats), stop_at)))
+        .map(|_| {
+            tokio::spawn(user(
+                Arc::clone(&args),
+                Arc::clone(&counters),
+                Arc::clone(&stats),
+                stop_at,
+            ))
+        })
         .collect();
     for u in users {
         let _ = u.await;
@@ -284,14 +333,28 @@ async fn main() {
         println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
         return;
     }
-    println!("concurrency {}  max_tokens {}  {:.2}s", args.concurrency, args.max_tokens, secs);
-    println!("tasks {done}  ({:.0}/s)   tokens {tokens}  ({:.0}/s)", done as f64 / secs, tokens as f64 / secs);
+    println!(
+        "concurrency {}  max_tokens {}  {:.2}s",
+        args.concurrency, args.max_tokens, secs
+    );
+    println!(
+        "tasks {done}  ({:.0}/s)   tokens {tokens}  ({:.0}/s)",
+        done as f64 / secs,
+        tokens as f64 / secs
+    );
     println!(
         "429s {}  errors {}  frame-order violations {}",
         summary["rejected_429"], summary["errors"], summary["frame_violations"]
     );
-    println!("{:<22}{:>10}{:>10}{:>10}{:>10}", "latency (ms)", "p50", "p99", "p99.9", "max");
-    for (name, h) in [("time to first token", &s.ttft_us), ("inter-token", &s.itl_us), ("task", &s.task_us)] {
+    println!(
+        "{:<22}{:>10}{:>10}{:>10}{:>10}",
+        "latency (ms)", "p50", "p99", "p99.9", "max"
+    );
+    for (name, h) in [
+        ("time to first token", &s.ttft_us),
+        ("inter-token", &s.itl_us),
+        ("task", &s.task_us),
+    ] {
         println!(
             "{:<22}{:>10.3}{:>10.3}{:>10.3}{:>10.3}",
             name,
