@@ -38,13 +38,41 @@ impl Ewma {
     }
 }
 
+/// The lifecycle of a pool as admission sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolState {
+    Ready,
+    /// Admission closed; running and queued tasks go on until `until_ms`.
+    Draining {
+        until_ms: u64,
+    },
+    /// The drain deadline passed; the pool admits nothing until a reload.
+    Drained,
+    /// A model switch is under way; the pool keeps admitting unless it was drained.
+    /// `was_drained` is the state to return to if the engine cannot load the model.
+    Reloading {
+        was_drained: bool,
+    },
+}
+
+impl PoolState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolState::Ready => "ready",
+            PoolState::Draining { .. } => "draining",
+            PoolState::Drained => "drained",
+            PoolState::Reloading { .. } => "reloading",
+        }
+    }
+}
+
 /// The dispatcher's view of one pool.
 #[derive(Debug)]
 pub struct PoolMirror {
     pub cfg: PoolConfig,
     /// The model currently served (`*` = any).
     pub model_ref: String,
-    pub ready: bool,
+    pub state: PoolState,
     running: u32,
     /// Queued task ids by class (0 interactive, 1 batch), oldest first.
     queued: [VecDeque<Uuid>; 2],
@@ -60,7 +88,7 @@ impl PoolMirror {
         let tpot = cfg.adapter.tpot_ms as f64;
         PoolMirror {
             model_ref: cfg.model_ref.clone(),
-            ready: true,
+            state: PoolState::Ready,
             running: 0,
             queued: [VecDeque::new(), VecDeque::new()],
             // Until a task has run, assume a typical one of 64 tokens.
@@ -77,6 +105,14 @@ impl PoolMirror {
 
     pub fn running(&self) -> u32 {
         self.running
+    }
+
+    /// Admitting new tasks.
+    pub fn ready(&self) -> bool {
+        matches!(
+            self.state,
+            PoolState::Ready | PoolState::Reloading { was_drained: false }
+        )
     }
 
     fn serves(&self, spec: &TaskSpec) -> bool {
@@ -260,7 +296,7 @@ impl Admission {
             let p = &self.pools[i].cfg;
             serves(i) && p.workloads.contains(&spec.workload) && spec.ctx <= p.ctx_max
         };
-        let candidate = |i: usize| fits(i) && self.pools[i].ready;
+        let candidate = |i: usize| fits(i) && self.pools[i].ready();
         let Some(first_serving) = (0..n).find(|&i| serves(i)) else {
             return Err(ApiError::new(
                 ErrorClass::Unavailable,
@@ -615,8 +651,16 @@ impl Admission {
         self.sessions.remove(id);
     }
 
-    /// Forgets finished tasks past retention and sessions past their TTL.
+    /// Forgets finished tasks past retention and sessions past their TTL; ends drains
+    /// whose deadline passed.
     pub fn sweep(&mut self, now_ms: u64) {
+        for p in &mut self.pools {
+            if let PoolState::Draining { until_ms } = p.state {
+                if now_ms >= until_ms {
+                    p.state = PoolState::Drained;
+                }
+            }
+        }
         while let Some(&(t, id)) = self.expiries.front() {
             if t > now_ms {
                 break;
@@ -634,12 +678,129 @@ impl Admission {
         });
     }
 
+    /// The index of the pool named `id`.
+    pub fn pool_index(&self, id: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.cfg.id == id)
+    }
+
+    /// Closes admission to a pool; its tasks have `deadline_ms` to finish. Draining a
+    /// draining pool keeps the earlier deadline. Returns the time left.
+    pub fn drain(&mut self, pool: usize, deadline_ms: u64, now_ms: u64) -> Result<u64, ApiError> {
+        let p = &mut self.pools[pool];
+        match p.state {
+            PoolState::Draining { until_ms } => Ok(until_ms.saturating_sub(now_ms)),
+            PoolState::Reloading { .. } => Err(conflict(&p.cfg.id, "a reload is in progress")),
+            PoolState::Ready | PoolState::Drained => {
+                p.state = PoolState::Draining {
+                    until_ms: now_ms + deadline_ms,
+                };
+                Ok(deadline_ms)
+            }
+        }
+    }
+
+    /// Starts a model switch; refused while another reload or a drain is in progress.
+    pub fn begin_reload(&mut self, pool: usize) -> Result<(), ApiError> {
+        let p = &mut self.pools[pool];
+        match p.state {
+            PoolState::Reloading { .. } => {
+                Err(conflict(&p.cfg.id, "another reload is in progress"))
+            }
+            PoolState::Draining { .. } => Err(conflict(&p.cfg.id, "a drain is in progress")),
+            PoolState::Ready => {
+                p.state = PoolState::Reloading { was_drained: false };
+                Ok(())
+            }
+            PoolState::Drained => {
+                p.state = PoolState::Reloading { was_drained: true };
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends a model switch: the new model on success (a drained pool comes back ready),
+    /// the previous state and model on failure.
+    pub fn end_reload(&mut self, pool: usize, loaded: Option<&str>) {
+        let p = &mut self.pools[pool];
+        let PoolState::Reloading { was_drained } = p.state else {
+            return;
+        };
+        match loaded {
+            Some(model) => {
+                p.model_ref = model.to_string();
+                p.state = PoolState::Ready;
+            }
+            None => {
+                p.state = if was_drained {
+                    PoolState::Drained
+                } else {
+                    PoolState::Ready
+                }
+            }
+        }
+    }
+
+    /// `GET /v1/capabilities` from the pools as they are now: concurrency counts the
+    /// slots of pools that admit tasks, and each pool shows its model and state.
+    pub fn capabilities(&self, max_body_bytes: usize) -> serde_json::Value {
+        let mut engines: Vec<serde_json::Value> = Vec::new();
+        for engine in crate::types::Engine::ALL {
+            let pools: Vec<&PoolMirror> = self
+                .pools
+                .iter()
+                .filter(|p| p.cfg.engine == engine)
+                .collect();
+            if pools.is_empty() {
+                continue;
+            }
+            let mut workloads = Vec::new();
+            let mut policies = Vec::new();
+            for p in &pools {
+                for w in &p.cfg.workloads {
+                    if !workloads.contains(w) {
+                        workloads.push(*w);
+                    }
+                }
+                if !policies.contains(&p.cfg.policy.as_str()) {
+                    policies.push(p.cfg.policy.as_str());
+                }
+            }
+            let ready = pools.iter().filter(|p| p.ready());
+            engines.push(serde_json::json!({
+                "engine": engine,
+                "ctx_max": pools.iter().map(|p| p.cfg.ctx_max).max(),
+                "supported_workloads": workloads,
+                "concurrency": ready.clone().map(|p| u64::from(p.cfg.slots)).sum::<u64>(),
+                "rate_limits": {
+                    "queue_capacity": ready.map(|p| u64::from(p.cfg.queue_capacity)).sum::<u64>(),
+                    "queue_policies": policies,
+                    "max_body_bytes": max_body_bytes,
+                },
+                "features": ["sse", "sse-resume", "cancel", "sessions", "budgets", "kv-affinity", "deterministic-mock"],
+                "pools": pools.iter().map(|p| serde_json::json!({
+                    "id": p.cfg.id, "model_ref": p.model_ref, "state": p.state.as_str(),
+                    "ready": p.ready(), "slots": p.cfg.slots, "engine_version": p.cfg.engine_version,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        serde_json::json!({"api_version": "1.0.0", "engines": engines})
+    }
+
     pub fn live_tasks(&self) -> usize {
         self.tasks
             .values()
             .filter(|e| e.expires_ms.is_none())
             .count()
     }
+}
+
+fn conflict(pool: &str, why: &str) -> ApiError {
+    ApiError::new(
+        ErrorClass::Conflict,
+        ErrorKind::InvalidParams,
+        format!("pool {pool}: {why}"),
+    )
+    .with_pool(pool)
 }
 
 fn release(reserved: &mut Budget, r: &Budget) {
@@ -807,7 +968,7 @@ mod tests {
         let e = a.admit(&big, 0).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidParams);
         assert!(e.message.contains("ctx"));
-        a.pools[0].ready = false;
+        a.pools[0].state = PoolState::Drained;
         let e = a.admit(&spec(3, 3, ""), 0).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PoolUnready);
         assert!(e.retry_after_ms.is_some());
@@ -861,5 +1022,38 @@ mod tests {
             self.engine = e;
             self
         }
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    #[test]
+    fn drain_and_reload_transitions() {
+        let mut a = Admission::new(&Config::default());
+        assert_eq!(a.drain(0, 100, 0), Ok(100));
+        assert!(!a.pools[0].ready());
+        assert_eq!(
+            a.drain(0, 500, 10),
+            Ok(90),
+            "a second drain keeps the first deadline"
+        );
+        assert_eq!(a.begin_reload(0).unwrap_err().class, ErrorClass::Conflict);
+        a.sweep(100);
+        assert_eq!(a.pools[0].state, PoolState::Drained);
+        a.begin_reload(0).unwrap();
+        assert_eq!(a.begin_reload(0).unwrap_err().class, ErrorClass::Conflict);
+        assert_eq!(a.drain(0, 1, 0).unwrap_err().class, ErrorClass::Conflict);
+        a.end_reload(0, None);
+        assert_eq!(
+            a.pools[0].state,
+            PoolState::Drained,
+            "a failed reload rolls back"
+        );
+        a.begin_reload(0).unwrap();
+        a.end_reload(0, Some("m2"));
+        assert_eq!(a.pools[0].state, PoolState::Ready);
+        assert_eq!(a.pools[0].model_ref, "m2");
     }
 }

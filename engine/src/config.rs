@@ -159,6 +159,8 @@ pub struct AdapterConfig {
     pub tpot_ms: u64,
     /// Watchdog: a running task with no token for this long ends with DECODE_TIMEOUT.
     pub decode_timeout_ms: u64,
+    /// Mock: time to load a model on reload.
+    pub load_ms: u64,
 }
 
 /// An API key. Its `Debug` never shows the key, so configs can be logged.
@@ -254,6 +256,7 @@ impl Default for AdapterConfig {
             ttft_ms: 20,
             tpot_ms: 5,
             decode_timeout_ms: 30_000,
+            load_ms: 0,
         }
     }
 }
@@ -452,6 +455,7 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
         ("ttft_ms", a.ttft_ms),
         ("tpot_ms", a.tpot_ms),
         ("decode_timeout_ms", a.decode_timeout_ms),
+        ("load_ms", a.load_ms),
     ] {
         if v > 3_600_000 {
             p.push(format!("{at}.adapter.{name}: {v} is more than an hour"));

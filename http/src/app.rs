@@ -5,30 +5,21 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use orchd_engine::Config;
 use orchd_shards::Shard;
 
-use crate::api::capabilities;
 use crate::auth::Keys;
 
 /// Immutable after startup; shared by all shards.
 pub(crate) struct App {
     pub config: Config,
     pub keys: Keys,
-    /// `GET /v1/capabilities`, rendered once.
-    pub capabilities: Bytes,
 }
 
 impl App {
     pub fn new(config: Config) -> App {
         let keys = Keys::new(config.server.api_keys.iter().map(|k| k.expose()));
-        let capabilities = capabilities::render(&config);
-        App {
-            config,
-            keys,
-            capabilities,
-        }
+        App { config, keys }
     }
 }
 

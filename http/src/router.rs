@@ -89,14 +89,15 @@ async fn route(
     req: Request<Incoming>,
     cid: &HeaderValue,
 ) -> Result<Response<Body>, Refusal> {
-    let path = req.uri().path();
+    let (head, body) = req.into_parts();
+    let path = head.uri.path();
     if !exempt(path) {
         app.app
             .keys
-            .check(req.headers().get("x-api-key").map(HeaderValue::as_bytes))?;
+            .check(head.headers.get("x-api-key").map(HeaderValue::as_bytes))?;
     }
-    check_declared_length(app, &req)?;
-    let method = req.method().clone();
+    check_declared_length(app, &head.headers)?;
+    let method = head.method.clone();
     let mut segs = path.split('/').skip(1);
     let parts: [&str; 4] = std::array::from_fn(|_| segs.next().unwrap_or(""));
     if segs.next().is_some() {
@@ -108,16 +109,31 @@ async fn route(
         (["readyz", "", "", ""], &Method::GET) => api::ops::readyz(app).await?,
         (["metrics", "", "", ""], &Method::GET) => api::ops::metrics(app).await?,
         (["livez" | "readyz" | "metrics", "", "", ""], _) => return Err(allow("GET")),
-        (["v1", "capabilities", "", ""], &Method::GET) => api::capabilities::get(app),
+        (["v1", "capabilities", "", ""], &Method::GET) => api::capabilities::get(app).await?,
+        (["v1", "pools", id, "health"], &Method::GET) if !id.is_empty() => {
+            api::pools::health(app, id).await?
+        }
+        (["v1", "pools", id, "health"], _) if !id.is_empty() => return Err(allow("GET")),
+        (["v1", "pools", id, "drain"], &Method::POST) if !id.is_empty() => {
+            let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
+            api::pools::drain(app, id, body).await?
+        }
+        (["v1", "pools", id, "reload"], &Method::POST) if !id.is_empty() => {
+            let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
+            api::pools::reload(app, id, body).await?
+        }
+        (["v1", "pools", id, "drain" | "reload"], _) if !id.is_empty() => {
+            return Err(allow("POST"))
+        }
         (["v1", "capabilities", "", ""], _) => return Err(allow("GET")),
         (["v1", "tasks", "", ""], &Method::POST) => {
             let limit = app.app.config.server.max_body_bytes;
-            let body = api::tasks::read_body(req.into_body(), limit).await?;
+            let body = api::tasks::read_body(body, limit).await?;
             api::tasks::create(app, body, cid).await?
         }
         (["v1", "tasks", "", ""], _) => return Err(allow("POST")),
         (["v1", "tasks", id, "stream"], &Method::GET) if !id.is_empty() => {
-            api::tasks::stream(app, id, req.headers()).await?
+            api::tasks::stream(app, id, &head.headers).await?
         }
         (["v1", "tasks", id, "stream"], _) if !id.is_empty() => return Err(allow("GET")),
         (["v1", "tasks", id, "cancel"], &Method::POST) if !id.is_empty() => {
@@ -147,9 +163,9 @@ fn not_found(path: &str) -> Refusal {
 /// Refuses a declared body larger than `server.max_body_bytes` before reading any of
 /// it, on every route (like a proxy's client body limit). Bodies without a length are
 /// limited while they are read.
-fn check_declared_length(app: &ShardApp, req: &Request<Incoming>) -> Result<(), ApiError> {
+fn check_declared_length(app: &ShardApp, headers: &http::HeaderMap) -> Result<(), ApiError> {
     let max = app.app.config.server.max_body_bytes;
-    let Some(len) = req.headers().get(CONTENT_LENGTH) else {
+    let Some(len) = headers.get(CONTENT_LENGTH) else {
         return Ok(());
     };
     match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {

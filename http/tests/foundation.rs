@@ -134,7 +134,14 @@ fn capabilities_are_built_from_the_configured_pools() {
     assert_eq!(l["engine"], "llamacpp");
     assert_eq!(l["concurrency"], 5);
     assert_eq!(l["ctx_max"], 4096);
-    assert_eq!(l["pools"], serde_json::json!(["small", "small-2"]));
+    let ids: Vec<&str> = l["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["small", "small-2"]);
+    assert_eq!(l["pools"][0]["state"], "ready");
     assert_eq!(l["rate_limits"]["queue_capacity"], 266);
     let v = &engines[1];
     assert_eq!(v["engine"], "vllm");

@@ -7,10 +7,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use orchd_engine::admission::{Admission, Admitted, Outcome, SessionView};
+use orchd_engine::admission::{Admission, Admitted, Outcome, PoolState, SessionView};
 use orchd_engine::task::TaskSpec;
 use orchd_engine::{ApiError, Config, ErrorClass, ErrorKind};
 
@@ -55,12 +56,35 @@ pub enum DispatcherCommand {
         id: Uuid,
         reply: Reply<()>,
     },
+    /// The capabilities document as the pools are now.
+    Capabilities {
+        reply: Reply<Bytes>,
+    },
+    /// Index and state of the pool named `pool`.
+    PoolState {
+        pool: String,
+        reply: Reply<Option<(usize, PoolState)>>,
+    },
+    /// Close admission to a pool; its tasks have `deadline_ms` to finish. Replies with
+    /// the time left once the owner shard holds the deadline.
+    Drain {
+        pool: String,
+        deadline_ms: u64,
+        reply: Reply<Result<u64, ApiError>>,
+    },
+    /// Switch a pool to another model; replies once switched, or rolled back.
+    Reload {
+        pool: String,
+        model_ref: String,
+        reply: Reply<Result<String, ApiError>>,
+    },
 }
 
 pub(crate) struct Dispatcher {
     admission: RefCell<Admission>,
     peers: Vec<Mailbox<ShardCommand>>,
     epoch: Instant,
+    max_body_bytes: usize,
 }
 
 impl Dispatcher {
@@ -68,7 +92,18 @@ impl Dispatcher {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn handle(&self, cmd: DispatcherCommand) {
+    fn owner_of(&self, pool: usize) -> &Mailbox<ShardCommand> {
+        &self.peers[crate::shard_for(pool, self.peers.len()).0]
+    }
+
+    fn find_pool(&self, id: &str) -> Result<usize, ApiError> {
+        self.admission
+            .borrow()
+            .pool_index(id)
+            .ok_or_else(|| ApiError::not_found(format!("pool {id} is not known")))
+    }
+
+    fn handle(self: &Rc<Self>, cmd: DispatcherCommand) {
         match cmd {
             DispatcherCommand::Ping(reply) => {
                 let _ = reply.send(());
@@ -95,6 +130,96 @@ impl Dispatcher {
             DispatcherCommand::DeleteSession { id, reply } => {
                 self.admission.borrow_mut().delete_session(&id);
                 let _ = reply.send(());
+            }
+            DispatcherCommand::Capabilities { reply } => {
+                let doc = self.admission.borrow().capabilities(self.max_body_bytes);
+                let _ = reply.send(Bytes::from(serde_json::to_vec(&doc).expect("serializes")));
+            }
+            DispatcherCommand::PoolState { pool, reply } => {
+                let adm = self.admission.borrow();
+                let _ = reply.send(adm.pool_index(&pool).map(|i| (i, adm.pools[i].state)));
+            }
+            DispatcherCommand::Drain {
+                pool,
+                deadline_ms,
+                reply,
+            } => {
+                let started = self.find_pool(&pool).and_then(|i| {
+                    let left = self
+                        .admission
+                        .borrow_mut()
+                        .drain(i, deadline_ms, self.now_ms())?;
+                    Ok((i, left))
+                });
+                let (i, left) = match started {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let owner = self.owner_of(i).clone();
+                rt::spawn_detached(async move {
+                    let deadline = Duration::from_millis(left);
+                    let r = owner
+                        .request(|ack| ShardCommand::Drain {
+                            pool: i,
+                            deadline,
+                            ack,
+                        })
+                        .await;
+                    let _ = reply.send(r.map(|()| left).map_err(crate::mesh::unavailable));
+                });
+            }
+            DispatcherCommand::Reload {
+                pool,
+                model_ref,
+                reply,
+            } => {
+                let started = self
+                    .find_pool(&pool)
+                    .and_then(|i| self.admission.borrow_mut().begin_reload(i).map(|()| i));
+                let i = match started {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let owner = self.owner_of(i).clone();
+                let d = Rc::clone(self);
+                rt::spawn_detached(async move {
+                    let model = model_ref.clone();
+                    let r = owner
+                        .request(|done| ShardCommand::Reload {
+                            pool: i,
+                            model_ref: model,
+                            done,
+                        })
+                        .await;
+                    let mut adm = d.admission.borrow_mut();
+                    let old = adm.pools[i].model_ref.clone();
+                    let answer = match r {
+                        Ok(Ok(())) => {
+                            adm.end_reload(i, Some(&model_ref));
+                            Ok(model_ref)
+                        }
+                        Ok(Err(why)) => {
+                            adm.end_reload(i, None);
+                            Err(ApiError::new(
+                                ErrorClass::Conflict,
+                                ErrorKind::InvalidParams,
+                                format!("new_model_ref: {why}; pool {pool} rolled back to {old}"),
+                            )
+                            .with_pool(pool))
+                        }
+                        Err(e) => {
+                            adm.end_reload(i, None);
+                            Err(crate::mesh::unavailable(e))
+                        }
+                    };
+                    let _ = reply.send(answer);
+                });
             }
         }
     }
@@ -142,6 +267,7 @@ pub(crate) async fn dispatcher_main(
         admission: RefCell::new(Admission::new(&config)),
         peers,
         epoch,
+        max_body_bytes: config.server.max_body_bytes,
     });
     let sweeper = Rc::clone(&d);
     rt::spawn_detached(async move {

@@ -21,7 +21,7 @@ pub fn shard_for(pool: usize, shards: usize) -> ShardId {
     ShardId(pool % shards.max(1))
 }
 
-pub use mesh::{Mailbox, MeshError, Reply, ShardId};
+pub use mesh::{unavailable, Mailbox, MeshError, Reply, ShardId};
 pub use runtime::{
     resolve_shards, DispatcherCommand, ProbeSnapshot, Ready, Runtime, RuntimeOptions, Shard,
     ShardCommand, StartError,

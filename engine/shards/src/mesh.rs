@@ -57,6 +57,26 @@ pub enum MeshError {
     Gone,
 }
 
+/// The client-facing refusal for a message that did not get through.
+pub fn unavailable(e: MeshError) -> orchd_engine::ApiError {
+    use orchd_engine::{ApiError, ErrorClass, ErrorKind};
+    match e {
+        MeshError::Overloaded => ApiError::new(
+            ErrorClass::TooManyRequests,
+            ErrorKind::AdmissionReject,
+            "orchd is overloaded; retry shortly",
+        )
+        .policy("overloaded")
+        .retry_after_ms(50),
+        MeshError::Gone => ApiError::new(
+            ErrorClass::Unavailable,
+            ErrorKind::PoolUnready,
+            "orchd is shutting down",
+        )
+        .retry_after_ms(1000),
+    }
+}
+
 /// A message handed back by a full or closed mailbox.
 #[derive(Debug)]
 pub struct Overloaded<C> {

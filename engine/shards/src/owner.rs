@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use uuid::Uuid;
 
 use orchd_engine::admission::{Admitted, Outcome};
@@ -117,9 +118,65 @@ impl TaskRun {
     }
 }
 
+/// Live figures of one pool, for `GET /v1/pools/{id}/health`.
+#[derive(Clone, Debug)]
+pub struct PoolStats {
+    pub queue_depth: u32,
+    pub slots_total: u32,
+    pub slots_busy: u32,
+    pub model_ref: String,
+    pub draining: bool,
+    /// Admission to first token over the last one to two minutes, ms: (p50, p99, count).
+    pub first_token_ms: (f64, f64, u64),
+    /// First to last token, same window.
+    pub decode_ms: (f64, f64, u64),
+}
+
+/// Latencies of recent tasks: the current window and the one before it, so a reading
+/// always covers between one and two windows.
+struct Recent {
+    current: Histogram<u64>,
+    previous: Histogram<u64>,
+}
+
+impl Recent {
+    fn new() -> Recent {
+        let h = || Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("histogram bounds");
+        Recent {
+            current: h(),
+            previous: h(),
+        }
+    }
+
+    fn record(&mut self, d: Duration) {
+        let _ = self
+            .current
+            .record((d.as_micros() as u64).clamp(1, 3_600_000_000));
+    }
+
+    fn rotate(&mut self) {
+        std::mem::swap(&mut self.current, &mut self.previous);
+        self.current.reset();
+    }
+
+    fn summary(&self) -> (f64, f64, u64) {
+        let mut h = self.previous.clone();
+        let _ = h.add(&self.current);
+        let ms = |q| h.value_at_quantile(q) as f64 / 1000.0;
+        (ms(0.5), ms(0.99), h.len())
+    }
+}
+
+/// How long one window of [`Recent`] lasts.
+const RECENT_WINDOW: Duration = Duration::from_secs(60);
+
 struct OwnerPool {
     cfg: PoolConfig,
     model_ref: String,
+    /// When the pool's remaining tasks are ended (a drain's deadline).
+    drain_at: Option<Instant>,
+    first_token: Recent,
+    decode: Recent,
     busy: u32,
     queue: [VecDeque<Uuid>; 2],
     /// Start to end of recent tasks, for predictions in metrics frames.
@@ -138,6 +195,7 @@ pub struct Owner {
     pools: HashMap<usize, OwnerPool>,
     tasks: HashMap<Uuid, Rc<RefCell<TaskRun>>>,
     retained: VecDeque<(Instant, Uuid)>,
+    rotated_at: Instant,
     artifacts: MemoryStore,
     /// Messages for the dispatcher that found its mailbox full; sent first next time,
     /// so the dispatcher's view of queues never loses an event.
@@ -161,6 +219,9 @@ impl Owner {
                 let pool = OwnerPool {
                     cfg: p.clone(),
                     model_ref: p.model_ref.clone(),
+                    drain_at: None,
+                    first_token: Recent::new(),
+                    decode: Recent::new(),
                     busy: 0,
                     queue: [VecDeque::new(), VecDeque::new()],
                     service_ms: p.adapter.ttft_ms as f64 + 64.0 * tpot,
@@ -173,6 +234,7 @@ impl Owner {
             pools,
             tasks: HashMap::new(),
             retained: VecDeque::new(),
+            rotated_at: Instant::now(),
             artifacts: MemoryStore::new(config.artifacts.max_memory_bytes / shards.max(1) as u64),
             pending: VecDeque::new(),
             stream: config.stream.clone(),
@@ -181,6 +243,54 @@ impl Owner {
 
     pub fn artifact(&self, id: &str) -> Option<Bytes> {
         self.artifacts.get(id).map(|s| s.json.clone())
+    }
+
+    /// Live figures of a pool this shard owns.
+    pub fn pool_stats(&self, pool: usize) -> Option<PoolStats> {
+        let p = self.pools.get(&pool)?;
+        Some(PoolStats {
+            queue_depth: p.depth(),
+            slots_total: p.cfg.slots,
+            slots_busy: p.busy,
+            model_ref: p.model_ref.clone(),
+            draining: p.drain_at.is_some(),
+            first_token_ms: p.first_token.summary(),
+            decode_ms: p.decode.summary(),
+        })
+    }
+
+    /// Ends the pool's tasks (running and queued) `deadline` from now.
+    pub(crate) fn drain(&mut self, pool: usize, deadline: Duration) {
+        if let Some(p) = self.pools.get_mut(&pool) {
+            let at = Instant::now() + deadline;
+            p.drain_at = Some(p.drain_at.map_or(at, |old| old.min(at)));
+        }
+    }
+
+    /// How long the pool's engine takes to load a model.
+    pub(crate) fn load_time(&self, pool: usize) -> Duration {
+        self.pools.get(&pool).map_or(Duration::ZERO, |p| {
+            Duration::from_millis(p.cfg.adapter.load_ms)
+        })
+    }
+
+    /// Switches the pool to `model_ref`, called once its engine had `load_time` to load
+    /// it. Tasks already running keep the model they started on;
+    /// tasks started from now on use the new one. The mock engine cannot load any
+    /// model whose name starts with `fail:`.
+    pub(crate) fn reload(&mut self, pool: usize, model_ref: String) -> Result<(), String> {
+        let p = self
+            .pools
+            .get_mut(&pool)
+            .ok_or("pool is not on this shard")?;
+        if model_ref.starts_with("fail:") {
+            return Err(format!("the engine could not load model {model_ref:?}"));
+        }
+        tracing::info!(pool = %p.cfg.id, from = %p.model_ref, to = %model_ref, "model switched");
+        p.model_ref = model_ref;
+        // A reload after a finished drain brings the pool back.
+        p.drain_at = None;
+        Ok(())
     }
 
     pub fn live_tasks(&self) -> usize {
@@ -435,6 +545,14 @@ impl Owner {
             }
         }
         let service_ms = t.started_at.map(|s| ms(now - s));
+        if let Some(p) = self.pools.get_mut(&pool_index) {
+            if let Some(first) = t.first_token_at {
+                p.first_token.record(first - t.admitted_at);
+                if let Some(last) = t.last_token_at {
+                    p.decode.record(last - first);
+                }
+            }
+        }
         if let (Some(p), Some(s)) = (self.pools.get_mut(&pool_index), service_ms) {
             p.service_ms += 0.2 * (s as f64 - p.service_ms);
             if t.tokens_out > 1 {
@@ -503,6 +621,19 @@ impl Owner {
     /// Periodic work: orphans, deadlines, heartbeat metrics of queued tasks, retention.
     pub(crate) fn sweep(&mut self, shard: &Rc<Shard>, now: Instant) {
         self.flush(shard.dispatcher());
+        if now - self.rotated_at >= RECENT_WINDOW {
+            self.rotated_at = now;
+            for p in self.pools.values_mut() {
+                p.first_token.rotate();
+                p.decode.rotate();
+            }
+        }
+        let drained: Vec<usize> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.drain_at.is_some_and(|at| now >= at))
+            .map(|(i, _)| *i)
+            .collect();
         let orphan = Duration::from_millis(self.stream.orphan_timeout_ms);
         let heartbeat = Duration::from_millis(self.stream.heartbeat_ms);
         let mut ending = Vec::new();
@@ -527,7 +658,16 @@ impl Owner {
                 }
                 _ => None,
             };
-            if now >= t.deadline_at {
+            if drained.contains(&t.admitted.pool) {
+                let pool = &self.pools[&t.admitted.pool].cfg.id;
+                ending.push((
+                    *id,
+                    Terminal::Error {
+                        kind: ErrorKind::PoolUnavailable,
+                        message: format!("pool {pool} was drained"),
+                    },
+                ));
+            } else if now >= t.deadline_at {
                 ending.push((
                     *id,
                     Terminal::Error {

@@ -20,7 +20,7 @@ use orchd_engine::Config;
 
 pub use crate::dispatcher::DispatcherCommand;
 use crate::mesh::{self, Inbox, Mailbox, MeshError, Reply, ShardId};
-use crate::owner::{FrameMsg, NewTask, Owner, Subscribed};
+use crate::owner::{FrameMsg, NewTask, Owner, PoolStats, Subscribed};
 use crate::rt;
 
 /// How many shards to run for a configured `server.shards` (0 = one per core).
@@ -65,6 +65,23 @@ pub enum ShardCommand {
     Artifact {
         id: String,
         reply: Reply<Option<Bytes>>,
+    },
+    /// From the dispatcher: end the pool's tasks `deadline` from now.
+    Drain {
+        pool: usize,
+        deadline: Duration,
+        ack: Reply<()>,
+    },
+    /// From the dispatcher: load `model_ref` and switch the pool to it atomically.
+    Reload {
+        pool: usize,
+        model_ref: String,
+        done: Reply<Result<(), String>>,
+    },
+    /// Live figures of a pool this shard owns.
+    PoolStats {
+        pool: usize,
+        reply: Reply<Option<PoolStats>>,
     },
 }
 
@@ -195,6 +212,30 @@ impl Shard {
                 }
                 ShardCommand::Artifact { id, reply } => {
                     let _ = reply.send(self.owner.borrow().artifact(&id));
+                }
+                ShardCommand::Drain {
+                    pool,
+                    deadline,
+                    ack,
+                } => {
+                    self.owner.borrow_mut().drain(pool, deadline);
+                    let _ = ack.send(());
+                }
+                ShardCommand::Reload {
+                    pool,
+                    model_ref,
+                    done,
+                } => {
+                    // Loading takes time; the shard serves everything else meanwhile.
+                    let shard = Rc::clone(&self);
+                    rt::spawn_detached(async move {
+                        let load = shard.owner.borrow().load_time(pool);
+                        rt::sleep(load).await;
+                        let _ = done.send(shard.owner.borrow_mut().reload(pool, model_ref));
+                    });
+                }
+                ShardCommand::PoolStats { pool, reply } => {
+                    let _ = reply.send(self.owner.borrow().pool_stats(pool));
                 }
             }
         }

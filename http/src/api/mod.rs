@@ -3,5 +3,6 @@
 pub(crate) mod artifacts;
 pub(crate) mod capabilities;
 pub(crate) mod ops;
+pub(crate) mod pools;
 pub(crate) mod sessions;
 pub(crate) mod tasks;

@@ -1,0 +1,156 @@
+//! `GET /v1/pools/{id}/health`, `POST /v1/pools/{id}/drain`,
+//! `POST /v1/pools/{id}/reload` (SPEC section 3).
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde::Deserialize;
+
+use orchd_engine::admission::PoolState;
+use orchd_engine::ApiError;
+use orchd_shards::{unavailable, DispatcherCommand, ShardCommand};
+
+use crate::app::ShardApp;
+use crate::body::Body;
+use crate::respond;
+
+/// Longest drain deadline accepted (a day).
+const MAX_DRAIN_MS: u64 = 86_400_000;
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let at = if path == "." || path == "?" {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::invalid(format!("{at}: {inner}"))
+    })
+}
+
+pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, ApiError> {
+    let (index, state) = app
+        .shard
+        .dispatcher()
+        .request(|reply| DispatcherCommand::PoolState {
+            pool: id.to_string(),
+            reply,
+        })
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::not_found(format!("pool {id} is not known")))?;
+    let owner = orchd_shards::shard_for(index, app.shard.shard_count());
+    let stats = app
+        .shard
+        .invoke_on(owner, |reply| ShardCommand::PoolStats {
+            pool: index,
+            reply,
+        })
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::internal(format!("pool {id} is missing on its shard")))?;
+    let cfg = &app.app.config.pools[index];
+    let ready = matches!(
+        state,
+        PoolState::Ready | PoolState::Reloading { was_drained: false }
+    );
+    let doc = serde_json::json!({
+        "live": true,
+        "ready": ready,
+        "draining": matches!(state, PoolState::Draining { .. }),
+        "metrics": {
+            "state": state.as_str(),
+            "queue_depth": stats.queue_depth,
+            "slots_total": stats.slots_total,
+            "slots_busy": stats.slots_busy,
+            "tasks_running": stats.slots_busy,
+            "model_ref": stats.model_ref,
+            "engine": cfg.engine,
+            "engine_version": cfg.engine_version,
+            "shard": owner.0,
+            "latency_first_token_ms": {"p50": stats.first_token_ms.0, "p99": stats.first_token_ms.1, "count": stats.first_token_ms.2},
+            "latency_decode_ms": {"p50": stats.decode_ms.0, "p99": stats.decode_ms.1, "count": stats.decode_ms.2},
+        },
+    });
+    Ok(respond::json(
+        StatusCode::OK,
+        serde_json::to_vec(&doc).expect("serializes"),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    deadline_ms: u64,
+}
+
+pub(crate) async fn drain(
+    app: &ShardApp,
+    id: &str,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let b: DrainBody = parse(&body)?;
+    if b.deadline_ms > MAX_DRAIN_MS {
+        return Err(ApiError::invalid(format!(
+            "deadline_ms: at most {MAX_DRAIN_MS}"
+        )));
+    }
+    let left = app
+        .shard
+        .dispatcher()
+        .request(|reply| DispatcherCommand::Drain {
+            pool: id.to_string(),
+            deadline_ms: b.deadline_ms,
+            reply,
+        })
+        .await
+        .map_err(unavailable)??;
+    tracing::info!(pool = %id, deadline_ms = left, "pool draining");
+    let doc = serde_json::json!({"pool_id": id, "draining": true, "deadline_ms": left});
+    Ok(respond::json(
+        StatusCode::ACCEPTED,
+        serde_json::to_vec(&doc).expect("serializes"),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadBody {
+    new_model_ref: String,
+}
+
+pub(crate) async fn reload(
+    app: &ShardApp,
+    id: &str,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let b: ReloadBody = parse(&body)?;
+    let m = &b.new_model_ref;
+    if m.is_empty() || m.len() > orchd_engine::task::MAX_MODEL_REF || m == "*" {
+        return Err(ApiError::invalid(
+            "new_model_ref: must name a model (1 to 512 characters, not *)",
+        ));
+    }
+    let model = app
+        .shard
+        .dispatcher()
+        .request(|reply| DispatcherCommand::Reload {
+            pool: id.to_string(),
+            model_ref: b.new_model_ref,
+            reply,
+        })
+        .await
+        .map_err(unavailable)??;
+    let doc = serde_json::json!({"pool_id": id, "model_ref": model});
+    Ok(respond::json(
+        StatusCode::OK,
+        serde_json::to_vec(&doc).expect("serializes"),
+    ))
+}
