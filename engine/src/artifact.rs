@@ -1,14 +1,22 @@
 //! Content-addressed artifacts (SPEC section 3, "POST /v1/artifacts").
 //!
-//! `id = "sha256:" + hex(sha256(canonical JSON of {"kind", "content"}))`, where canonical
+//! `id = "sha256:" + hex(sha256(canonical JSON of {"content", "kind"}))`, where canonical
 //! JSON is compact with object keys sorted (serde_json's default `Value` map is ordered).
-//! The same kind and content always give the same id.
+//! The same kind and content always give the same id. Two backends: a bounded memory
+//! store per shard, and a directory with one file per artifact, written atomically and
+//! verified against its id on every read.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -19,6 +27,10 @@ pub enum ArtifactKind {
     Trace,
     Other,
 }
+
+/// Most tags one artifact may carry, and their longest length.
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TAG_LEN: usize = 256;
 
 /// The content address of `kind` + `content`.
 pub fn content_id(kind: ArtifactKind, content: &serde_json::Value) -> String {
@@ -37,7 +49,96 @@ pub fn content_id(kind: ArtifactKind, content: &serde_json::Value) -> String {
     id
 }
 
-/// A stored artifact: its document (`id`, `kind`, `content`, `tags`, ...) as JSON bytes.
+/// True for `sha256:` followed by 64 lowercase hex digits.
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 71
+        && id.starts_with("sha256:")
+        && id[7..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A `POST /v1/artifacts` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewArtifact {
+    pub kind: ArtifactKind,
+    pub content: serde_json::Value,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl NewArtifact {
+    /// Parses and validates a request body; errors name the field.
+    pub fn parse(body: &[u8]) -> Result<NewArtifact, ApiError> {
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let a: NewArtifact = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let at = if path == "." || path == "?" {
+                "body".to_string()
+            } else {
+                path
+            };
+            ApiError::invalid(format!("{at}: {inner}"))
+        })?;
+        if !a.content.is_object() {
+            return Err(ApiError::invalid("content: must be a JSON object"));
+        }
+        if a.tags.len() > MAX_TAGS || a.tags.iter().any(|t| t.is_empty() || t.len() > MAX_TAG_LEN) {
+            return Err(ApiError::invalid(format!(
+                "tags: at most {MAX_TAGS} tags of 1 to {MAX_TAG_LEN} characters"
+            )));
+        }
+        if a.parent.as_ref().is_some_and(|p| !valid_id(p)) {
+            return Err(ApiError::invalid(
+                "parent: must be an artifact id (sha256:<64 hex digits>)",
+            ));
+        }
+        if a.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+            return Err(ApiError::invalid("metadata: must be a JSON object"));
+        }
+        Ok(a)
+    }
+
+    /// The stored document: id, digest and creation time added.
+    pub fn into_stored(self) -> Stored {
+        let id = content_id(self.kind, &self.content);
+        let created_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut doc = serde_json::json!({
+            "id": id,
+            "kind": self.kind,
+            "digest": &id[7..],
+            "created_ms": created_ms,
+            "tags": self.tags,
+            "content": self.content,
+        });
+        if let Some(p) = self.parent {
+            doc["parent"] = p.into();
+        }
+        if let Some(m) = self.metadata {
+            doc["metadata"] = m;
+        }
+        Stored {
+            json: Bytes::from(serde_json::to_vec(&doc).expect("serializes")),
+            id,
+            kind: self.kind,
+        }
+    }
+}
+
+/// A stored artifact: its document as JSON bytes.
 #[derive(Clone, Debug)]
 pub struct Stored {
     pub id: String,
@@ -45,13 +146,28 @@ pub struct Stored {
     pub json: Bytes,
 }
 
-/// The bounded in-memory backend of one shard. Oldest entries go first when full.
+/// Why a store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the artifact store is full ({used} of {max} bytes hold artifacts that are never evicted)"
+    )]
+    Full { used: u64, max: u64 },
+    #[error("artifact {id} is corrupt: its content does not match its id")]
+    Corrupt { id: String },
+    #[error("artifact store IO failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The bounded in-memory backend of one shard. Transcripts are evicted oldest first to
+/// make room; user artifacts are never evicted, so a store full of them refuses more.
 #[derive(Debug)]
 pub struct MemoryStore {
     max_bytes: u64,
     used: u64,
     items: HashMap<String, Stored>,
-    order: VecDeque<String>,
+    /// Evictable (transcript) ids, oldest first.
+    evictable: VecDeque<String>,
 }
 
 impl MemoryStore {
@@ -60,40 +176,112 @@ impl MemoryStore {
             max_bytes,
             used: 0,
             items: HashMap::new(),
-            order: VecDeque::new(),
+            evictable: VecDeque::new(),
         }
     }
 
-    /// Stores `item`, evicting the oldest entries to make room. Returns false when the
-    /// item alone is larger than the store.
-    pub fn put(&mut self, item: Stored) -> bool {
+    /// Stores `item` (a no-op if present), evicting transcripts to make room. Returns
+    /// the stored document (the first one, for content already present).
+    pub fn put(&mut self, item: Stored, evictable: bool) -> Result<Bytes, StoreError> {
+        if let Some(s) = self.items.get(&item.id) {
+            return Ok(s.json.clone());
+        }
         let size = item.json.len() as u64;
-        if size > self.max_bytes {
-            return false;
-        }
-        if self.items.contains_key(&item.id) {
-            return true;
-        }
         while self.used + size > self.max_bytes {
-            let Some(old) = self.order.pop_front() else {
-                break;
+            let Some(old) = self.evictable.pop_front() else {
+                return Err(StoreError::Full {
+                    used: self.used,
+                    max: self.max_bytes,
+                });
             };
             if let Some(o) = self.items.remove(&old) {
                 self.used -= o.json.len() as u64;
             }
         }
         self.used += size;
-        self.order.push_back(item.id.clone());
+        if evictable {
+            self.evictable.push_back(item.id.clone());
+        }
+        let json = item.json.clone();
         self.items.insert(item.id.clone(), item);
-        true
+        Ok(json)
     }
 
-    pub fn get(&self, id: &str) -> Option<&Stored> {
-        self.items.get(id)
+    pub fn get(&self, id: &str) -> Option<Bytes> {
+        self.items.get(id).map(|s| s.json.clone())
     }
 
     pub fn used_bytes(&self) -> u64 {
         self.used
+    }
+}
+
+/// The durable backend: one file `<dir>/<hex>.json` per artifact. Blocking IO: run it
+/// off the shard's executor.
+pub mod fs_store {
+    use super::*;
+
+    fn path_of(dir: &Path, id: &str) -> PathBuf {
+        dir.join(format!("{}.json", &id[7..]))
+    }
+
+    /// Creates the directory and removes temp files a crash left behind.
+    pub fn prepare(dir: &Path) -> io::Result<usize> {
+        fs::create_dir_all(dir)?;
+        let mut removed = 0;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Writes the artifact unless present: temp file, fsync, rename, fsync of the
+    /// directory. Returns the stored document (the existing one if present and sound).
+    pub fn put(dir: &Path, item: &Stored) -> Result<Bytes, StoreError> {
+        if let Some(existing) = get(dir, &item.id)? {
+            return Ok(existing);
+        }
+        let path = path_of(dir, &item.id);
+        let tmp = dir.join(format!(".{}.{}.tmp", &item.id[7..], std::process::id()));
+        let result = (|| -> io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&item.json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        Ok(item.json.clone())
+    }
+
+    /// Reads and verifies an artifact: a file whose content does not hash to its id
+    /// (truncated, edited, bit rot) is reported as corrupt, never served.
+    pub fn get(dir: &Path, id: &str) -> Result<Option<Bytes>, StoreError> {
+        let bytes = match fs::read(path_of(dir, id)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        #[derive(Deserialize)]
+        struct Doc {
+            kind: ArtifactKind,
+            content: serde_json::Value,
+        }
+        let sound = serde_json::from_slice::<Doc>(&bytes)
+            .is_ok_and(|d| content_id(d.kind, &d.content) == id);
+        if !sound {
+            return Err(StoreError::Corrupt { id: id.to_string() });
+        }
+        Ok(Some(Bytes::from(bytes)))
     }
 }
 
@@ -112,7 +300,7 @@ mod tests {
             &serde_json::json!({"a": [1, 2], "b": 1}),
         );
         assert_eq!(a, b, "key order does not matter");
-        assert!(a.starts_with("sha256:") && a.len() == 71);
+        assert!(valid_id(&a));
         assert_ne!(
             a,
             content_id(
@@ -122,19 +310,73 @@ mod tests {
         );
     }
 
+    fn item(n: u8) -> Stored {
+        let a = NewArtifact::parse(
+            format!(
+                r#"{{"kind":"plan","content":{{"n":{n},"pad":"{}"}}}}"#,
+                "x".repeat(20)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        a.into_stored()
+    }
+
     #[test]
-    fn memory_store_is_bounded_and_evicts_oldest() {
-        let item = |id: &str| Stored {
-            id: id.into(),
-            kind: ArtifactKind::Trace,
-            json: Bytes::from(vec![b'x'; 40]),
-        };
-        let mut s = MemoryStore::new(100);
-        assert!(s.put(item("a")));
-        assert!(s.put(item("b")));
-        assert!(s.put(item("c")));
-        assert!(s.get("a").is_none());
-        assert!(s.get("c").is_some());
-        assert!(s.used_bytes() <= 100);
+    fn memory_store_evicts_transcripts_and_refuses_when_full_of_user_artifacts() {
+        let size = item(0).json.len() as u64;
+        let mut s = MemoryStore::new(size * 2 + size / 2);
+        let t = item(1);
+        s.put(t.clone(), true).unwrap();
+        s.put(item(2), false).unwrap();
+        s.put(item(3), false).unwrap();
+        assert!(s.get(&t.id).is_none(), "the transcript made room");
+        assert!(matches!(
+            s.put(item(4), false),
+            Err(StoreError::Full { .. })
+        ));
+        assert!(s.used_bytes() <= size * 2 + size / 2);
+        // The same content again is the same artifact, even when full.
+        s.put(item(2), false).unwrap();
+    }
+
+    #[test]
+    fn fs_store_round_trips_and_detects_corruption() {
+        let dir = std::env::temp_dir().join(format!("orchd-fs-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::write(dir.with_extension("probe"), b"").unwrap();
+        fs_store::prepare(&dir).unwrap();
+        fs::write(dir.join(".leftover.1.tmp"), b"junk").unwrap();
+        assert_eq!(fs_store::prepare(&dir).unwrap(), 1);
+        let a = item(7);
+        fs_store::put(&dir, &a).unwrap();
+        assert_eq!(fs_store::get(&dir, &a.id).unwrap().unwrap(), a.json);
+        let missing = item(8);
+        assert!(fs_store::get(&dir, &missing.id).unwrap().is_none());
+        let path = dir.join(format!("{}.json", &a.id[7..]));
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(
+            fs_store::get(&dir, &a.id),
+            Err(StoreError::Corrupt { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+        let _ = fs::remove_file(dir.with_extension("probe"));
+    }
+
+    #[test]
+    fn bad_bodies_name_their_field() {
+        for (body, field) in [
+            (r#"{"kind":"poem","content":{}}"#, "kind"),
+            (r#"{"kind":"plan","content":[1]}"#, "content"),
+            (r#"{"kind":"plan"}"#, "content"),
+            (r#"{"kind":"plan","content":{},"tags":[1]}"#, "tags"),
+            (r#"{"kind":"plan","content":{},"parent":"x"}"#, "parent"),
+            (r#"{"kind":"plan","content":{},"extra":1}"#, "extra"),
+            ("nope", "body"),
+        ] {
+            let e = NewArtifact::parse(body.as_bytes()).unwrap_err();
+            assert!(e.message.contains(field), "{field}: {}", e.message);
+        }
     }
 }

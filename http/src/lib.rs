@@ -68,6 +68,17 @@ impl Server {
 /// Starts orchd with `config`; returns once every shard listens.
 pub fn serve(config: Config) -> Result<Server, ServeError> {
     config.validate()?;
+    if config.artifacts.backend == orchd_engine::config::ArtifactBackend::Fs {
+        // Not fatal: a broken directory fails artifact requests (500), not streaming.
+        match orchd_engine::artifact::fs_store::prepare(&config.artifacts.dir) {
+            Ok(removed) => {
+                tracing::info!(dir = %config.artifacts.dir.display(), removed_temp_files = removed, "artifact directory ready")
+            }
+            Err(e) => {
+                tracing::error!(dir = %config.artifacts.dir.display(), error = %e, "artifact directory unusable; artifact requests will fail")
+            }
+        }
+    }
     let shards = orchd_shards::resolve_shards(config.server.shards);
     let (addr, listeners) =
         listen::bind(config.server.addr, shards).map_err(|source| ServeError::Listen {

@@ -151,6 +151,11 @@ async fn route(
             api::artifacts::get(app, id).await?
         }
         (["v1", "artifacts", id, ""], _) if !id.is_empty() => return Err(allow("GET")),
+        (["v1", "artifacts", "", ""], &Method::POST) => {
+            let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
+            api::artifacts::create(app, body).await?
+        }
+        (["v1", "artifacts", "", ""], _) => return Err(allow("POST")),
         _ => return Err(not_found(path)),
     };
     Ok(r)

@@ -230,3 +230,55 @@ fn sigterm_ends_live_streams_with_a_terminal_frame_and_exits_0() {
     let status = wait_bounded(&mut child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn acknowledged_artifacts_survive_kill_9() {
+    let dir = std::env::temp_dir().join(format!("orchd-kill9-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = temp_file(
+        "kill9",
+        &format!(
+            "[artifacts]\nbackend = \"fs\"\ndir = {:?}\n",
+            dir.to_str().unwrap()
+        ),
+    );
+    let args = [std::ffi::OsStr::new("--config"), cfg.as_os_str()];
+    let (mut child, addr, _err) = start_ready_with(&[], &args);
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut acked = Vec::new();
+    let mut client = support::Client::connect(addr);
+    for i in 0..50 {
+        let body =
+            serde_json::json!({"kind": "other", "content": {"i": i, "pad": "z".repeat(4000)}});
+        let r = client.send(
+            "POST",
+            "/v1/artifacts",
+            &[],
+            &serde_json::to_vec(&body).unwrap(),
+        );
+        assert_eq!(r.status, 201);
+        acked.push((
+            r.json()["id"].as_str().unwrap().to_string(),
+            body["content"].clone(),
+        ));
+    }
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+
+    let (mut child, addr, _err) = start_ready_with(&[], &args);
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut client = support::Client::connect(addr);
+    for (id, content) in &acked {
+        let r = client.send("GET", &format!("/v1/artifacts/{id}"), &[], b"");
+        assert_eq!(r.status, 200, "{id} lost");
+        assert_eq!(&r.json()["content"], content);
+    }
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(
+        wait_bounded(&mut child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -186,7 +186,7 @@ fn not_found_method_not_allowed_and_too_large() {
     assert_eq!(r.header("allow"), Some("GET"));
     assert_eq!(r.json()["code"], "INVALID_PARAMS");
 
-    let r = cl.send("POST", "/v1/tasks", &[], &vec![b'x'; 2048]);
+    let r = cl.send_head_only("POST", "/v1/tasks", 2048);
     assert_eq!(r.status, 413);
     assert!(r.json()["message"]
         .as_str()

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use uuid::Uuid;
 
 use orchd_engine::admission::{Admitted, Outcome};
-use orchd_engine::artifact::{content_id, ArtifactKind, MemoryStore, Stored};
+use orchd_engine::artifact::{content_id, ArtifactKind, Stored};
 use orchd_engine::config::{Config, PoolConfig, StreamConfig};
 use orchd_engine::frame::{self, Event};
 use orchd_engine::mock::MockTokens;
@@ -28,7 +28,7 @@ use orchd_engine::{ErrorKind, Priority};
 
 use crate::mesh::Mailbox;
 use crate::rt;
-use crate::runtime::{DispatcherCommand, Shard};
+use crate::runtime::{DispatcherCommand, Shard, ShardCommand};
 
 /// A frame for a subscriber, and whether it is the last one.
 pub type FrameMsg = (Bytes, bool);
@@ -196,7 +196,6 @@ pub struct Owner {
     tasks: HashMap<Uuid, Rc<RefCell<TaskRun>>>,
     retained: VecDeque<(Instant, Uuid)>,
     rotated_at: Instant,
-    artifacts: MemoryStore,
     /// Messages for the dispatcher that found its mailbox full; sent first next time,
     /// so the dispatcher's view of queues never loses an event.
     pending: VecDeque<DispatcherCommand>,
@@ -235,14 +234,9 @@ impl Owner {
             tasks: HashMap::new(),
             retained: VecDeque::new(),
             rotated_at: Instant::now(),
-            artifacts: MemoryStore::new(config.artifacts.max_memory_bytes / shards.max(1) as u64),
             pending: VecDeque::new(),
             stream: config.stream.clone(),
         }
-    }
-
-    pub fn artifact(&self, id: &str) -> Option<Bytes> {
-        self.artifacts.get(id).map(|s| s.json.clone())
     }
 
     /// Live figures of a pool this shard owns.
@@ -516,7 +510,7 @@ impl Owner {
                 };
                 let f = frame::encode(t.next_id(), Event::End, &end);
                 let tid = stored.id.clone();
-                self.artifacts.put(stored);
+                store_transcript(shard, stored);
                 t.emit(f, true, now);
                 tracing::info!(
                     correlation_id = %t.correlation_id, task_id = %id, pool = %pool_name,
@@ -535,7 +529,7 @@ impl Owner {
                     engine: Some(t.spec.engine),
                 };
                 let f = frame::encode(t.next_id(), Event::Error, &err);
-                self.artifacts.put(stored);
+                store_transcript(shard, stored);
                 t.emit(f, true, now);
                 tracing::info!(
                     correlation_id = %t.correlation_id, task_id = %id, pool = %pool_name,
@@ -756,6 +750,20 @@ fn on_time_probability(deadline_at: Instant, now: Instant, predicted_left_ms: f6
     let scale = (predicted_left_ms * 0.25).max(5.0);
     let p = 1.0 / (1.0 + (-slack / scale).exp());
     (p * 1000.0).round() / 1000.0
+}
+
+/// Hands a transcript to the shard that keeps its id.
+fn store_transcript(shard: &Rc<Shard>, stored: Stored) {
+    let keeper = crate::shard_for_artifact(&stored.id, shard.shard_count());
+    if keeper == shard.id() {
+        shard.store_artifact(stored, true, None);
+    } else if let Err(back) = shard.peer(keeper).try_send(ShardCommand::StoreArtifact {
+        stored,
+        evictable: true,
+        reply: None,
+    }) {
+        tracing::warn!(error = %back.error, "transcript not stored: its shard's mailbox is full");
+    }
 }
 
 /// The task's frames as a `trace` artifact; its id is the `transcript_id`.

@@ -337,3 +337,9 @@ pub fn available_cores() -> Vec<usize> {
 pub async fn yield_now() {
     futures_lite::future::yield_now().await
 }
+
+/// Runs blocking work (file IO) on the executor's blocking thread, so the shard's other
+/// tasks keep running meanwhile.
+pub async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+use orchd_engine::artifact::{StoreError, Stored};
 use orchd_engine::Config;
 
 pub use crate::dispatcher::DispatcherCommand;
@@ -61,10 +62,16 @@ pub enum ShardCommand {
         task: Uuid,
         reply: Reply<Option<u32>>,
     },
-    /// A stored artifact's document, if this shard holds it.
+    /// A stored artifact's document, from the shard that keeps it.
     Artifact {
         id: String,
-        reply: Reply<Option<Bytes>>,
+        reply: Reply<Result<Option<Bytes>, StoreError>>,
+    },
+    /// Store an artifact on the shard that keeps it; replies with the stored document.
+    StoreArtifact {
+        stored: Stored,
+        evictable: bool,
+        reply: Option<Reply<Result<Bytes, StoreError>>>,
     },
     /// From the dispatcher: end the pool's tasks `deadline` from now.
     Drain {
@@ -110,6 +117,26 @@ impl Probe {
     }
 }
 
+/// One shard's artifact backend.
+enum ArtifactStore {
+    /// Bounded to `max_memory_bytes / shards`.
+    Memory(orchd_engine::artifact::MemoryStore),
+    /// The shared directory; this shard reads and writes the ids it keeps.
+    Fs(std::path::PathBuf),
+}
+
+impl ArtifactStore {
+    fn new(config: &Config, shards: usize) -> ArtifactStore {
+        let a = &config.artifacts;
+        match a.backend {
+            orchd_engine::config::ArtifactBackend::Memory => ArtifactStore::Memory(
+                orchd_engine::artifact::MemoryStore::new(a.max_memory_bytes / shards.max(1) as u64),
+            ),
+            orchd_engine::config::ArtifactBackend::Fs => ArtifactStore::Fs(a.dir.clone()),
+        }
+    }
+}
+
 /// A copy of one shard's probe, sent across cores.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSnapshot {
@@ -129,6 +156,8 @@ pub struct Shard {
     pub probe: Probe,
     /// The tasks and pools this shard owns.
     pub(crate) owner: RefCell<Owner>,
+    /// The artifacts this shard keeps.
+    artifacts: RefCell<ArtifactStore>,
     config: Arc<Config>,
     _not_send: PhantomData<Rc<()>>,
 }
@@ -149,6 +178,65 @@ impl Shard {
     /// Ends every task this shard owns with an error frame (`POOL_UNAVAILABLE`).
     pub fn end_all_tasks(self: &Rc<Self>, message: &str) {
         self.owner.borrow_mut().end_all(self, message);
+    }
+
+    /// The mailbox of shard `to`.
+    pub(crate) fn peer(&self, to: ShardId) -> &Mailbox<ShardCommand> {
+        &self.peers[to.0]
+    }
+
+    fn get_artifact(self: &Rc<Self>, id: String, reply: Reply<Result<Option<Bytes>, StoreError>>) {
+        let dir = match &*self.artifacts.borrow() {
+            ArtifactStore::Memory(m) => {
+                let _ = reply.send(Ok(m.get(&id)));
+                return;
+            }
+            ArtifactStore::Fs(dir) => dir.clone(),
+        };
+        rt::spawn_detached(async move {
+            let r = rt::blocking(move || orchd_engine::artifact::fs_store::get(&dir, &id)).await;
+            let _ = reply.send(r);
+        });
+    }
+
+    /// Stores an artifact this shard keeps (see [`crate::shard_for_artifact`]).
+    pub(crate) fn store_artifact(
+        self: &Rc<Self>,
+        stored: Stored,
+        evictable: bool,
+        reply: Option<Reply<Result<Bytes, StoreError>>>,
+    ) {
+        let dir = match &mut *self.artifacts.borrow_mut() {
+            ArtifactStore::Memory(m) => {
+                let r = m.put(stored, evictable);
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(r);
+                    }
+                    None => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "transcript not stored");
+                        }
+                    }
+                }
+                return;
+            }
+            ArtifactStore::Fs(dir) => dir.clone(),
+        };
+        rt::spawn_detached(async move {
+            let r =
+                rt::blocking(move || orchd_engine::artifact::fs_store::put(&dir, &stored)).await;
+            match reply {
+                Some(reply) => {
+                    let _ = reply.send(r);
+                }
+                None => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "transcript not stored");
+                    }
+                }
+            }
+        });
     }
 
     /// Tasks on this shard that have not ended.
@@ -210,9 +298,12 @@ impl Shard {
                 ShardCommand::Cancel { task, reply } => {
                     let _ = reply.send(self.owner.borrow_mut().cancel(&self, task));
                 }
-                ShardCommand::Artifact { id, reply } => {
-                    let _ = reply.send(self.owner.borrow().artifact(&id));
-                }
+                ShardCommand::Artifact { id, reply } => self.get_artifact(id, reply),
+                ShardCommand::StoreArtifact {
+                    stored,
+                    evictable,
+                    reply,
+                } => self.store_artifact(stored, evictable, reply),
                 ShardCommand::Drain {
                     pool,
                     deadline,
@@ -346,6 +437,7 @@ impl Runtime {
                         stop,
                         probe: Probe::default(),
                         owner: RefCell::new(Owner::new(&config, i, shards)),
+                        artifacts: RefCell::new(ArtifactStore::new(&config, shards)),
                         config,
                         _not_send: PhantomData,
                     });

@@ -1,35 +1,78 @@
-//! `GET /v1/artifacts/{id}` (SPEC section 3): stored artifacts, transcripts included.
+//! `POST /v1/artifacts`, `GET /v1/artifacts/{id}` (SPEC section 3). Each artifact is
+//! kept by one shard, chosen from its id, so a read is one message to that shard.
 
+use bytes::Bytes;
 use http::{Response, StatusCode};
 
-use orchd_engine::ApiError;
-use orchd_shards::ShardCommand;
+use orchd_engine::artifact::{valid_id, NewArtifact, StoreError};
+use orchd_engine::{ApiError, ErrorClass, ErrorKind};
+use orchd_shards::{shard_for_artifact, unavailable, ShardCommand};
 
 use crate::app::ShardApp;
 use crate::body::Body;
 use crate::respond;
 
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Full { .. } => ApiError::new(
+            ErrorClass::InsufficientStorage,
+            ErrorKind::Internal,
+            e.to_string(),
+        ),
+        StoreError::Corrupt { .. } => ApiError::new(
+            ErrorClass::Internal,
+            ErrorKind::UntrustedArtifact,
+            e.to_string(),
+        ),
+        StoreError::Io(_) => {
+            tracing::error!(error = %e, "artifact store failed");
+            ApiError::internal(e.to_string())
+        }
+    }
+}
+
+pub(crate) async fn create(app: &ShardApp, body: Bytes) -> Result<Response<Body>, ApiError> {
+    let stored = NewArtifact::parse(&body)?.into_stored();
+    let keeper = shard_for_artifact(&stored.id, app.shard.shard_count());
+    let doc = app
+        .shard
+        .invoke_on(keeper, |reply| ShardCommand::StoreArtifact {
+            stored,
+            evictable: false,
+            reply: Some(reply),
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(store_error)?;
+    // Answer with the stored document's own fields (the first store's, for content
+    // stored before).
+    let v: serde_json::Value =
+        serde_json::from_slice(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
+    let answer = serde_json::json!({
+        "id": v["id"], "kind": v["kind"], "digest": v["digest"], "created_ms": v["created_ms"], "tags": v["tags"],
+    });
+    Ok(respond::json(
+        StatusCode::CREATED,
+        serde_json::to_vec(&answer).expect("serializes"),
+    ))
+}
+
 pub(crate) async fn get(app: &ShardApp, id: &str) -> Result<Response<Body>, ApiError> {
-    let valid = id.len() == 71
-        && id.starts_with("sha256:")
-        && id[7..].bytes().all(|b| b.is_ascii_hexdigit());
-    if !valid {
+    if !valid_id(id) {
         return Err(ApiError::invalid(format!(
-            "artifact id: {id:?} is not sha256:<64 hex digits>"
+            "artifact id: {id:?} is not sha256:<64 lowercase hex digits>"
         )));
     }
+    let keeper = shard_for_artifact(id, app.shard.shard_count());
     let found = app
         .shard
-        .map_reduce(
-            |reply| ShardCommand::Artifact {
-                id: id.to_string(),
-                reply,
-            },
-            None,
-            |acc, r| acc.or(r),
-        )
+        .invoke_on(keeper, |reply| ShardCommand::Artifact {
+            id: id.to_string(),
+            reply,
+        })
         .await
-        .map_err(crate::api::tasks::overloaded)?;
+        .map_err(unavailable)?
+        .map_err(store_error)?;
     match found {
         Some(json) => Ok(respond::json(StatusCode::OK, json)),
         None => Err(ApiError::not_found(format!("artifact {id} is not stored"))),

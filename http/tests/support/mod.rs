@@ -123,6 +123,15 @@ impl Client {
         self.read_response()
     }
 
+    /// Sends only a request head declaring a body of `len` bytes, then reads the answer:
+    /// for limits the server applies before reading a body.
+    pub fn send_head_only(&mut self, method: &str, path: &str, len: usize) -> Response {
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: orchd\r\nContent-Length: {len}\r\n\r\n");
+        self.reader.get_mut().write_all(req.as_bytes()).unwrap();
+        self.read_response()
+    }
+
     /// Reads a status line and headers.
     fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
         let mut line = String::new();
