@@ -20,6 +20,13 @@ use crate::types::Priority;
 /// Bytes of KV cache the mock engine accounts per context token (a 7B-class model in
 /// fp16 holds about 0.5 MiB; the mock reports a small, stable figure).
 pub const KV_BYTES_PER_TOKEN: u64 = 1024;
+/// The states of `model_state`.
+pub const MODEL_STATES: [&str; 6] = [
+    "ready", "loading", "draining", "drained", "failed", "retired",
+];
+/// Most model ids `model_state` keeps (its label budget).
+pub const MAX_MODELS: usize = 1024;
+
 /// Retry advice for a pool that exists but is not ready (draining, reloading, down).
 pub const UNREADY_RETRY_MS: u64 = 1000;
 const EWMA_ALPHA: f64 = 0.2;
@@ -225,6 +232,11 @@ pub struct Outcome {
 /// The dispatcher's admission state.
 pub struct Admission {
     pub pools: Vec<PoolMirror>,
+    /// `model_state{model_id, state}`: every model seen, with its current state,
+    /// oldest first (bounded by [`MAX_MODELS`]).
+    models: Vec<(String, &'static str)>,
+    /// Model verifications on reload: [engine][ok, failed].
+    pub catalog: [[u64; 2]; 4],
     sessions: HashMap<Uuid, Session>,
     tasks: HashMap<Uuid, Entry>,
     expiries: VecDeque<(u64, Uuid)>,
@@ -234,7 +246,15 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(config: &Config) -> Admission {
+        let mut models: Vec<(String, &'static str)> = Vec::new();
+        for p in &config.pools {
+            if !models.iter().any(|(m, _)| *m == p.model_ref) {
+                models.push((p.model_ref.clone(), "ready"));
+            }
+        }
         Admission {
+            models,
+            catalog: [[0; 2]; 4],
             pools: config.pools.iter().cloned().map(PoolMirror::new).collect(),
             sessions: HashMap::new(),
             tasks: HashMap::new(),
@@ -654,12 +674,17 @@ impl Admission {
     /// Forgets finished tasks past retention and sessions past their TTL; ends drains
     /// whose deadline passed.
     pub fn sweep(&mut self, now_ms: u64) {
+        let mut drained = Vec::new();
         for p in &mut self.pools {
             if let PoolState::Draining { until_ms } = p.state {
                 if now_ms >= until_ms {
                     p.state = PoolState::Drained;
+                    drained.push(p.model_ref.clone());
                 }
             }
+        }
+        for model in drained {
+            self.settle_model(&model);
         }
         while let Some(&(t, id)) = self.expiries.front() {
             if t > now_ms {
@@ -678,6 +703,57 @@ impl Admission {
         });
     }
 
+    /// Every model seen and its state now.
+    pub fn model_states(&self) -> &[(String, &'static str)] {
+        &self.models
+    }
+
+    fn set_model_state(&mut self, model: &str, state: &'static str) {
+        match self.models.iter_mut().find(|(m, _)| m == model) {
+            Some(entry) => entry.1 = state,
+            None => {
+                if self.models.len() >= MAX_MODELS {
+                    if let Some(i) = self
+                        .models
+                        .iter()
+                        .position(|(_, s)| matches!(*s, "retired" | "failed"))
+                    {
+                        self.models.remove(i);
+                    }
+                }
+                self.models.push((model.to_string(), state));
+            }
+        }
+    }
+
+    /// The state a model is in given the pools serving it now.
+    fn settle_model(&mut self, model: &str) {
+        let states: Vec<PoolState> = self
+            .pools
+            .iter()
+            .filter(|p| p.model_ref == model)
+            .map(|p| p.state)
+            .collect();
+        let state = if states.iter().any(|s| {
+            matches!(
+                s,
+                PoolState::Ready | PoolState::Reloading { was_drained: false }
+            )
+        }) {
+            "ready"
+        } else if states
+            .iter()
+            .any(|s| matches!(s, PoolState::Draining { .. }))
+        {
+            "draining"
+        } else if states.is_empty() {
+            "retired"
+        } else {
+            "drained"
+        };
+        self.set_model_state(model, state);
+    }
+
     /// The index of the pool named `id`.
     pub fn pool_index(&self, id: &str) -> Option<usize> {
         self.pools.iter().position(|p| p.cfg.id == id)
@@ -694,13 +770,24 @@ impl Admission {
                 p.state = PoolState::Draining {
                     until_ms: now_ms + deadline_ms,
                 };
+                let model = p.model_ref.clone();
+                self.settle_model(&model);
                 Ok(deadline_ms)
             }
         }
     }
 
-    /// Starts a model switch; refused while another reload or a drain is in progress.
-    pub fn begin_reload(&mut self, pool: usize) -> Result<(), ApiError> {
+    /// Starts a switch to `model`; refused while another reload or a drain is in
+    /// progress.
+    pub fn begin_reload(&mut self, pool: usize, model: &str) -> Result<(), ApiError> {
+        self.try_begin_reload(pool)?;
+        if self.pools[pool].model_ref != model {
+            self.set_model_state(model, "loading");
+        }
+        Ok(())
+    }
+
+    fn try_begin_reload(&mut self, pool: usize) -> Result<(), ApiError> {
         let p = &mut self.pools[pool];
         match p.state {
             PoolState::Reloading { .. } => {
@@ -718,25 +805,34 @@ impl Admission {
         }
     }
 
-    /// Ends a model switch: the new model on success (a drained pool comes back ready),
-    /// the previous state and model on failure.
-    pub fn end_reload(&mut self, pool: usize, loaded: Option<&str>) {
+    /// Ends a switch to `model`: on success the pool serves it (a drained pool comes
+    /// back ready); on failure the pool returns to its previous state and model.
+    pub fn end_reload(&mut self, pool: usize, model: &str, loaded: bool) {
         let p = &mut self.pools[pool];
         let PoolState::Reloading { was_drained } = p.state else {
             return;
         };
-        match loaded {
-            Some(model) => {
-                p.model_ref = model.to_string();
-                p.state = PoolState::Ready;
-            }
-            None => {
-                p.state = if was_drained {
-                    PoolState::Drained
-                } else {
-                    PoolState::Ready
-                }
-            }
+        let engine = crate::types::Engine::ALL
+            .iter()
+            .position(|e| *e == p.cfg.engine)
+            .unwrap_or(0);
+        self.catalog[engine][usize::from(!loaded)] += 1;
+        let old = p.model_ref.clone();
+        if loaded {
+            p.model_ref = model.to_string();
+            p.state = PoolState::Ready;
+        } else {
+            p.state = if was_drained {
+                PoolState::Drained
+            } else {
+                PoolState::Ready
+            };
+        }
+        self.settle_model(&old);
+        if loaded {
+            self.settle_model(model);
+        } else if model != old {
+            self.set_model_state(model, "failed");
         }
     }
 
@@ -1039,20 +1135,33 @@ mod lifecycle_tests {
             Ok(90),
             "a second drain keeps the first deadline"
         );
-        assert_eq!(a.begin_reload(0).unwrap_err().class, ErrorClass::Conflict);
+        assert_eq!(
+            a.begin_reload(0, "m2").unwrap_err().class,
+            ErrorClass::Conflict
+        );
+        assert_eq!(a.model_states(), [("*".to_string(), "draining")]);
         a.sweep(100);
+        assert_eq!(a.model_states(), [("*".to_string(), "drained")]);
         assert_eq!(a.pools[0].state, PoolState::Drained);
-        a.begin_reload(0).unwrap();
-        assert_eq!(a.begin_reload(0).unwrap_err().class, ErrorClass::Conflict);
+        a.begin_reload(0, "fail:x").unwrap();
+        assert_eq!(
+            a.begin_reload(0, "m3").unwrap_err().class,
+            ErrorClass::Conflict
+        );
         assert_eq!(a.drain(0, 1, 0).unwrap_err().class, ErrorClass::Conflict);
-        a.end_reload(0, None);
+        a.end_reload(0, "fail:x", false);
+        assert!(a.model_states().contains(&("fail:x".to_string(), "failed")));
         assert_eq!(
             a.pools[0].state,
             PoolState::Drained,
             "a failed reload rolls back"
         );
-        a.begin_reload(0).unwrap();
-        a.end_reload(0, Some("m2"));
+        a.begin_reload(0, "m2").unwrap();
+        assert!(a.model_states().contains(&("m2".to_string(), "loading")));
+        a.end_reload(0, "m2", true);
+        assert!(a.model_states().contains(&("m2".to_string(), "ready")));
+        assert!(a.model_states().contains(&("*".to_string(), "retired")));
+        assert_eq!(a.catalog[0], [1, 1]);
         assert_eq!(a.pools[0].state, PoolState::Ready);
         assert_eq!(a.pools[0].model_ref, "m2");
     }

@@ -73,7 +73,7 @@ impl TaskSpec {
                 ApiError::invalid(format!("{path}: {msg}"))
             }
         })?;
-        spec.validate()?;
+        spec.validate().map_err(|e| e.with_engine(spec.engine))?;
         Ok(spec)
     }
 

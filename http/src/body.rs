@@ -103,6 +103,13 @@ pub(crate) struct SseBody {
 
 const HEARTBEAT: &[u8] = b": hb\n\n";
 
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        let streams = &self.app.shard.probe.admission.active_streams;
+        streams.set(streams.get().saturating_sub(1));
+    }
+}
+
 impl SseBody {
     pub fn new(
         app: Rc<ShardApp>,
@@ -112,6 +119,8 @@ impl SseBody {
         rx: flume::Receiver<FrameMsg>,
     ) -> SseBody {
         let heartbeat = Duration::from_millis(app.app.config.stream.heartbeat_ms);
+        let streams = &app.shard.probe.admission.active_streams;
+        streams.set(streams.get() + 1);
         SseBody {
             app,
             task,

@@ -107,7 +107,7 @@ async fn route(
     let r = match (parts, &method) {
         (["livez", "", "", ""], &Method::GET) => api::ops::livez(),
         (["readyz", "", "", ""], &Method::GET) => api::ops::readyz(app).await?,
-        (["metrics", "", "", ""], &Method::GET) => api::ops::metrics(app).await?,
+        (["metrics", "", "", ""], &Method::GET) => api::metrics::get(app).await?,
         (["livez" | "readyz" | "metrics", "", "", ""], _) => return Err(allow("GET")),
         (["v1", "capabilities", "", ""], &Method::GET) => api::capabilities::get(app).await?,
         (["v1", "pools", id, "health"], &Method::GET) if !id.is_empty() => {

@@ -60,6 +60,10 @@ pub enum DispatcherCommand {
     Capabilities {
         reply: Reply<Bytes>,
     },
+    /// Dispatcher-owned series for `/metrics`.
+    Scrape {
+        reply: Reply<DispatcherSnapshot>,
+    },
     /// Index and state of the pool named `pool`.
     PoolState {
         pool: String,
@@ -78,6 +82,17 @@ pub enum DispatcherCommand {
         model_ref: String,
         reply: Reply<Result<String, ApiError>>,
     },
+}
+
+/// What the dispatcher contributes to a scrape.
+#[derive(Clone, Debug)]
+pub struct DispatcherSnapshot {
+    /// Every model seen and its state now.
+    pub models: Vec<(String, &'static str)>,
+    /// Model verifications on reload: [engine][ok, failed].
+    pub catalog: [[u64; 2]; 4],
+    /// Each pool's state, by config index.
+    pub pool_states: Vec<PoolState>,
 }
 
 pub(crate) struct Dispatcher {
@@ -131,6 +146,14 @@ impl Dispatcher {
                 self.admission.borrow_mut().delete_session(&id);
                 let _ = reply.send(());
             }
+            DispatcherCommand::Scrape { reply } => {
+                let adm = self.admission.borrow();
+                let _ = reply.send(DispatcherSnapshot {
+                    models: adm.model_states().to_vec(),
+                    catalog: adm.catalog,
+                    pool_states: adm.pools.iter().map(|p| p.state).collect(),
+                });
+            }
             DispatcherCommand::Capabilities { reply } => {
                 let doc = self.admission.borrow().capabilities(self.max_body_bytes);
                 let _ = reply.send(Bytes::from(serde_json::to_vec(&doc).expect("serializes")));
@@ -176,9 +199,12 @@ impl Dispatcher {
                 model_ref,
                 reply,
             } => {
-                let started = self
-                    .find_pool(&pool)
-                    .and_then(|i| self.admission.borrow_mut().begin_reload(i).map(|()| i));
+                let started = self.find_pool(&pool).and_then(|i| {
+                    self.admission
+                        .borrow_mut()
+                        .begin_reload(i, &model_ref)
+                        .map(|()| i)
+                });
                 let i = match started {
                     Ok(i) => i,
                     Err(e) => {
@@ -201,11 +227,11 @@ impl Dispatcher {
                     let old = adm.pools[i].model_ref.clone();
                     let answer = match r {
                         Ok(Ok(())) => {
-                            adm.end_reload(i, Some(&model_ref));
+                            adm.end_reload(i, &model_ref, true);
                             Ok(model_ref)
                         }
                         Ok(Err(why)) => {
-                            adm.end_reload(i, None);
+                            adm.end_reload(i, &model_ref, false);
                             Err(ApiError::new(
                                 ErrorClass::Conflict,
                                 ErrorKind::InvalidParams,
@@ -214,7 +240,7 @@ impl Dispatcher {
                             .with_pool(pool))
                         }
                         Err(e) => {
-                            adm.end_reload(i, None);
+                            adm.end_reload(i, &model_ref, false);
                             Err(crate::mesh::unavailable(e))
                         }
                     };

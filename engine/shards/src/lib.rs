@@ -10,7 +10,10 @@
 //! can replace `rt` alone.
 
 mod dispatcher;
+
+pub use dispatcher::DispatcherSnapshot;
 pub mod mesh;
+pub mod metrics;
 pub mod owner;
 pub mod rt;
 pub mod runtime;
@@ -33,5 +36,5 @@ pub fn shard_for(pool: usize, shards: usize) -> ShardId {
 pub use mesh::{unavailable, Mailbox, MeshError, Reply, ShardId};
 pub use runtime::{
     resolve_shards, DispatcherCommand, ProbeSnapshot, Ready, Runtime, RuntimeOptions, Shard,
-    ShardCommand, StartError,
+    ShardCommand, ShardSnapshot, StartError,
 };

@@ -27,6 +27,7 @@ use orchd_engine::task::TaskSpec;
 use orchd_engine::{ErrorKind, Priority};
 
 use crate::mesh::Mailbox;
+use crate::metrics::{bump, cancel_reason_index, PoolProbe, PoolSample};
 use crate::rt;
 use crate::runtime::{DispatcherCommand, Shard, ShardCommand};
 
@@ -61,6 +62,8 @@ enum Terminal {
         reason: &'static str,
     },
     Error {
+        /// The `tasks_canceled_total` reason this end counts under.
+        reason: &'static str,
         kind: ErrorKind,
         message: String,
     },
@@ -92,6 +95,8 @@ struct TaskRun {
     position: u32,
     /// The model the task runs on, fixed when it starts (reloads do not touch it).
     model_ref: String,
+    /// Its pool's counters, shared so that per-token counting needs no other borrow.
+    probe: Rc<PoolProbe>,
 }
 
 impl TaskRun {
@@ -177,6 +182,7 @@ struct OwnerPool {
     drain_at: Option<Instant>,
     first_token: Recent,
     decode: Recent,
+    probe: Rc<PoolProbe>,
     busy: u32,
     queue: [VecDeque<Uuid>; 2],
     /// Start to end of recent tasks, for predictions in metrics frames.
@@ -221,6 +227,7 @@ impl Owner {
                     drain_at: None,
                     first_token: Recent::new(),
                     decode: Recent::new(),
+                    probe: Rc::new(PoolProbe::default()),
                     busy: 0,
                     queue: [VecDeque::new(), VecDeque::new()],
                     service_ms: p.adapter.ttft_ms as f64 + 64.0 * tpot,
@@ -251,6 +258,40 @@ impl Owner {
             first_token_ms: p.first_token.summary(),
             decode_ms: p.decode.summary(),
         })
+    }
+
+    /// One pool as a scrape sees it. The mock engine reports simulated device figures:
+    /// each busy slot holds its task's KV cache, so cache use and utilization are the
+    /// busy share of the slots, and device memory is the KV bytes of the running tasks.
+    pub fn pool_sample(&self, pool: usize) -> Option<PoolSample> {
+        let p = self.pools.get(&pool)?;
+        let kv_tokens: u64 = self
+            .tasks
+            .values()
+            .filter_map(|t| {
+                let t = t.borrow();
+                (t.state == State::Running && t.admitted.pool == pool)
+                    .then(|| t.spec.prompt_tokens() + u64::from(t.tokens_out))
+            })
+            .sum::<u64>();
+        let busy_share = f64::from(p.busy) / f64::from(p.cfg.slots);
+        Some(PoolSample {
+            pool,
+            queue_depth: [p.queue[0].len() as u64, p.queue[1].len() as u64],
+            slots_busy: p.busy,
+            slots_total: p.cfg.slots,
+            kv_cache_usage_ratio: busy_share,
+            gpu_utilization: busy_share,
+            vram_used_bytes: kv_tokens * orchd_engine::admission::KV_BYTES_PER_TOKEN,
+            probe: p.probe.snapshot(),
+        })
+    }
+
+    /// The pools this shard owns, by config index.
+    pub fn pool_indexes(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.pools.keys().copied().collect();
+        v.sort_unstable();
+        v
     }
 
     /// Ends the pool's tasks (running and queued) `deadline` from now.
@@ -354,6 +395,7 @@ impl Owner {
                 shard,
                 victim,
                 Terminal::Error {
+                    reason: "drop-lru",
                     kind: ErrorKind::QueueFullDropLru,
                     message: format!("evicted from a full queue for task {id}"),
                 },
@@ -378,7 +420,13 @@ impl Owner {
             last_metrics_at: now,
             position: a.queue_position,
             model_ref: String::new(),
+            probe: self
+                .pools
+                .get(&a.pool)
+                .map(|p| Rc::clone(&p.probe))
+                .unwrap_or_default(),
         };
+        bump(&run.probe.enqueued[run.class()]);
         let started = frame::Started {
             queue_position: a.queue_position,
             predicted_start_ms: a.predicted_start_ms,
@@ -423,6 +471,13 @@ impl Owner {
                 let mut t = rc.borrow_mut();
                 t.state = State::Running;
                 t.started_at = Some(now);
+                let class = t.class();
+                bump(&t.probe.started[class]);
+                t.probe.queue_wait[class]
+                    .borrow_mut()
+                    .record(now - t.admitted_at);
+                let prompt = t.spec.prompt_tokens();
+                t.probe.tokens_in.set(t.probe.tokens_in.get() + prompt);
                 t.model_ref = if model == "*" {
                     t.spec.model_ref.clone()
                 } else {
@@ -519,7 +574,7 @@ impl Owner {
                     "{}", if *canceled { "task canceled" } else { "task ended" }
                 );
             }
-            Terminal::Error { kind, message } => {
+            Terminal::Error { kind, message, .. } => {
                 let summary =
                     serde_json::json!({"event": "error", "code": kind, "message": message});
                 let stored = transcript(&t, summary);
@@ -542,10 +597,21 @@ impl Owner {
         if let Some(p) = self.pools.get_mut(&pool_index) {
             if let Some(first) = t.first_token_at {
                 p.first_token.record(first - t.admitted_at);
+                t.probe.first_token[class]
+                    .borrow_mut()
+                    .record(first - t.admitted_at);
                 if let Some(last) = t.last_token_at {
                     p.decode.record(last - first);
+                    t.probe.decode[class].borrow_mut().record(last - first);
                 }
             }
+        }
+        let cut_short = match &how {
+            Terminal::End { canceled, reason } => canceled.then_some(*reason),
+            Terminal::Error { reason, .. } => Some(*reason),
+        };
+        if let Some(reason) = cut_short {
+            bump(&t.probe.canceled[cancel_reason_index(reason)]);
         }
         if let (Some(p), Some(s)) = (self.pools.get_mut(&pool_index), service_ms) {
             p.service_ms += 0.2 * (s as f64 - p.service_ms);
@@ -657,6 +723,7 @@ impl Owner {
                 ending.push((
                     *id,
                     Terminal::Error {
+                        reason: "drain",
                         kind: ErrorKind::PoolUnavailable,
                         message: format!("pool {pool} was drained"),
                     },
@@ -665,6 +732,7 @@ impl Owner {
                 ending.push((
                     *id,
                     Terminal::Error {
+                        reason: "deadline",
                         kind: ErrorKind::DeadlineUnmet,
                         message: "the deadline passed before the task finished".into(),
                     },
@@ -673,6 +741,7 @@ impl Owner {
                 ending.push((
                     *id,
                     Terminal::Error {
+                        reason: "watchdog",
                         kind: ErrorKind::DecodeTimeout,
                         message: format!("no token from the engine for {limit} ms"),
                     },
@@ -718,6 +787,7 @@ impl Owner {
             .collect();
         for id in live {
             let how = Terminal::Error {
+                reason: "shutdown",
                 kind: ErrorKind::PoolUnavailable,
                 message: message.to_string(),
             };
@@ -839,6 +909,10 @@ async fn drive_mock(
             } else {
                 let f = frame::token(t.next_id(), t.tokens_out, tokens.next_token());
                 t.tokens_out += 1;
+                bump(&t.probe.tokens_out);
+                if let Some(prev) = t.last_token_at {
+                    t.probe.inter_token.borrow_mut().record(now - prev);
+                }
                 t.first_token_at.get_or_insert(now);
                 t.last_token_at = Some(now);
                 t.emit(f, false, now);
@@ -861,6 +935,7 @@ async fn drive_mock(
             }
             Step::Deadline => {
                 let how = Terminal::Error {
+                    reason: "deadline",
                     kind: ErrorKind::DeadlineUnmet,
                     message: "the deadline passed during decode".into(),
                 };

@@ -46,8 +46,8 @@ pub struct RuntimeOptions {
 
 /// Commands a shard executes on its own core.
 pub enum ShardCommand {
-    /// Read this shard's probe (for `/metrics`).
-    Scrape(Reply<ProbeSnapshot>),
+    /// Read this shard's probes (for `/metrics`).
+    Scrape(Reply<ShardSnapshot>),
     /// From the dispatcher: an admitted task of a pool this shard owns.
     Enqueue(Box<NewTask>),
     /// Stream a task's frames from `from` on into `tx`.
@@ -95,6 +95,8 @@ pub enum ShardCommand {
 /// Shard-local counters: plain cells, no atomics; read by a scrape on the same core.
 #[derive(Default)]
 pub struct Probe {
+    /// Admission outcomes of the requests this shard served.
+    pub admission: crate::metrics::AdmissionProbe,
     /// HTTP responses by status class: index 0 = 1xx ... 4 = 5xx.
     pub responses: [Cell<u64>; 5],
     pub connections_accepted: Cell<u64>,
@@ -135,6 +137,18 @@ impl ArtifactStore {
             orchd_engine::config::ArtifactBackend::Fs => ArtifactStore::Fs(a.dir.clone()),
         }
     }
+}
+
+/// Everything a scrape reads from one shard.
+#[derive(Clone, Debug)]
+pub struct ShardSnapshot {
+    pub http: ProbeSnapshot,
+    pub admission: crate::metrics::AdmissionSnapshot,
+    /// The pools this shard owns.
+    pub pools: Vec<crate::metrics::PoolSample>,
+    pub live_tasks: u64,
+    /// CPU time of the shard's thread so far.
+    pub cpu_seconds: f64,
 }
 
 /// A copy of one shard's probe, sent across cores.
@@ -178,6 +192,21 @@ impl Shard {
     /// Ends every task this shard owns with an error frame (`POOL_UNAVAILABLE`).
     pub fn end_all_tasks(self: &Rc<Self>, message: &str) {
         self.owner.borrow_mut().end_all(self, message);
+    }
+
+    fn snapshot(&self) -> ShardSnapshot {
+        let owner = self.owner.borrow();
+        ShardSnapshot {
+            http: self.probe.snapshot(self.id),
+            admission: self.probe.admission.snapshot(),
+            pools: owner
+                .pool_indexes()
+                .into_iter()
+                .filter_map(|i| owner.pool_sample(i))
+                .collect(),
+            live_tasks: owner.live_tasks() as u64,
+            cpu_seconds: crate::metrics::thread_cpu_seconds(),
+        }
     }
 
     /// The mailbox of shard `to`.
@@ -284,7 +313,7 @@ impl Shard {
         while let Some(cmd) = inbox.recv().await {
             match cmd {
                 ShardCommand::Scrape(reply) => {
-                    let _ = reply.send(self.probe.snapshot(self.id));
+                    let _ = reply.send(self.snapshot());
                 }
                 ShardCommand::Enqueue(new) => self.owner.borrow_mut().enqueue(&self, *new),
                 ShardCommand::Subscribe {

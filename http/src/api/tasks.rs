@@ -13,6 +13,7 @@ use uuid::Uuid;
 use orchd_engine::admission::Admitted;
 use orchd_engine::task::TaskSpec;
 use orchd_engine::{ApiError, ErrorClass, ErrorKind};
+use orchd_shards::metrics::{bump, engine_index, kind_index};
 use orchd_shards::owner::Subscribed;
 use orchd_shards::{DispatcherCommand, MeshError, ShardCommand, ShardId};
 
@@ -58,7 +59,8 @@ pub(crate) async fn create(
     if app.shard.stopping() {
         return Err(overloaded(MeshError::Gone));
     }
-    let spec = TaskSpec::parse(&body)?;
+    let spec = TaskSpec::parse(&body).inspect_err(|e| count_refusal(app, e))?;
+    let engine = spec.engine;
     let correlation_id = cid.to_str().unwrap_or_default().to_string();
     let admitted = app
         .shard
@@ -69,7 +71,12 @@ pub(crate) async fn create(
             reply,
         })
         .await
-        .map_err(overloaded)??;
+        .map_err(overloaded)?
+        .map_err(|e| e.with_engine(engine))
+        .inspect_err(|e| count_refusal(app, e))?;
+    if admitted.evict.is_some() {
+        bump(&app.shard.probe.admission.backpressure[engine_index(engine)][1]);
+    }
     let pool = &app.app.config.pools[admitted.pool].id;
     tracing::info!(
         correlation_id = %correlation_id, task_id = %admitted.task_id, pool = %pool,
@@ -88,6 +95,21 @@ pub(crate) async fn create(
     );
     budget_headers(r.headers_mut(), &admitted);
     Ok(r)
+}
+
+/// Counts a refused submission whose engine is known (`tasks_rejected_total`), and
+/// queue-full refusals (`admission_backpressure_events_total`). Bodies that do not
+/// parse name no engine and are not counted.
+fn count_refusal(app: &ShardApp, e: &ApiError) {
+    let Some(engine) = e.engine else { return };
+    let probe = &app.shard.probe.admission;
+    let engine = engine_index(engine);
+    bump(&probe.rejected[engine][kind_index(e.kind)]);
+    match e.policy_label {
+        Some("reject") => bump(&probe.backpressure[engine][0]),
+        Some("drop-lru") => bump(&probe.backpressure[engine][1]),
+        _ => {}
+    }
 }
 
 fn budget_headers(h: &mut HeaderMap, a: &Admitted) {

@@ -1,0 +1,199 @@
+//! Shard-local probes: plain cells and HDR histograms, read by a scrape on the same
+//! core and merged across shards by `/metrics` (SPEC section 5). No atomics, no locks:
+//! a per-token increment is a load and a store in this core's cache.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use orchd_engine::{Engine, ErrorKind};
+
+/// Upper bounds of the latency histograms' buckets, in ms: 0.25 ms doubling to
+/// 131 s (20 buckets), enough for sub-millisecond hops and minute-long decodes.
+pub const BUCKETS_MS: [f64; 20] = {
+    let mut b = [0.0; 20];
+    let mut i = 0;
+    let mut v = 0.25;
+    while i < 20 {
+        b[i] = v;
+        v *= 2.0;
+        i += 1;
+    }
+    b
+};
+
+/// Why tasks are canceled or cut short, as `tasks_canceled_total{reason}` says it.
+pub const CANCEL_REASONS: [&str; 7] = [
+    "client", "orphaned", "deadline", "drop-lru", "drain", "shutdown", "watchdog",
+];
+
+pub fn cancel_reason_index(reason: &str) -> usize {
+    CANCEL_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(0)
+}
+
+/// A latency distribution: an HDR histogram in microseconds (for quantiles and for
+/// bucket counts at any bound) plus the exact sum.
+pub struct Latency {
+    hdr: Histogram<u64>,
+    sum_us: u64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            hdr: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("histogram bounds"),
+            sum_us: 0,
+        }
+    }
+}
+
+impl Latency {
+    pub fn record(&mut self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = self.hdr.record(us);
+        self.sum_us += us;
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let mut cumulative = [0u64; 20];
+        for (i, le) in BUCKETS_MS.iter().enumerate() {
+            let bound = (le * 1000.0) as u64;
+            cumulative[i] = self.hdr.count_between(0, bound);
+        }
+        LatencySnapshot {
+            cumulative,
+            count: self.hdr.len(),
+            sum_ms: self.sum_us as f64 / 1000.0,
+        }
+    }
+}
+
+/// Cumulative bucket counts (`le` = [`BUCKETS_MS`]), count and sum.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LatencySnapshot {
+    pub cumulative: [u64; 20],
+    pub count: u64,
+    pub sum_ms: f64,
+}
+
+/// Counters and histograms of one pool, kept by its owner shard and shared (`Rc`) with
+/// the pool's running tasks. Index 0 is interactive, 1 batch.
+#[derive(Default)]
+pub struct PoolProbe {
+    pub enqueued: [Cell<u64>; 2],
+    pub started: [Cell<u64>; 2],
+    pub canceled: [Cell<u64>; 7],
+    pub tokens_in: Cell<u64>,
+    pub tokens_out: Cell<u64>,
+    pub first_token: [RefCell<Latency>; 2],
+    pub decode: [RefCell<Latency>; 2],
+    pub queue_wait: [RefCell<Latency>; 2],
+    pub inter_token: RefCell<Latency>,
+}
+
+pub fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+impl PoolProbe {
+    pub fn snapshot(&self) -> PoolProbeSnapshot {
+        let two = |f: &[RefCell<Latency>; 2]| [f[0].borrow().snapshot(), f[1].borrow().snapshot()];
+        PoolProbeSnapshot {
+            enqueued: [self.enqueued[0].get(), self.enqueued[1].get()],
+            started: [self.started[0].get(), self.started[1].get()],
+            canceled: std::array::from_fn(|i| self.canceled[i].get()),
+            tokens_in: self.tokens_in.get(),
+            tokens_out: self.tokens_out.get(),
+            first_token: two(&self.first_token),
+            decode: two(&self.decode),
+            queue_wait: two(&self.queue_wait),
+            inter_token: self.inter_token.borrow().snapshot(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PoolProbeSnapshot {
+    pub enqueued: [u64; 2],
+    pub started: [u64; 2],
+    pub canceled: [u64; 7],
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub first_token: [LatencySnapshot; 2],
+    pub decode: [LatencySnapshot; 2],
+    pub queue_wait: [LatencySnapshot; 2],
+    pub inter_token: LatencySnapshot,
+}
+
+/// One pool as a scrape sees it.
+#[derive(Clone, Debug)]
+pub struct PoolSample {
+    pub pool: usize,
+    pub queue_depth: [u64; 2],
+    pub slots_busy: u32,
+    pub slots_total: u32,
+    /// The mock engine's simulated device figures (see `Owner::pool_sample`).
+    pub kv_cache_usage_ratio: f64,
+    pub gpu_utilization: f64,
+    pub vram_used_bytes: u64,
+    pub probe: PoolProbeSnapshot,
+}
+
+/// Admission outcomes counted where the request was served.
+#[derive(Default)]
+pub struct AdmissionProbe {
+    /// `tasks_rejected_total{engine, reason}`: [engine][ErrorKind].
+    pub rejected: [[Cell<u64>; 12]; 4],
+    /// `admission_backpressure_events_total{engine, policy}`: [engine][reject, drop-lru].
+    pub backpressure: [[Cell<u64>; 2]; 4],
+    /// SSE responses being streamed from this shard.
+    pub active_streams: Cell<u64>,
+}
+
+pub fn engine_index(e: Engine) -> usize {
+    Engine::ALL
+        .iter()
+        .position(|x| *x == e)
+        .expect("every engine is listed")
+}
+
+pub fn kind_index(k: ErrorKind) -> usize {
+    ErrorKind::ALL
+        .iter()
+        .position(|x| *x == k)
+        .expect("every kind is listed")
+}
+
+impl AdmissionProbe {
+    pub fn snapshot(&self) -> AdmissionSnapshot {
+        AdmissionSnapshot {
+            rejected: std::array::from_fn(|e| std::array::from_fn(|k| self.rejected[e][k].get())),
+            backpressure: std::array::from_fn(|e| {
+                std::array::from_fn(|p| self.backpressure[e][p].get())
+            }),
+            active_streams: self.active_streams.get(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AdmissionSnapshot {
+    pub rejected: [[u64; 12]; 4],
+    pub backpressure: [[u64; 2]; 4],
+    pub active_streams: u64,
+}
+
+/// CPU time this thread has used (for per-shard busy ratios).
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
