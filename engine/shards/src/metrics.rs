@@ -58,11 +58,23 @@ impl Latency {
         self.sum_us += us;
     }
 
+    /// Bins the recorded values into [`BUCKETS_MS`] in one pass over the distinct
+    /// values recorded (not over the histogram's whole range).
     pub fn snapshot(&self) -> LatencySnapshot {
+        let mut per_bucket = [0u64; 20];
+        for v in self.hdr.iter_recorded() {
+            // The value this HDR bucket stands for, in ms; it counts in the first
+            // Prometheus bucket whose bound holds it.
+            let ms = self.hdr.highest_equivalent(v.value_iterated_to()) as f64 / 1000.0;
+            if let Some(i) = BUCKETS_MS.iter().position(|le| ms <= *le) {
+                per_bucket[i] += v.count_at_value();
+            }
+        }
         let mut cumulative = [0u64; 20];
-        for (i, le) in BUCKETS_MS.iter().enumerate() {
-            let bound = (le * 1000.0) as u64;
-            cumulative[i] = self.hdr.count_between(0, bound);
+        let mut running = 0;
+        for (c, n) in cumulative.iter_mut().zip(per_bucket) {
+            running += n;
+            *c = running;
         }
         LatencySnapshot {
             cumulative,
@@ -196,4 +208,25 @@ pub fn thread_cpu_seconds() -> f64 {
     // SAFETY: clock_gettime writes the struct we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_bins_into_cumulative_buckets() {
+        let mut l = Latency::default();
+        for us in [100, 200, 300, 900, 1500, 5_000_000] {
+            l.record(Duration::from_micros(us));
+        }
+        let s = l.snapshot();
+        assert_eq!(s.count, 6);
+        assert_eq!(s.cumulative[0], 2, "<= 0.25 ms");
+        assert_eq!(s.cumulative[1], 3, "<= 0.5 ms");
+        assert_eq!(s.cumulative[2], 4, "<= 1 ms");
+        assert_eq!(s.cumulative[3], 5, "<= 2 ms");
+        assert_eq!(s.cumulative[19], 6);
+        assert!((s.sum_ms - 5_003.0).abs() < 0.01);
+    }
 }

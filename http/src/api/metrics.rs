@@ -13,7 +13,7 @@ use orchd_engine::config::PoolConfig;
 use orchd_engine::{ApiError, Config, Engine, ErrorKind};
 use orchd_shards::metrics::{LatencySnapshot, BUCKETS_MS, CANCEL_REASONS};
 use orchd_shards::{
-    unavailable, DispatcherCommand, DispatcherSnapshot, ShardCommand, ShardSnapshot,
+    rt, unavailable, DispatcherCommand, DispatcherSnapshot, ShardCommand, ShardSnapshot,
 };
 
 use crate::app::ShardApp;
@@ -40,7 +40,8 @@ pub(crate) async fn get(app: &ShardApp) -> Result<Response<Body>, ApiError> {
         .request(|reply| DispatcherCommand::Scrape { reply })
         .await
         .map_err(unavailable)?;
-    let mut r = Response::new(Body::full(render(&app.app.config, &shards, &dispatcher)));
+    let text = render(&app.app.config, &shards, &dispatcher).await;
+    let mut r = Response::new(Body::full(text));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -78,17 +79,40 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &LatencySnapshot, sc
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
 
-pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSnapshot) -> String {
+/// A pool's label strings, built once per scrape.
+struct Row<'a> {
+    labels: String,
+    replica: String,
+    cfg: &'a PoolConfig,
+}
+
+/// Renders the exposition, yielding to the shard's other tasks (streams) between
+/// metric families: a scrape never holds this core for more than one family.
+pub(crate) async fn render(
+    config: &Config,
+    shards: &[ShardSnapshot],
+    d: &DispatcherSnapshot,
+) -> String {
     let mut out = String::with_capacity(64 * 1024);
     // Each pool lives on exactly one shard: pair every configured pool with its sample.
     let mut pools = Vec::new();
     for (shard, snap) in shards.iter().enumerate() {
         for sample in &snap.pools {
-            pools.push((shard, &config.pools[sample.pool], sample));
+            let cfg = &config.pools[sample.pool];
+            let labels = pool_labels(cfg);
+            let replica = format!("replica_id=\"shard-{shard}\"");
+            pools.push((
+                shard,
+                Row {
+                    labels,
+                    replica,
+                    cfg,
+                },
+                sample,
+            ));
         }
     }
-    pools.sort_by_key(|(_, p, _)| p.id.clone());
-    let replica = |shard: usize| format!("replica_id=\"shard-{shard}\"");
+    pools.sort_by(|a, b| a.1.cfg.id.cmp(&b.1.cfg.id));
 
     head(
         &mut out,
@@ -96,46 +120,43 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
         "counter",
         "Tasks admitted into a pool's queue.",
     );
-    for (s, p, x) in &pools {
+    for (_, p, x) in &pools {
         for (i, prio) in PRIORITIES.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "tasks_enqueued_total{{{},{},priority=\"{prio}\"}} {}",
-                pool_labels(p),
-                replica(*s),
-                x.probe.enqueued[i]
+                p.labels, p.replica, x.probe.enqueued[i]
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "tasks_started_total",
         "counter",
         "Tasks that got a slot and began running.",
     );
-    for (s, p, x) in &pools {
+    for (_, p, x) in &pools {
         for (i, prio) in PRIORITIES.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "tasks_started_total{{{},{},priority=\"{prio}\"}} {}",
-                pool_labels(p),
-                replica(*s),
-                x.probe.started[i]
+                p.labels, p.replica, x.probe.started[i]
             );
         }
     }
+    rt::yield_now().await;
     head(&mut out, "tasks_canceled_total", "counter", "Tasks ended before completion, by reason (client, orphaned, deadline, drop-lru, drain, shutdown, watchdog).");
-    for (s, p, x) in &pools {
+    for (_, p, x) in &pools {
         for (i, reason) in CANCEL_REASONS.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "tasks_canceled_total{{{},{},reason=\"{reason}\"}} {}",
-                pool_labels(p),
-                replica(*s),
-                x.probe.canceled[i]
+                p.labels, p.replica, x.probe.canceled[i]
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "tasks_rejected_total",
@@ -153,6 +174,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "queue_depth",
@@ -164,56 +186,53 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             let _ = writeln!(
                 out,
                 "queue_depth{{{},priority=\"{prio}\"}} {}",
-                pool_labels(p),
-                x.queue_depth[i]
+                p.labels, x.queue_depth[i]
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "kv_cache_usage_ratio",
         "gauge",
         "Share of the engine's KV cache in use (mock: busy slots / slots).",
     );
-    for (s, p, x) in &pools {
+    for (_, p, x) in &pools {
         let _ = writeln!(
             out,
             "kv_cache_usage_ratio{{{},{}}} {}",
-            pool_labels(p),
-            replica(*s),
-            x.kv_cache_usage_ratio
+            p.labels, p.replica, x.kv_cache_usage_ratio
         );
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "gpu_utilization",
         "gauge",
         "Device utilization reported by the engine (mock: busy slots / slots).",
     );
-    for (s, p, x) in &pools {
+    for (_, p, x) in &pools {
         let _ = writeln!(
             out,
             "gpu_utilization{{{},{},device=\"{DEVICE}\"}} {}",
-            pool_labels(p),
-            replica(*s),
-            x.gpu_utilization
+            p.labels, p.replica, x.gpu_utilization
         );
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "vram_used_bytes",
         "gauge",
         "Device memory in use reported by the engine (mock: KV bytes of running tasks).",
     );
-    for (s, p, x) in &pools {
+    for (_, p, x) in &pools {
         let _ = writeln!(
             out,
             "vram_used_bytes{{{},{},device=\"{DEVICE}\"}} {}",
-            pool_labels(p),
-            replica(*s),
-            x.vram_used_bytes
+            p.labels, p.replica, x.vram_used_bytes
         );
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "latency_first_token_ms",
@@ -225,12 +244,13 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             histogram(
                 &mut out,
                 "latency_first_token_ms",
-                &format!("{},priority=\"{prio}\"", pool_labels(p)),
+                &format!("{},priority=\"{prio}\"", p.labels),
                 &x.probe.first_token[i],
                 1.0,
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "latency_decode_ms",
@@ -242,37 +262,36 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             histogram(
                 &mut out,
                 "latency_decode_ms",
-                &format!("{},priority=\"{prio}\"", pool_labels(p)),
+                &format!("{},priority=\"{prio}\"", p.labels),
                 &x.probe.decode[i],
                 1.0,
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "tokens_in_total",
         "counter",
         "Prompt tokens of started tasks (whitespace words for the mock).",
     );
-    for (s, p, x) in &pools {
+    for (_, p, x) in &pools {
         let _ = writeln!(
             out,
             "tokens_in_total{{{},{}}} {}",
-            pool_labels(p),
-            replica(*s),
-            x.probe.tokens_in
+            p.labels, p.replica, x.probe.tokens_in
         );
     }
+    rt::yield_now().await;
     head(&mut out, "tokens_out_total", "counter", "Tokens streamed.");
-    for (s, p, x) in &pools {
+    for (_, p, x) in &pools {
         let _ = writeln!(
             out,
             "tokens_out_total{{{},{}}} {}",
-            pool_labels(p),
-            replica(*s),
-            x.probe.tokens_out
+            p.labels, p.replica, x.probe.tokens_out
         );
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "admission_backpressure_events_total",
@@ -289,6 +308,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "catalog_verifications_total",
@@ -300,6 +320,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             let _ = writeln!(out, "catalog_verifications_total{{result=\"{result}\",reason=\"reload\",engine=\"{}\"}} {}", engine.as_str(), d.catalog[e][i]);
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "model_state",
@@ -318,6 +339,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
     }
 
     // Beyond the contract, in Prometheus base units.
+    rt::yield_now().await;
     head(
         &mut out,
         "queue_wait_seconds",
@@ -329,12 +351,13 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             histogram(
                 &mut out,
                 "queue_wait_seconds",
-                &format!("{},priority=\"{prio}\"", pool_labels(p)),
+                &format!("{},priority=\"{prio}\"", p.labels),
                 &x.probe.queue_wait[i],
                 0.001,
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "inter_token_seconds",
@@ -345,11 +368,12 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
         histogram(
             &mut out,
             "inter_token_seconds",
-            &pool_labels(p),
+            &p.labels,
             &x.probe.inter_token,
             0.001,
         );
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "pool_slots_busy",
@@ -357,13 +381,9 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
         "Slots running a task.",
     );
     for (_, p, x) in &pools {
-        let _ = writeln!(
-            out,
-            "pool_slots_busy{{{}}} {}",
-            pool_labels(p),
-            x.slots_busy
-        );
+        let _ = writeln!(out, "pool_slots_busy{{{}}} {}", p.labels, x.slots_busy);
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "pool_ready",
@@ -371,7 +391,11 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
         "1 if the pool admits tasks.",
     );
     for (_, p, _) in &pools {
-        let i = config.pools.iter().position(|c| c.id == p.id).unwrap_or(0);
+        let i = config
+            .pools
+            .iter()
+            .position(|c| c.id == p.cfg.id)
+            .unwrap_or(0);
         let ready = d.pool_states.get(i).is_some_and(|s| {
             matches!(
                 s,
@@ -379,8 +403,9 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
                     | orchd_engine::admission::PoolState::Reloading { was_drained: false }
             )
         });
-        let _ = writeln!(out, "pool_ready{{{}}} {}", pool_labels(p), u8::from(ready));
+        let _ = writeln!(out, "pool_ready{{{}}} {}", p.labels, u8::from(ready));
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "active_streams",
@@ -394,6 +419,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             s.admission.active_streams
         );
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "shard_tasks",
@@ -403,6 +429,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
     for (i, s) in shards.iter().enumerate() {
         let _ = writeln!(out, "shard_tasks{{shard=\"{i}\"}} {}", s.live_tasks);
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "shard_cpu_seconds_total",
@@ -416,6 +443,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             s.cpu_seconds
         );
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "http_responses_total",
@@ -433,6 +461,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             );
         }
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "connections_accepted_total",
@@ -446,6 +475,7 @@ pub(crate) fn render(config: &Config, shards: &[ShardSnapshot], d: &DispatcherSn
             s.http.connections_accepted
         );
     }
+    rt::yield_now().await;
     head(
         &mut out,
         "connections_open",

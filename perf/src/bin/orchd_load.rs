@@ -55,6 +55,10 @@ struct Args {
     /// Size of each artifact's content, with --artifacts.
     #[arg(long, default_value_t = 4096)]
     artifact_bytes: usize,
+    /// Also scrape /metrics this often (ms) on a keep-alive connection, and report the
+    /// scrape latency; 0 = no scrapes.
+    #[arg(long, default_value_t = 0)]
+    scrape_every_ms: u64,
 }
 
 struct Stats {
@@ -380,6 +384,34 @@ async fn main() {
             }
         })
     };
+    let load_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = (args.scrape_every_ms > 0).then(|| {
+        let args = Arc::clone(&args);
+        let load_done = Arc::clone(&load_done);
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+            let Ok(mut sender) = connect(args.addr).await else {
+                return h;
+            };
+            let mut tick = tokio::time::interval(Duration::from_millis(args.scrape_every_ms));
+            while !load_done.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if sender.ready().await.is_err() {
+                    break;
+                }
+                let t0 = Instant::now();
+                let Ok(resp) = sender
+                    .send_request(request(&args, "GET", "/metrics", Bytes::new()))
+                    .await
+                else {
+                    break;
+                };
+                let _ = resp.into_body().collect().await;
+                let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+            }
+            h
+        })
+    });
     let users: Vec<_> = (0..args.concurrency)
         .map(|_| {
             tokio::spawn(user(
@@ -395,6 +427,11 @@ async fn main() {
     }
     progress.abort();
     eprintln!();
+    load_done.store(true, Ordering::Relaxed);
+    let scrapes = match scraper {
+        Some(t) => t.await.ok(),
+        None => None,
+    };
     let secs = started.elapsed().as_secs_f64();
     let s = stats.lock().expect("stats lock");
     let done = counters.done.load(Ordering::Relaxed);
@@ -409,9 +446,22 @@ async fn main() {
         "itl_ms": {"p50": q(&s.itl_us, 0.5), "p99": q(&s.itl_us, 0.99), "p999": q(&s.itl_us, 0.999), "max": ms(s.itl_us.max())},
         "task_ms": {"p50": q(&s.task_us, 0.5), "p99": q(&s.task_us, 0.99), "max": ms(s.task_us.max())},
     });
+    let mut summary = summary;
+    if let Some(h) = &scrapes {
+        summary["scrape_ms"] = serde_json::json!({"n": h.len(), "p50": q(h, 0.5), "p99": q(h, 0.99), "max": ms(h.max())});
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
         return;
+    }
+    if let Some(h) = &scrapes {
+        println!(
+            "scrapes {}  /metrics latency ms: p50 {:.3}  p99 {:.3}  max {:.3}",
+            h.len(),
+            q(h, 0.5),
+            q(h, 0.99),
+            ms(h.max())
+        );
     }
     println!(
         "concurrency {}  max_tokens {}  {:.2}s",
