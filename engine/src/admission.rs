@@ -80,6 +80,8 @@ pub struct PoolMirror {
     /// The model currently served (`*` = any).
     pub model_ref: String,
     pub state: PoolState,
+    /// The engine answers its health probe.
+    pub up: bool,
     running: u32,
     /// Queued task ids by class (0 interactive, 1 batch), oldest first.
     queued: [VecDeque<Uuid>; 2],
@@ -96,6 +98,7 @@ impl PoolMirror {
         PoolMirror {
             model_ref: cfg.model_ref.clone(),
             state: PoolState::Ready,
+            up: true,
             running: 0,
             queued: [VecDeque::new(), VecDeque::new()],
             // Until a task has run, assume a typical one of 64 tokens.
@@ -116,10 +119,11 @@ impl PoolMirror {
 
     /// Admitting new tasks.
     pub fn ready(&self) -> bool {
-        matches!(
-            self.state,
-            PoolState::Ready | PoolState::Reloading { was_drained: false }
-        )
+        self.up
+            && matches!(
+                self.state,
+                PoolState::Ready | PoolState::Reloading { was_drained: false }
+            )
     }
 
     fn serves(&self, spec: &TaskSpec) -> bool {
@@ -752,6 +756,13 @@ impl Admission {
             "drained"
         };
         self.set_model_state(model, state);
+    }
+
+    /// The engine of a pool went down (no new tasks) or came back.
+    pub fn set_up(&mut self, pool: usize, up: bool) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            p.up = up;
+        }
     }
 
     /// The index of the pool named `id`.

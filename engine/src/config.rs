@@ -147,6 +147,21 @@ pub struct PoolConfig {
 pub enum AdapterKind {
     /// The built-in deterministic engine.
     Mock,
+    /// An OpenAI-compatible server: `POST {url}/v1/completions` with `stream: true`
+    /// (vLLM, llama.cpp server, TGI's compatible route).
+    Openai,
+    /// llama.cpp server's native API: `POST {url}/completion` with `stream: true`.
+    Llamacpp,
+}
+
+impl AdapterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterKind::Mock => "mock",
+            AdapterKind::Openai => "openai",
+            AdapterKind::Llamacpp => "llamacpp",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -161,6 +176,19 @@ pub struct AdapterConfig {
     pub decode_timeout_ms: u64,
     /// Mock: time to load a model on reload.
     pub load_ms: u64,
+    /// HTTP adapters: the engine's base URL, `http://host:port` (optionally a path).
+    pub url: Option<String>,
+    /// HTTP adapters: sent as `Authorization: Bearer ...`; never logged.
+    pub api_key: Option<ApiKey>,
+    /// HTTP adapters: TCP connect timeout.
+    pub connect_timeout_ms: u64,
+    /// HTTP adapters: from sending the request to the response head.
+    pub first_byte_timeout_ms: u64,
+    /// HTTP adapters: retries (after a refused connection or a 5xx) before the first
+    /// token, with capped jitter; none once a token has been streamed.
+    pub retries: u32,
+    /// HTTP adapters: how often the engine's health endpoint is probed.
+    pub health_interval_ms: u64,
 }
 
 /// An API key. Its `Debug` never shows the key, so configs can be logged.
@@ -257,6 +285,12 @@ impl Default for AdapterConfig {
             tpot_ms: 5,
             decode_timeout_ms: 30_000,
             load_ms: 0,
+            url: None,
+            api_key: None,
+            connect_timeout_ms: 2_000,
+            first_byte_timeout_ms: 30_000,
+            retries: 2,
+            health_interval_ms: 2_000,
         }
     }
 }
@@ -446,6 +480,33 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
         p.push(format!("{at}.cost_per_token: must be a finite number >= 0"));
     }
     let a = &pool.adapter;
+    match (a.kind, &a.url) {
+        (AdapterKind::Mock, Some(_)) => {
+            p.push(format!("{at}.adapter.url: the mock adapter takes no url"))
+        }
+        (AdapterKind::Openai | AdapterKind::Llamacpp, None) => p.push(format!(
+            "{at}.adapter.url: required for kind = \"{}\"",
+            a.kind.as_str()
+        )),
+        (AdapterKind::Openai | AdapterKind::Llamacpp, Some(url)) => {
+            if let Err(why) = parse_http_url(url) {
+                p.push(format!("{at}.adapter.url: {why}"));
+            }
+        }
+        (AdapterKind::Mock, None) => {}
+    }
+    for (name, v) in [
+        ("connect_timeout_ms", a.connect_timeout_ms),
+        ("first_byte_timeout_ms", a.first_byte_timeout_ms),
+        ("health_interval_ms", a.health_interval_ms),
+    ] {
+        if v == 0 || v > 3_600_000 {
+            p.push(format!("{at}.adapter.{name}: must be in 1..=3600000"));
+        }
+    }
+    if a.retries > 10 {
+        p.push(format!("{at}.adapter.retries: at most 10"));
+    }
     if a.decode_timeout_ms == 0 {
         p.push(format!(
             "{at}.adapter.decode_timeout_ms: must be at least 1"
@@ -461,6 +522,39 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
             p.push(format!("{at}.adapter.{name}: {v} is more than an hour"));
         }
     }
+}
+
+/// An engine's base URL, split: `http://host[:port][/path]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub host: String,
+    pub port: u16,
+    /// The path prefix, without a trailing slash ("" for none).
+    pub base_path: String,
+}
+
+/// Parses an engine URL. Only plain `http://` is supported: orchd talks to engines on
+/// a trusted network (TLS belongs to a sidecar or the mesh).
+pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("must start with http:// (https is not supported)")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?),
+        None => (authority, 80),
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    Ok(HttpUrl {
+        host: host.to_string(),
+        port,
+        base_path: path.to_string(),
+    })
 }
 
 /// `[[pools]]` written with no tables at all (`pools = []`) is an explicit empty list,
@@ -712,5 +806,56 @@ mod tests {
         assert_eq!(c.pools[0].engine, Engine::Vllm);
         assert_eq!(c.pools[1].slots, 2);
         assert_eq!(c.pools[1].queue_capacity, 256);
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn engine_urls() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:8081").unwrap(),
+            HttpUrl {
+                host: "127.0.0.1".into(),
+                port: 8081,
+                base_path: String::new()
+            }
+        );
+        assert_eq!(
+            parse_http_url("http://engine/api/").unwrap().base_path,
+            "/api"
+        );
+        assert_eq!(parse_http_url("http://engine").unwrap().port, 80);
+        assert!(parse_http_url("https://x").is_err());
+        assert!(parse_http_url("http://:80").is_err());
+        assert!(parse_http_url("http://x:port").is_err());
+    }
+
+    #[test]
+    fn http_adapters_need_a_url_and_the_mock_takes_none() {
+        let c =
+            Config::from_toml_str("[[pools]]\nid = \"a\"\n[pools.adapter]\nkind = \"openai\"\n")
+                .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("pools[0].adapter.url: required"));
+        let c =
+            Config::from_toml_str("[[pools]]\nid = \"a\"\n[pools.adapter]\nurl = \"http://x:1\"\n")
+                .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("mock adapter takes no url"));
+        let c = Config::from_toml_str(
+            "[[pools]]\nid = \"a\"\n[pools.adapter]\nkind = \"llamacpp\"\nurl = \"http://127.0.0.1:8081\"\napi_key = \"sk-x\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("sk-x"));
     }
 }

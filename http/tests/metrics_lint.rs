@@ -163,7 +163,7 @@ fn contracted_series_are_present_from_startup_and_move_with_traffic() {
     let counts = check_contract(&c, &before);
     // Zero samples for every configured pool x priority, and every reason.
     assert_eq!(counts["tasks_enqueued_total"], 2 * 2);
-    assert_eq!(counts["tasks_canceled_total"], 2 * 7);
+    assert_eq!(counts["tasks_canceled_total"], 2 * 8);
     assert_eq!(counts["tasks_rejected_total"], 4 * 12);
     assert_eq!(sum(&before, "tokens_out_total", &[]), 0.0);
 

@@ -43,6 +43,11 @@ pub enum DispatcherCommand {
     Started {
         task: Uuid,
     },
+    /// From an owner: its pool's engine went down or came back.
+    PoolUp {
+        pool: usize,
+        up: bool,
+    },
     /// From an owner: a task ended.
     Finished {
         task: Uuid,
@@ -64,10 +69,10 @@ pub enum DispatcherCommand {
     Scrape {
         reply: Reply<DispatcherSnapshot>,
     },
-    /// Index and state of the pool named `pool`.
+    /// Index, state and readiness of the pool named `pool`.
     PoolState {
         pool: String,
-        reply: Reply<Option<(usize, PoolState)>>,
+        reply: Reply<Option<(usize, PoolState, bool)>>,
     },
     /// Close admission to a pool; its tasks have `deadline_ms` to finish. Replies with
     /// the time left once the owner shard holds the deadline.
@@ -135,6 +140,7 @@ impl Dispatcher {
                 let _ = reply.send(pool.map(|p| crate::shard_for(p, self.peers.len())));
             }
             DispatcherCommand::Started { task } => self.admission.borrow_mut().on_started(task),
+            DispatcherCommand::PoolUp { pool, up } => self.admission.borrow_mut().set_up(pool, up),
             DispatcherCommand::Finished { task, outcome } => {
                 let now = self.now_ms();
                 self.admission.borrow_mut().on_finished(task, outcome, now);
@@ -160,7 +166,10 @@ impl Dispatcher {
             }
             DispatcherCommand::PoolState { pool, reply } => {
                 let adm = self.admission.borrow();
-                let _ = reply.send(adm.pool_index(&pool).map(|i| (i, adm.pools[i].state)));
+                let _ = reply.send(
+                    adm.pool_index(&pool)
+                        .map(|i| (i, adm.pools[i].state, adm.pools[i].ready())),
+                );
             }
             DispatcherCommand::Drain {
                 pool,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod owner;
 pub mod rt;
 pub mod runtime;
+pub mod upstream;
 
 /// The shard that keeps the artifact `id` (a content address, so its digest spreads
 /// artifacts evenly).

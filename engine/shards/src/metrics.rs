@@ -24,8 +24,8 @@ pub const BUCKETS_MS: [f64; 20] = {
 };
 
 /// Why tasks are canceled or cut short, as `tasks_canceled_total{reason}` says it.
-pub const CANCEL_REASONS: [&str; 7] = [
-    "client", "orphaned", "deadline", "drop-lru", "drain", "shutdown", "watchdog",
+pub const CANCEL_REASONS: [&str; 8] = [
+    "client", "orphaned", "deadline", "drop-lru", "drain", "shutdown", "watchdog", "engine",
 ];
 
 pub fn cancel_reason_index(reason: &str) -> usize {
@@ -98,7 +98,7 @@ pub struct LatencySnapshot {
 pub struct PoolProbe {
     pub enqueued: [Cell<u64>; 2],
     pub started: [Cell<u64>; 2],
-    pub canceled: [Cell<u64>; 7],
+    pub canceled: [Cell<u64>; 8],
     pub tokens_in: Cell<u64>,
     pub tokens_out: Cell<u64>,
     pub first_token: [RefCell<Latency>; 2],
@@ -132,7 +132,7 @@ impl PoolProbe {
 pub struct PoolProbeSnapshot {
     pub enqueued: [u64; 2],
     pub started: [u64; 2],
-    pub canceled: [u64; 7],
+    pub canceled: [u64; 8],
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub first_token: [LatencySnapshot; 2],

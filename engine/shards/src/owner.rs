@@ -26,10 +26,13 @@ use orchd_engine::mock::MockTokens;
 use orchd_engine::task::TaskSpec;
 use orchd_engine::{ErrorKind, Priority};
 
+use tokio::sync::oneshot;
+
 use crate::mesh::Mailbox;
 use crate::metrics::{bump, cancel_reason_index, PoolProbe, PoolSample};
 use crate::rt;
 use crate::runtime::{DispatcherCommand, Shard, ShardCommand};
+use crate::upstream::{Piece, Upstream, UpstreamError, UpstreamStream};
 
 /// A frame for a subscriber, and whether it is the last one.
 pub type FrameMsg = (Bytes, bool);
@@ -97,6 +100,8 @@ struct TaskRun {
     model_ref: String,
     /// Its pool's counters, shared so that per-token counting needs no other borrow.
     probe: Rc<PoolProbe>,
+    /// Dropped when the task ends, which tells an HTTP driver to close its request.
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl TaskRun {
@@ -183,6 +188,10 @@ struct OwnerPool {
     first_token: Recent,
     decode: Recent,
     probe: Rc<PoolProbe>,
+    /// The engine over HTTP; `None` for the mock.
+    upstream: Option<Rc<Upstream>>,
+    /// The engine answers its health probe (always true for the mock).
+    up: bool,
     busy: u32,
     queue: [VecDeque<Uuid>; 2],
     /// Start to end of recent tasks, for predictions in metrics frames.
@@ -228,6 +237,17 @@ impl Owner {
                     first_token: Recent::new(),
                     decode: Recent::new(),
                     probe: Rc::new(PoolProbe::default()),
+                    upstream: match p.adapter.kind {
+                        orchd_engine::config::AdapterKind::Mock => None,
+                        _ => match Upstream::new(&p.adapter) {
+                            Ok(u) => Some(Rc::new(u)),
+                            Err(e) => {
+                                tracing::error!(pool = %p.id, error = %e, "engine url unusable; its tasks will fail");
+                                None
+                            }
+                        },
+                    },
+                    up: true,
                     busy: 0,
                     queue: [VecDeque::new(), VecDeque::new()],
                     service_ms: p.adapter.ttft_ms as f64 + 64.0 * tpot,
@@ -292,6 +312,28 @@ impl Owner {
         let mut v: Vec<usize> = self.pools.keys().copied().collect();
         v.sort_unstable();
         v
+    }
+
+    /// Records whether a pool's engine answers, telling the dispatcher on a change so
+    /// that admission routes around an engine that is down.
+    pub(crate) fn set_up(&mut self, shard: &Rc<Shard>, pool: usize, up: bool) {
+        let Some(p) = self.pools.get_mut(&pool) else {
+            return;
+        };
+        if p.up == up {
+            return;
+        }
+        p.up = up;
+        tracing::warn!(pool = %p.cfg.id, up, "engine health changed");
+        self.notify(shard.dispatcher(), DispatcherCommand::PoolUp { pool, up });
+    }
+
+    /// The pools of this shard whose engines are probed, with their engines.
+    pub(crate) fn upstreams(&self) -> Vec<(usize, Rc<Upstream>)> {
+        self.pools
+            .iter()
+            .filter_map(|(i, p)| p.upstream.clone().map(|u| (*i, u)))
+            .collect()
     }
 
     /// Ends the pool's tasks (running and queued) `deadline` from now.
@@ -425,6 +467,7 @@ impl Owner {
                 .get(&a.pool)
                 .map(|p| Rc::clone(&p.probe))
                 .unwrap_or_default(),
+            stop: None,
         };
         bump(&run.probe.enqueued[run.class()]);
         let started = frame::Started {
@@ -462,6 +505,8 @@ impl Owner {
         }
         let model = pool.model_ref.clone();
         let (ttft, tpot) = (pool.cfg.adapter.ttft_ms, pool.cfg.adapter.tpot_ms);
+        let (kind, upstream) = (pool.cfg.adapter.kind, pool.upstream.clone());
+        let mut ending = Vec::new();
         let every = self.stream.metrics_every_tokens;
         for id in starting {
             let Some(rc) = self.tasks.get(&id).cloned() else {
@@ -498,8 +543,28 @@ impl Owner {
                     self.notify(shard.dispatcher(), DispatcherCommand::Started { task: id });
                 }
             }
-            let timing = (Duration::from_millis(ttft), Duration::from_millis(tpot));
-            rt::spawn_detached(drive_mock(Rc::clone(shard), rc, timing, every));
+            match (kind, &upstream) {
+                (orchd_engine::config::AdapterKind::Mock, _) => {
+                    let timing = (Duration::from_millis(ttft), Duration::from_millis(tpot));
+                    rt::spawn_detached(drive_mock(Rc::clone(shard), rc, timing, every));
+                }
+                (_, Some(up)) => {
+                    let (tx, rx) = oneshot::channel();
+                    rc.borrow_mut().stop = Some(tx);
+                    rt::spawn_detached(drive_http(Rc::clone(shard), rc, Rc::clone(up), rx, every));
+                }
+                (_, None) => {
+                    let how = Terminal::Error {
+                        reason: "engine",
+                        kind: ErrorKind::PoolUnavailable,
+                        message: "the pool's engine url is unusable".into(),
+                    };
+                    ending.push((id, how));
+                }
+            }
+        }
+        for (id, how) in ending {
+            self.finish(shard, id, how, now);
         }
         // Position updates for everyone still waiting.
         let pool = &self.pools[&pool_index];
@@ -533,6 +598,7 @@ impl Owner {
         }
         let ran = t.state == State::Running;
         t.state = State::Done;
+        t.stop.take();
         let pool_index = t.admitted.pool;
         let class = t.class();
         if let Some(p) = self.pools.get_mut(&pool_index) {
@@ -869,9 +935,59 @@ fn transcript(t: &TaskRun, summary: serde_json::Value) -> Stored {
 }
 
 enum Step {
+    /// A token was emitted; more may come.
     More,
+    /// `max_tokens` reached: the task is complete.
     Done,
+    /// The deadline passed.
     Deadline,
+    /// The task ended elsewhere (cancel, drain, watchdog): stop producing.
+    Stopped,
+}
+
+/// Emits one token of a running task (frame, counters, periodic metrics frame), or
+/// says why not. Runs on the owner shard, so it is ordered with cancel.
+fn token_step(shard: &Shard, rc: &RefCell<TaskRun>, text: &str, every: u32, now: Instant) -> Step {
+    let mut t = rc.borrow_mut();
+    if t.state != State::Running {
+        return Step::Stopped;
+    }
+    if now >= t.deadline_at {
+        return Step::Deadline;
+    }
+    if t.tokens_out >= t.spec.max_tokens {
+        return Step::Done;
+    }
+    let f = frame::token(t.next_id(), t.tokens_out, text);
+    t.tokens_out += 1;
+    bump(&t.probe.tokens_out);
+    if let Some(prev) = t.last_token_at {
+        t.probe.inter_token.borrow_mut().record(now - prev);
+    }
+    t.first_token_at.get_or_insert(now);
+    t.last_token_at = Some(now);
+    t.emit(f, false, now);
+    if t.tokens_out % every == 0 && t.tokens_out < t.spec.max_tokens {
+        let f = shard.owner.borrow().metrics_frame(&t, now);
+        t.emit(f, false, now);
+    }
+    Step::More
+}
+
+/// Ends a task from its driver (no-op if it already ended).
+fn end(shard: &Rc<Shard>, id: Uuid, how: Terminal) {
+    shard
+        .owner
+        .borrow_mut()
+        .finish(shard, id, how, Instant::now());
+}
+
+fn deadline_error() -> Terminal {
+    Terminal::Error {
+        reason: "deadline",
+        kind: ErrorKind::DeadlineUnmet,
+        message: "the deadline passed during decode".into(),
+    }
 }
 
 /// The mock engine on the owner shard: `ttft` before the first token, `tpot` between
@@ -896,52 +1012,40 @@ async fn drive_mock(
     };
     let mut burst = 0u32;
     loop {
-        let now = Instant::now();
-        let step = {
-            let mut t = rc.borrow_mut();
-            if t.state != State::Running {
-                return;
-            }
-            if now >= t.deadline_at {
-                Step::Deadline
-            } else if t.tokens_out >= t.spec.max_tokens {
-                Step::Done
-            } else {
-                let f = frame::token(t.next_id(), t.tokens_out, tokens.next_token());
-                t.tokens_out += 1;
-                bump(&t.probe.tokens_out);
-                if let Some(prev) = t.last_token_at {
-                    t.probe.inter_token.borrow_mut().record(now - prev);
-                }
-                t.first_token_at.get_or_insert(now);
-                t.last_token_at = Some(now);
-                t.emit(f, false, now);
-                if t.tokens_out % every == 0 && t.tokens_out < t.spec.max_tokens {
-                    let f = shard.owner.borrow().metrics_frame(&t, now);
-                    t.emit(f, false, now);
-                }
-                Step::More
-            }
+        let peek = {
+            let t = rc.borrow();
+            t.tokens_out >= t.spec.max_tokens && t.state == State::Running
         };
-        match step {
-            Step::More => {}
-            Step::Done => {
-                let how = Terminal::End {
+        if peek {
+            end(
+                &shard,
+                id,
+                Terminal::End {
                     canceled: false,
                     reason: "done",
-                };
-                shard.owner.borrow_mut().finish(&shard, id, how, now);
+                },
+            );
+            return;
+        }
+        let text = tokens.next_token();
+        match token_step(&shard, &rc, text, every, Instant::now()) {
+            Step::More => {}
+            Step::Done => {
+                end(
+                    &shard,
+                    id,
+                    Terminal::End {
+                        canceled: false,
+                        reason: "done",
+                    },
+                );
                 return;
             }
             Step::Deadline => {
-                let how = Terminal::Error {
-                    reason: "deadline",
-                    kind: ErrorKind::DeadlineUnmet,
-                    message: "the deadline passed during decode".into(),
-                };
-                shard.owner.borrow_mut().finish(&shard, id, how, now);
+                end(&shard, id, deadline_error());
                 return;
             }
+            Step::Stopped => return,
         }
         if !tpot.is_zero() {
             rt::sleep(tpot).await;
@@ -951,6 +1055,136 @@ async fn drive_mock(
                 burst = 0;
                 rt::yield_now().await;
             }
+        }
+    }
+}
+
+/// How an HTTP generation ended, seen from the driver.
+enum HttpEnd {
+    /// The engine said it was done (or `max_tokens` was reached); the stream can be
+    /// recycled if it ended cleanly.
+    Complete(Option<UpstreamStream>),
+    Deadline,
+    Stopped,
+    Failed {
+        error: UpstreamError,
+        streamed: bool,
+    },
+}
+
+/// A real engine over HTTP. Retries (refused connection, 5xx) only before the first
+/// token, with capped jitter. When the task ends elsewhere (cancel, watchdog, drain),
+/// `stop` fires and the generation future is dropped, which closes the upstream
+/// connection: the engine sees the client go and stops generating.
+async fn drive_http(
+    shard: Rc<Shard>,
+    rc: Rc<RefCell<TaskRun>>,
+    upstream: Rc<Upstream>,
+    stop: oneshot::Receiver<()>,
+    every: u32,
+) {
+    rt::yield_now().await;
+    let (id, spec, model, pool) = {
+        let t = rc.borrow();
+        (
+            t.spec.task_id,
+            t.spec.clone(),
+            t.model_ref.clone(),
+            t.admitted.pool,
+        )
+    };
+    let generate = async {
+        let mut attempt = 0u32;
+        let mut stream = loop {
+            match upstream.open(&spec, &model).await {
+                Ok(s) => break s,
+                Err(e) if e.retriable() && attempt < upstream.retries => {
+                    attempt += 1;
+                    // Capped exponential backoff with jitter from the task id.
+                    let base = 50u64 << attempt.min(4);
+                    let jitter = (id.as_u128() as u64).wrapping_mul(u64::from(attempt) + 1) % base;
+                    rt::sleep(Duration::from_millis((base + jitter).min(1000))).await;
+                }
+                Err(error) => {
+                    return HttpEnd::Failed {
+                        error,
+                        streamed: false,
+                    }
+                }
+            }
+        };
+        loop {
+            match stream.next().await {
+                Ok(Some(Piece::Text(text))) => {
+                    match token_step(&shard, &rc, &text, every, Instant::now()) {
+                        Step::More => {}
+                        Step::Done => return HttpEnd::Complete(None),
+                        Step::Deadline => return HttpEnd::Deadline,
+                        Step::Stopped => return HttpEnd::Stopped,
+                    }
+                }
+                Ok(Some(Piece::End)) => return HttpEnd::Complete(Some(stream)),
+                Ok(None) => {
+                    let error = UpstreamError::Reset(
+                        "the stream ended before the engine said it was done".into(),
+                    );
+                    return HttpEnd::Failed {
+                        error,
+                        streamed: true,
+                    };
+                }
+                Err(error) => {
+                    return HttpEnd::Failed {
+                        error,
+                        streamed: true,
+                    }
+                }
+            }
+        }
+    };
+    let outcome = futures_lite::future::or(generate, async {
+        let _ = stop.await;
+        HttpEnd::Stopped
+    })
+    .await;
+    match outcome {
+        HttpEnd::Stopped => {}
+        HttpEnd::Deadline => end(&shard, id, deadline_error()),
+        HttpEnd::Complete(stream) => {
+            end(
+                &shard,
+                id,
+                Terminal::End {
+                    canceled: false,
+                    reason: "done",
+                },
+            );
+            if let Some(stream) = stream {
+                upstream.recycle(stream).await;
+            }
+        }
+        HttpEnd::Failed { error, streamed } => {
+            let (kind, reason) = match (&error, streamed) {
+                (UpstreamError::Unreachable(_), _) => {
+                    shard.owner.borrow_mut().set_up(&shard, pool, false);
+                    (ErrorKind::PoolUnavailable, "engine")
+                }
+                (UpstreamError::Status { status, .. }, false) if *status >= 500 => {
+                    (ErrorKind::PoolUnavailable, "engine")
+                }
+                (UpstreamError::Status { .. }, false) => (ErrorKind::InvalidParams, "engine"),
+                _ => (ErrorKind::WorkerReset, "engine"),
+            };
+            tracing::warn!(task_id = %id, error = %error, code = %kind, "engine call failed");
+            end(
+                &shard,
+                id,
+                Terminal::Error {
+                    reason,
+                    kind,
+                    message: error.to_string(),
+                },
+            );
         }
     }
 }

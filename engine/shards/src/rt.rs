@@ -343,3 +343,21 @@ pub async fn yield_now() {
 pub async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     glommio::executor().spawn_blocking(f).await
 }
+
+/// Opens a TCP connection to an engine, adapted to hyper's IO traits.
+pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<Conn> {
+    let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
+        .await
+        .map_err(io::Error::from)?;
+    let _ = stream.set_nodelay(true);
+    Ok(Conn { stream })
+}
+
+/// Runs `fut`, or gives up after `d`.
+pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        sleep(d).await;
+        None
+    })
+    .await
+}

@@ -370,6 +370,18 @@ impl Shard {
     }
 }
 
+/// Probes a pool's engine forever; admission routes around it while it is down.
+async fn probe_forever(shard: Rc<Shard>, pool: usize, upstream: Rc<crate::upstream::Upstream>) {
+    loop {
+        rt::sleep(upstream.health_interval).await;
+        if shard.stopping() {
+            return;
+        }
+        let up = upstream.healthy().await;
+        shard.owner.borrow_mut().set_up(&shard, pool, up);
+    }
+}
+
 /// Told by a shard's main once it serves (or cannot).
 pub struct Ready {
     tx: mpsc::Sender<Result<(), String>>,
@@ -472,6 +484,9 @@ impl Runtime {
                     });
                     rt::spawn_detached(Rc::clone(&shard).serve_commands(inbox));
                     rt::spawn_detached(Rc::clone(&shard).sweep_forever());
+                    for (pool, upstream) in shard.owner.borrow().upstreams() {
+                        rt::spawn_detached(probe_forever(Rc::clone(&shard), pool, upstream));
+                    }
                     shard_main(shard, seed, Ready { tx }).await
                 });
             match thread {

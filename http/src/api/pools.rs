@@ -36,7 +36,7 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 }
 
 pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, ApiError> {
-    let (index, state) = app
+    let (index, state, ready) = app
         .shard
         .dispatcher()
         .request(|reply| DispatcherCommand::PoolState {
@@ -57,10 +57,7 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
         .map_err(unavailable)?
         .ok_or_else(|| ApiError::internal(format!("pool {id} is missing on its shard")))?;
     let cfg = &app.app.config.pools[index];
-    let ready = matches!(
-        state,
-        PoolState::Ready | PoolState::Reloading { was_drained: false }
-    );
+
     let doc = serde_json::json!({
         "live": true,
         "ready": ready,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_engine;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
