@@ -55,6 +55,10 @@ struct Args {
     /// Size of each artifact's content, with --artifacts.
     #[arg(long, default_value_t = 4096)]
     artifact_bytes: usize,
+    /// What to load: `orchd` (submit + stream tasks) or `openai` (stream
+    /// `POST /v1/completions` from an OpenAI-compatible engine directly, to compare).
+    #[arg(long, default_value = "orchd")]
+    target: String,
     /// Also scrape /metrics this often (ms) on a keep-alive connection, and report the
     /// scrape latency; 0 = no scrapes.
     #[arg(long, default_value_t = 0)]
@@ -136,6 +140,24 @@ async fn user(
     while Instant::now() < stop_at {
         if counters.started.fetch_add(1, Ordering::Relaxed) >= args.tasks {
             break;
+        }
+        if args.target == "openai" {
+            let t0 = Instant::now();
+            match openai_once(&args, &mut sender, &mut local, t0).await {
+                Some(n) => {
+                    let _ = local.task_us.record(t0.elapsed().as_micros().max(1) as u64);
+                    counters.done.fetch_add(1, Ordering::Relaxed);
+                    counters.tokens.fetch_add(n, Ordering::Relaxed);
+                }
+                None => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    match connect(args.addr).await {
+                        Ok(s) => sender = s,
+                        Err(_) => break,
+                    }
+                }
+            }
+            continue;
         }
         let task = uuid::Uuid::new_v4();
         let body = serde_json::json!({
@@ -342,6 +364,65 @@ async fn artifact_writes(args: Arc<Args>) {
         q(0.999),
         ms(all.max())
     );
+}
+
+/// One streamed completion straight from an OpenAI-compatible engine; records time to
+/// the first text event and the gaps between events. Returns the tokens received.
+async fn openai_once(
+    args: &Args,
+    sender: &mut Sender,
+    local: &mut Stats,
+    t0: Instant,
+) -> Option<u64> {
+    sender.ready().await.ok()?;
+    let body = serde_json::json!({"model": "load", "prompt": "load test", "max_tokens": args.max_tokens, "stream": true});
+    let req = request(
+        args,
+        "POST",
+        "/v1/completions",
+        Bytes::from(serde_json::to_vec(&body).unwrap()),
+    );
+    let resp = sender.send_request(req).await.ok()?;
+    if resp.status() != StatusCode::OK {
+        return None;
+    }
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut tokens = 0u64;
+    let mut last: Option<Instant> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        let Some(d) = frame.data_ref() else { continue };
+        buf.extend_from_slice(d);
+        let now = Instant::now();
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+            let ev: Vec<u8> = buf.drain(..pos + 2).collect();
+            let text = std::str::from_utf8(&ev).unwrap_or("");
+            let Some(data) = text.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                return Some(tokens);
+            }
+            let v: serde_json::Value = serde_json::from_str(data).ok()?;
+            if v["choices"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+            {
+                tokens += 1;
+                match last {
+                    None => {
+                        let _ = local.ttft_us.record((now - t0).as_micros().max(1) as u64);
+                    }
+                    Some(prev) => {
+                        let _ = local.itl_us.record((now - prev).as_micros().max(1) as u64);
+                    }
+                }
+                last = Some(now);
+            }
+        }
+    }
+    Some(tokens)
 }
 
 fn ms(us: u64) -> f64 {
