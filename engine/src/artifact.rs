@@ -75,22 +75,7 @@ pub struct NewArtifact {
 impl NewArtifact {
     /// Parses and validates a request body; errors name the field.
     pub fn parse(body: &[u8]) -> Result<NewArtifact, ApiError> {
-        let de = &mut serde_json::Deserializer::from_slice(body);
-        let a: NewArtifact = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let inner = inner
-                .split(" at line ")
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let at = if path == "." || path == "?" {
-                "body".to_string()
-            } else {
-                path
-            };
-            ApiError::invalid(format!("{at}: {inner}"))
-        })?;
+        let a: NewArtifact = crate::error::parse_json(body)?;
         if !a.content.is_object() {
             return Err(ApiError::invalid("content: must be a JSON object"));
         }

@@ -206,6 +206,24 @@ impl ApiError {
     }
 }
 
+/// Parses a JSON request body; a failure is a `400 INVALID_PARAMS` naming the field
+/// (its path, e.g. `inputs[2]`) or `body` when the JSON itself is broken.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        // serde_json's positions ("at line 1 column 9") say nothing a client needs.
+        let msg = msg.split(" at line ").next().unwrap_or_default();
+        let at = if matches!(path.as_str(), "." | "?" | "") {
+            "body"
+        } else {
+            path.as_str()
+        };
+        ApiError::invalid(format!("{at}: {msg}"))
+    })
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)

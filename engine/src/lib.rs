@@ -16,7 +16,7 @@ pub mod error;
 pub mod types;
 
 pub use config::Config;
-pub use error::{ApiError, ErrorClass, ErrorKind};
+pub use error::{parse_json, ApiError, ErrorClass, ErrorKind};
 pub use types::{Engine, Priority, Workload};
 pub mod frame;
 pub mod mock;

@@ -58,21 +58,7 @@ pub struct TaskSpec {
 impl TaskSpec {
     /// Parses and validates a request body. Every error is a 400 naming the field.
     pub fn parse(body: &[u8]) -> Result<TaskSpec, ApiError> {
-        let de = &mut serde_json::Deserializer::from_slice(body);
-        let spec: TaskSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = inner.to_string();
-            let msg = match msg.find(" at line ") {
-                Some(i) => &msg[..i],
-                None => &msg,
-            };
-            if path == "." || path == "?" || path.is_empty() {
-                ApiError::invalid(format!("body: {msg}"))
-            } else {
-                ApiError::invalid(format!("{path}: {msg}"))
-            }
-        })?;
+        let spec: TaskSpec = crate::error::parse_json(body)?;
         spec.validate().map_err(|e| e.with_engine(spec.engine))?;
         Ok(spec)
     }

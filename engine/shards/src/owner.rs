@@ -982,6 +982,13 @@ fn end(shard: &Rc<Shard>, id: Uuid, how: Terminal) {
         .finish(shard, id, how, Instant::now());
 }
 
+fn done() -> Terminal {
+    Terminal::End {
+        canceled: false,
+        reason: "done",
+    }
+}
+
 fn deadline_error() -> Terminal {
     Terminal::Error {
         reason: "deadline",
@@ -1012,33 +1019,11 @@ async fn drive_mock(
     };
     let mut burst = 0u32;
     loop {
-        let peek = {
-            let t = rc.borrow();
-            t.tokens_out >= t.spec.max_tokens && t.state == State::Running
-        };
-        if peek {
-            end(
-                &shard,
-                id,
-                Terminal::End {
-                    canceled: false,
-                    reason: "done",
-                },
-            );
-            return;
-        }
         let text = tokens.next_token();
         match token_step(&shard, &rc, text, every, Instant::now()) {
             Step::More => {}
             Step::Done => {
-                end(
-                    &shard,
-                    id,
-                    Terminal::End {
-                        canceled: false,
-                        reason: "done",
-                    },
-                );
+                end(&shard, id, done());
                 return;
             }
             Step::Deadline => {
@@ -1151,14 +1136,7 @@ async fn drive_http(
         HttpEnd::Stopped => {}
         HttpEnd::Deadline => end(&shard, id, deadline_error()),
         HttpEnd::Complete(stream) => {
-            end(
-                &shard,
-                id,
-                Terminal::End {
-                    canceled: false,
-                    reason: "done",
-                },
-            );
+            end(&shard, id, done());
             if let Some(stream) = stream {
                 upstream.recycle(stream).await;
             }

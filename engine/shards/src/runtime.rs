@@ -119,6 +119,20 @@ impl Probe {
     }
 }
 
+/// Replies to a store request, or for a transcript (nobody waiting) logs a failure.
+fn answer_store(reply: Option<Reply<Result<Bytes, StoreError>>>, r: Result<Bytes, StoreError>) {
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(r);
+        }
+        None => {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "transcript not stored");
+            }
+        }
+    }
+}
+
 /// One shard's artifact backend.
 enum ArtifactStore {
     /// Bounded to `max_memory_bytes / shards`.
@@ -238,16 +252,7 @@ impl Shard {
         let dir = match &mut *self.artifacts.borrow_mut() {
             ArtifactStore::Memory(m) => {
                 let r = m.put(stored, evictable);
-                match reply {
-                    Some(reply) => {
-                        let _ = reply.send(r);
-                    }
-                    None => {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "transcript not stored");
-                        }
-                    }
-                }
+                answer_store(reply, r);
                 return;
             }
             ArtifactStore::Fs(dir) => dir.clone(),
@@ -255,16 +260,7 @@ impl Shard {
         rt::spawn_detached(async move {
             let r =
                 rt::blocking(move || orchd_engine::artifact::fs_store::put(&dir, &stored)).await;
-            match reply {
-                Some(reply) => {
-                    let _ = reply.send(r);
-                }
-                None => {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "transcript not stored");
-                    }
-                }
-            }
+            answer_store(reply, r)
         });
     }
 

@@ -6,7 +6,7 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 
 use orchd_engine::admission::PoolState;
-use orchd_engine::ApiError;
+use orchd_engine::{parse_json, ApiError};
 use orchd_shards::{unavailable, DispatcherCommand, ShardCommand};
 
 use crate::app::ShardApp;
@@ -15,25 +15,6 @@ use crate::respond;
 
 /// Longest drain deadline accepted (a day).
 const MAX_DRAIN_MS: u64 = 86_400_000;
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let inner = inner
-            .split(" at line ")
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let at = if path == "." || path == "?" {
-            "body".to_string()
-        } else {
-            path
-        };
-        ApiError::invalid(format!("{at}: {inner}"))
-    })
-}
 
 pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, ApiError> {
     let (index, state, ready) = app
@@ -93,7 +74,7 @@ pub(crate) async fn drain(
     id: &str,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let b: DrainBody = parse(&body)?;
+    let b: DrainBody = parse_json(&body)?;
     if b.deadline_ms > MAX_DRAIN_MS {
         return Err(ApiError::invalid(format!(
             "deadline_ms: at most {MAX_DRAIN_MS}"
@@ -128,7 +109,7 @@ pub(crate) async fn reload(
     id: &str,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let b: ReloadBody = parse(&body)?;
+    let b: ReloadBody = parse_json(&body)?;
     let m = &b.new_model_ref;
     if m.is_empty() || m.len() > orchd_engine::task::MAX_MODEL_REF || m == "*" {
         return Err(ApiError::invalid(

@@ -7,10 +7,11 @@ use orchd_engine::frame::BudgetRemaining;
 use orchd_engine::ApiError;
 use orchd_shards::DispatcherCommand;
 
-use crate::api::tasks::{overloaded, parse_id};
+use crate::api::tasks::parse_id;
 use crate::app::ShardApp;
 use crate::body::Body;
 use crate::respond;
+use orchd_shards::unavailable;
 
 #[derive(Serialize)]
 struct SessionDoc {
@@ -29,7 +30,7 @@ pub(crate) async fn get(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, 
         .dispatcher()
         .request(|reply| DispatcherCommand::Session { id, reply })
         .await
-        .map_err(overloaded)?;
+        .map_err(unavailable)?;
     let doc = SessionDoc {
         ttl_ms_remaining: v.ttl_ms_remaining,
         turns: v.turns,
@@ -49,7 +50,7 @@ pub(crate) async fn delete(app: &ShardApp, raw_id: &str) -> Result<Response<Body
         .dispatcher()
         .request(|reply| DispatcherCommand::DeleteSession { id, reply })
         .await
-        .map_err(overloaded)?;
+        .map_err(unavailable)?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)

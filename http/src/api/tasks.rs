@@ -15,7 +15,7 @@ use orchd_engine::task::TaskSpec;
 use orchd_engine::{ApiError, ErrorClass, ErrorKind};
 use orchd_shards::metrics::{bump, engine_index, kind_index};
 use orchd_shards::owner::Subscribed;
-use orchd_shards::{DispatcherCommand, MeshError, ShardCommand, ShardId};
+use orchd_shards::{unavailable, DispatcherCommand, MeshError, ShardCommand, ShardId};
 
 use crate::app::ShardApp;
 use crate::body::{subscribe, Body, SseBody};
@@ -29,24 +29,6 @@ struct Accepted {
     backoff_ms: u64,
 }
 
-pub(crate) fn overloaded(e: MeshError) -> ApiError {
-    match e {
-        MeshError::Overloaded => ApiError::new(
-            ErrorClass::TooManyRequests,
-            ErrorKind::AdmissionReject,
-            "orchd is overloaded; retry shortly",
-        )
-        .policy("overloaded")
-        .retry_after_ms(50),
-        MeshError::Gone => ApiError::new(
-            ErrorClass::Unavailable,
-            ErrorKind::PoolUnready,
-            "orchd is shutting down",
-        )
-        .retry_after_ms(1000),
-    }
-}
-
 pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(raw).map_err(|_| ApiError::invalid(format!("{what}: {raw:?} is not a UUID")))
 }
@@ -57,7 +39,7 @@ pub(crate) async fn create(
     cid: &HeaderValue,
 ) -> Result<Response<Body>, ApiError> {
     if app.shard.stopping() {
-        return Err(overloaded(MeshError::Gone));
+        return Err(unavailable(MeshError::Gone));
     }
     let spec = TaskSpec::parse(&body).inspect_err(|e| count_refusal(app, e))?;
     let engine = spec.engine;
@@ -71,7 +53,7 @@ pub(crate) async fn create(
             reply,
         })
         .await
-        .map_err(overloaded)?
+        .map_err(unavailable)?
         .map_err(|e| e.with_engine(engine))
         .inspect_err(|e| count_refusal(app, e))?;
     if admitted.evict.is_some() {
@@ -132,7 +114,7 @@ async fn locate(app: &ShardApp, task: Uuid) -> Result<ShardId, ApiError> {
         .dispatcher()
         .request(|reply| DispatcherCommand::Locate { task, reply })
         .await
-        .map_err(overloaded)?
+        .map_err(unavailable)?
         .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))
 }
 
@@ -156,7 +138,7 @@ pub(crate) async fn stream(
     let owner = locate(app, task).await?;
     let (subscribed, rx) = subscribe(Rc::clone(app), task, owner, from)
         .await
-        .ok_or_else(|| overloaded(MeshError::Gone))?;
+        .ok_or_else(|| unavailable(MeshError::Gone))?;
     let body = match subscribed {
         Subscribed::NotFound => {
             return Err(ApiError::not_found(format!("task {task} is not known")))
@@ -185,7 +167,7 @@ pub(crate) async fn cancel(app: &Rc<ShardApp>, raw_id: &str) -> Result<Response<
         .shard
         .invoke_on(owner, |reply| ShardCommand::Cancel { task, reply })
         .await
-        .map_err(overloaded)?
+        .map_err(unavailable)?
         .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
