@@ -1,5 +1,4 @@
-//! orchd-benches: criterion benches of the hot primitives (frame encoding, admission,
-//! queue push/pop, cross-shard hop, first-token and decode latency). Filled by the
-//! performance issue.
+//! orchd-benches: criterion benches of the hot primitives and of first-token latency
+//! through a live server. The benches are under `benches/`; see `benches/README.md`.
 //!
 //! Must not be depended on by any production crate.

@@ -297,9 +297,10 @@ impl Admission {
 
     /// Decides on a task, in SPEC order, and commits the decision.
     pub fn admit(&mut self, spec: &TaskSpec, now_ms: u64) -> Result<Admitted, ApiError> {
-        let digest = spec.digest();
+        // The digest (a hash of the whole request) is only needed to compare with a
+        // task already known, and to remember an admitted one: refusals skip it.
         if let Some(e) = self.tasks.get(&spec.task_id) {
-            if e.digest == digest {
+            if e.digest == spec.digest() {
                 let mut again = e.admitted.clone();
                 again.duplicate = true;
                 again.evict = None;
@@ -554,7 +555,7 @@ impl Admission {
             spec.task_id,
             Entry {
                 pool,
-                digest,
+                digest: spec.digest(),
                 session: spec.session_id,
                 admitted: admitted.clone(),
                 reserved: reserve,

@@ -1,0 +1,134 @@
+//! First-token and per-token latency through the real runtime: a live orchd (2 shards,
+//! zero-latency mock engine) on 127.0.0.1:0, a client on this thread submitting a task
+//! and reading its stream until the first `token` frame (first token), then to the end
+//! (decode per token). Criterion reports the mean; an HDR histogram of the same samples
+//! gives p50/p99/p99.9.
+//!
+//! `cargo bench -p orchd-benches --bench first_token`
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use hdrhistogram::Histogram;
+use orchd_engine::Config;
+
+struct Conn {
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            r: BufReader::new(s),
+        }
+    }
+
+    fn head(&mut self) -> (u16, Option<usize>) {
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut len = None;
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).unwrap();
+            if line.trim_end().is_empty() {
+                return (status, len);
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = Some(v.trim().parse().unwrap());
+            }
+        }
+    }
+
+    /// POST /v1/tasks, then GET its stream; returns (first token, whole stream) times.
+    fn task(&mut self, tokens: u32) -> (Duration, Duration) {
+        let id = uuid::Uuid::new_v4();
+        let body = format!(
+            r#"{{"task_id":"{id}","session_id":"{id}","workload":"completion","model_ref":"m","engine":"llamacpp","ctx":4096,"priority":"interactive","max_tokens":{tokens},"deadline_ms":60000,"prompt":"hi","kv_hint":"cold"}}"#
+        );
+        let t0 = Instant::now();
+        let req = format!(
+            "POST /v1/tasks HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.r.get_mut().write_all(req.as_bytes()).unwrap();
+        let (status, len) = self.head();
+        assert_eq!(status, 202);
+        let mut b = vec![0; len.unwrap()];
+        self.r.read_exact(&mut b).unwrap();
+        let req = format!("GET /v1/tasks/{id}/stream HTTP/1.1\r\nHost: b\r\n\r\n");
+        self.r.get_mut().write_all(req.as_bytes()).unwrap();
+        assert_eq!(self.head().0, 200);
+        let mut first = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).unwrap();
+            if first.is_none() && line.contains("event: token") {
+                first = Some(t0.elapsed());
+            }
+            if line.starts_with("0\r") {
+                // The chunked body's last chunk.
+                self.r.read_line(&mut line).unwrap();
+                return (first.unwrap(), t0.elapsed());
+            }
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut config = Config::default();
+    config.server.addr = "127.0.0.1:0".parse().unwrap();
+    config.server.shards = 2;
+    config.pools[0].adapter.ttft_ms = 0;
+    config.pools[0].adapter.tpot_ms = 0;
+    config.sessions.max_turns = u32::MAX;
+    config.stream.retention_ms = 1000;
+    let server = orchd_http::serve(config).unwrap();
+    let mut conn = Conn::new(server.local_addr());
+    let mut ttft = Histogram::<u64>::new(3).unwrap();
+    let mut per_token = Histogram::<u64>::new(3).unwrap();
+    let mut g = c.benchmark_group("end_to_end");
+    g.bench_function("first_token", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (first, _) = conn.task(1);
+                let _ = ttft.record(first.as_nanos() as u64);
+                total += first;
+            }
+            total
+        })
+    });
+    g.bench_function("decode_per_token_256", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (first, all) = conn.task(256);
+                let per = (all - first) / 255;
+                let _ = per_token.record(per.as_nanos() as u64);
+                total += per;
+            }
+            total
+        })
+    });
+    g.finish();
+    for (name, h) in [("first token", &ttft), ("decode per token", &per_token)] {
+        println!(
+            "{name}: n {} p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us",
+            h.len(),
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+            h.value_at_quantile(0.999) as f64 / 1e3
+        );
+    }
+    drop(conn);
+    server.shutdown().unwrap();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
