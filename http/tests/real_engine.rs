@@ -77,6 +77,19 @@ fn text(events: &[Event]) -> String {
 fn real_llama_cpp_streams_through_both_adapters_deterministically() {
     let Some(url) = engine_url() else { return };
     let s = server(&url);
+    // The health probe fills in the version llama.cpp reports (`/props` build_info).
+    let t = Instant::now();
+    loop {
+        let v = s.get("/v1/pools/native/health", &[]).json()["metrics"]["engine_version"].clone();
+        if v.as_str().is_some_and(|v| v.starts_with('b')) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no engine version reported: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for model in ["native", "openai"] {
         let a = run(
             &s,

@@ -136,6 +136,8 @@ pub struct PoolStats {
     pub slots_busy: u32,
     pub model_ref: String,
     pub draining: bool,
+    /// The version the engine reports (HTTP adapters), if it said.
+    pub reported_version: Option<String>,
     /// Admission to first token over the last one to two minutes, ms: (p50, p99, count).
     pub first_token_ms: (f64, f64, u64),
     /// First to last token, same window.
@@ -192,6 +194,8 @@ struct OwnerPool {
     upstream: Option<Rc<Upstream>>,
     /// The engine answers its health probe (always true for the mock).
     up: bool,
+    /// The version the engine reports about itself, once probed.
+    reported_version: Option<String>,
     busy: u32,
     queue: [VecDeque<Uuid>; 2],
     /// Start to end of recent tasks, for predictions in metrics frames.
@@ -248,6 +252,7 @@ impl Owner {
                         },
                     },
                     up: true,
+                    reported_version: None,
                     busy: 0,
                     queue: [VecDeque::new(), VecDeque::new()],
                     service_ms: p.adapter.ttft_ms as f64 + 64.0 * tpot,
@@ -275,6 +280,7 @@ impl Owner {
             slots_busy: p.busy,
             model_ref: p.model_ref.clone(),
             draining: p.drain_at.is_some(),
+            reported_version: p.reported_version.clone(),
             first_token_ms: p.first_token.summary(),
             decode_ms: p.decode.summary(),
         })
@@ -326,6 +332,13 @@ impl Owner {
         p.up = up;
         tracing::warn!(pool = %p.cfg.id, up, "engine health changed");
         self.notify(shard.dispatcher(), DispatcherCommand::PoolUp { pool, up });
+    }
+
+    /// Records the version an engine reports.
+    pub(crate) fn set_reported_version(&mut self, pool: usize, version: Option<String>) {
+        if let (Some(p), Some(v)) = (self.pools.get_mut(&pool), version) {
+            p.reported_version = Some(v);
+        }
     }
 
     /// The pools of this shard whose engines are probed, with their engines.

@@ -374,7 +374,10 @@ async fn probe_forever(shard: Rc<Shard>, pool: usize, upstream: Rc<crate::upstre
             return;
         }
         let up = upstream.healthy().await;
-        shard.owner.borrow_mut().set_up(&shard, pool, up);
+        let version = if up { upstream.version().await } else { None };
+        let mut owner = shard.owner.borrow_mut();
+        owner.set_up(&shard, pool, up);
+        owner.set_reported_version(pool, version);
     }
 }
 

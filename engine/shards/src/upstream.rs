@@ -236,6 +236,30 @@ impl Upstream {
         }
     }
 
+    /// The version the engine reports: llama.cpp's `/props` `build_info`, vLLM's
+    /// `/version`; `None` when the engine does not say.
+    pub async fn version(&self) -> Option<String> {
+        let (path, field) = match self.kind {
+            AdapterKind::Llamacpp => ("/props", "build_info"),
+            AdapterKind::Openai | AdapterKind::Mock => ("/version", "version"),
+        };
+        let ask = async {
+            let mut s = self.sender().await.ok()?;
+            let resp = s
+                .send_request(self.request(Method::GET, path, Bytes::new()))
+                .await
+                .ok()?;
+            let ok = resp.status() == StatusCode::OK;
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            self.give_back(s);
+            let v: serde_json::Value = serde_json::from_slice(&body).ok().filter(|_| ok)?;
+            v.get(field)?.as_str().map(|s| s.chars().take(64).collect())
+        };
+        rt::timeout(self.connect_timeout + Duration::from_secs(2), ask)
+            .await
+            .flatten()
+    }
+
     /// Probes the engine's health endpoint (`/health` for llama.cpp, `/v1/models` for
     /// OpenAI-compatible servers).
     pub async fn healthy(&self) -> bool {

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# orchd vs the tokio/axum baseline (perf/src/bin/baseline_axum.rs), one after the other
+# on this machine, same scenarios, same load generator; prints each figure and the ratio
+# orchd/baseline. Loopback only; every run is bounded. Results with date, commit and
+# machine go to perf/results/ when OUT is set:
+#
+#   bash perf/compare.sh                      # print
+#   OUT=perf/results/$(date +%F)-compare.md bash perf/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)"
+cargo build --release -q -p orchd-http -p orchd-perf
+DIR=$(mktemp -d); OP=18781; BP=18782
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+start_orchd() { # tpot_ms
+  printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$1" "$1" > "$DIR/orchd.toml"
+  ORCHD_LOG=warn target/release/orchd --config "$DIR/orchd.toml" --addr 127.0.0.1:$OP 2>/dev/null & echo $! > "$DIR/pid"
+  wait_up $OP
+}
+start_baseline() { # tpot_ms
+  target/release/baseline-axum 127.0.0.1:$BP --slots 512 --queue 8192 --tpot-ms "$1" 2>/dev/null & echo $! > "$DIR/pid"
+  wait_up $BP
+}
+wait_up() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/livez" >/dev/null && return 0; sleep 0.05; done; echo "server on $1 did not start"; exit 1; }
+stop() { kill "$(cat "$DIR/pid")" 2>/dev/null || true; wait "$(cat "$DIR/pid")" 2>/dev/null || true; }
+
+measure() { # name port conc tokens tasks -> json file with cpu added
+  local pid; pid=$(cat "$DIR/pid"); local c0 t0 c1 t1
+  c0=$(cpu_ticks "$pid"); t0=$(date +%s%N)
+  target/release/orchd-load --addr "127.0.0.1:$2" --concurrency "$3" --max-tokens "$4" --tasks "$5" --duration 120 --json 2>/dev/null > "$DIR/$1.json"
+  c1=$(cpu_ticks "$pid"); t1=$(date +%s%N)
+  python3 - "$DIR/$1.json" $((c1 - c0)) $((t1 - t0)) "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+p, ticks, ns, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+d = json.load(open(p)); d["server_cpu_cores"] = (ticks / hz) / (ns / 1e9); json.dump(d, open(p, "w"))
+PY
+}
+
+scenario() { # label conc tokens tasks tpot
+  start_orchd "$5"; measure "orchd-$1" $OP "$2" "$3" "$4"; stop
+  start_baseline "$5"; measure "base-$1" $BP "$2" "$3" "$4"; stop
+}
+
+echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
+scenario throughput 256 256 4096 0
+scenario latency 1 64 2000 0
+scenario paced 1000 100 2000 50
+
+python3 - "$DIR" <<'PY' | tee "${OUT:-/dev/null}"
+import json, sys, os
+d = sys.argv[1]
+rows = [
+  ("throughput", "256 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("tasks/s", "tasks_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
+  ("latency", "1 stream at a time x 64 tokens, zero engine latency", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("tasks/s", "tasks_per_s", True)]),
+  ("paced", "1000 streams x 100 tokens, 50 ms per token", [("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
+]
+def get(j, k):
+    return j[k[0]][k[1]] if isinstance(k, tuple) else j[k]
+print("| scenario | figure | orchd | baseline | orchd/baseline | better |")
+print("|---|---|---|---|---|---|")
+for name, desc, figs in rows:
+    o = json.load(open(os.path.join(d, f"orchd-{name}.json")))
+    b = json.load(open(os.path.join(d, f"base-{name}.json")))
+    for label, key, higher in figs:
+        ov, bv = get(o, key), get(b, key)
+        ratio = ov / bv if bv else float("inf")
+        better = "-" if higher is None else ("orchd" if (ov > bv) == higher else "baseline")
+        print(f"| {name} ({desc}) | {label} | {ov:.3f} | {bv:.3f} | {ratio:.2f} | {better} |")
+    for who, j in (("orchd", o), ("baseline", b)):
+        if j["errors"] or j["frame_violations"]:
+            print(f"| {name} | {who} errors / frame violations | {j['errors']} / {j['frame_violations']} | | | |")
+PY
