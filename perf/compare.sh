@@ -4,7 +4,7 @@
 # orchd/baseline. Loopback only; every run is bounded. Results with date, commit and
 # machine go to perf/results/ when OUT is set:
 #
-#   bash perf/compare.sh                      # print
+#   bash perf/compare.sh                      # print (DISPATCHER=thread|shard0 picks orchd's)
 #   OUT=perf/results/$(date +%F)-compare.md bash perf/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,8 @@ DIR=$(mktemp -d); OP=18781; BP=18782
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_orchd() { # tpot_ms
-  printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$1" "$1" > "$DIR/orchd.toml"
+  printf '[server]\ndispatcher = "%s"\n' "${DISPATCHER:-shard0}" > "$DIR/orchd.toml"
+  printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$1" "$1" >> "$DIR/orchd.toml"
   ORCHD_LOG=warn target/release/orchd --config "$DIR/orchd.toml" --addr 127.0.0.1:$OP 2>/dev/null & echo $! > "$DIR/pid"
   wait_up $OP
 }
@@ -42,6 +43,7 @@ scenario() { # label conc tokens tasks tpot
   start_baseline "$5"; measure "base-$1" $BP "$2" "$3" "$4"; stop
 }
 
+echo "orchd dispatcher: ${DISPATCHER:-shard0}"
 echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
 scenario throughput 256 256 4096 0
 scenario latency 1 64 2000 0

@@ -241,6 +241,9 @@ pub struct Admission {
     models: Vec<(String, &'static str)>,
     /// Model verifications on reload: [engine][ok, failed].
     pub catalog: [[u64; 2]; 4],
+    /// Bumped by every change to a pool's state, model or health, so that views of
+    /// the pools (capabilities) can be cached until it moves.
+    pub pools_version: u64,
     sessions: HashMap<Uuid, Session>,
     tasks: HashMap<Uuid, Entry>,
     expiries: VecDeque<(u64, Uuid)>,
@@ -259,6 +262,7 @@ impl Admission {
         Admission {
             models,
             catalog: [[0; 2]; 4],
+            pools_version: 0,
             pools: config.pools.iter().cloned().map(PoolMirror::new).collect(),
             sessions: HashMap::new(),
             tasks: HashMap::new(),
@@ -685,6 +689,7 @@ impl Admission {
                 if now_ms >= until_ms {
                     p.state = PoolState::Drained;
                     drained.push(p.model_ref.clone());
+                    self.pools_version += 1;
                 }
             }
         }
@@ -763,6 +768,7 @@ impl Admission {
     pub fn set_up(&mut self, pool: usize, up: bool) {
         if let Some(p) = self.pools.get_mut(pool) {
             p.up = up;
+            self.pools_version += 1;
         }
     }
 
@@ -782,6 +788,7 @@ impl Admission {
                 p.state = PoolState::Draining {
                     until_ms: now_ms + deadline_ms,
                 };
+                self.pools_version += 1;
                 let model = p.model_ref.clone();
                 self.settle_model(&model);
                 Ok(deadline_ms)
@@ -793,6 +800,7 @@ impl Admission {
     /// progress.
     pub fn begin_reload(&mut self, pool: usize, model: &str) -> Result<(), ApiError> {
         self.try_begin_reload(pool)?;
+        self.pools_version += 1;
         if self.pools[pool].model_ref != model {
             self.set_model_state(model, "loading");
         }
@@ -830,6 +838,7 @@ impl Admission {
             .unwrap_or(0);
         self.catalog[engine][usize::from(!loaded)] += 1;
         let old = p.model_ref.clone();
+        self.pools_version += 1;
         if loaded {
             p.model_ref = model.to_string();
             p.state = PoolState::Ready;

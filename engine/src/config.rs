@@ -53,6 +53,16 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// Capacity of every cross-shard channel; a full channel is a typed overload.
     pub mailbox_capacity: usize,
+    /// Where the dispatcher runs: `shard0` (a task on shard 0's executor: no thread
+    /// beyond one per core) or `thread` (an executor of its own).
+    pub dispatcher: DispatcherPlacement,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DispatcherPlacement {
+    Shard0,
+    Thread,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -222,6 +232,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             header_read_timeout_ms: 10_000,
             mailbox_capacity: 1024,
+            dispatcher: DispatcherPlacement::Shard0,
         }
     }
 }

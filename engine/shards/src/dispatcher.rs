@@ -105,6 +105,8 @@ pub(crate) struct Dispatcher {
     peers: Vec<Mailbox<ShardCommand>>,
     epoch: Instant,
     max_body_bytes: usize,
+    /// The rendered capabilities and the `pools_version` they were rendered at.
+    capabilities: RefCell<(u64, Bytes)>,
 }
 
 impl Dispatcher {
@@ -161,8 +163,16 @@ impl Dispatcher {
                 });
             }
             DispatcherCommand::Capabilities { reply } => {
-                let doc = self.admission.borrow().capabilities(self.max_body_bytes);
-                let _ = reply.send(Bytes::from(serde_json::to_vec(&doc).expect("serializes")));
+                let adm = self.admission.borrow();
+                let mut cached = self.capabilities.borrow_mut();
+                if cached.0 != adm.pools_version || cached.1.is_empty() {
+                    let doc = adm.capabilities(self.max_body_bytes);
+                    *cached = (
+                        adm.pools_version,
+                        Bytes::from(serde_json::to_vec(&doc).expect("serializes")),
+                    );
+                }
+                let _ = reply.send(cached.1.clone());
             }
             DispatcherCommand::PoolState { pool, reply } => {
                 let adm = self.admission.borrow();
@@ -303,6 +313,7 @@ pub(crate) async fn dispatcher_main(
         peers,
         epoch,
         max_body_bytes: config.server.max_body_bytes,
+        capabilities: RefCell::new((0, Bytes::new())),
     });
     let sweeper = Rc::clone(&d);
     rt::spawn_detached(async move {

@@ -443,17 +443,29 @@ impl Runtime {
             .unzip();
         let (dispatcher, dispatcher_inbox) = mesh::mailbox(opts.mailbox_capacity);
         let (halt, halted) = oneshot::channel::<()>();
-        let (config, dpeers) = (Arc::clone(&opts.config), peers.clone());
-        let dispatcher_thread = rt::spawn_executor("orchd-dispatcher", None, move || {
-            crate::dispatcher::dispatcher_main(dispatcher_inbox, halted, config, dpeers, epoch)
-        })
-        .map_err(StartError::Spawn)?;
+        // The dispatcher runs on its own thread, or as a task on shard 0 (no extra
+        // thread competing for the cores; see `server.dispatcher`).
+        let on_shard0 =
+            opts.config.server.dispatcher == orchd_engine::config::DispatcherPlacement::Shard0;
+        let mut dispatcher_parts = Some((dispatcher_inbox, halted, peers.clone()));
+        let dispatcher_thread = if on_shard0 {
+            None
+        } else {
+            let (inbox, halted, dpeers) = dispatcher_parts.take().expect("not taken yet");
+            let config = Arc::clone(&opts.config);
+            Some(
+                rt::spawn_executor("orchd-dispatcher", None, move || {
+                    crate::dispatcher::dispatcher_main(inbox, halted, config, dpeers, epoch)
+                })
+                .map_err(StartError::Spawn)?,
+            )
+        };
 
         let mut runtime = Runtime {
             stop,
             shards: Vec::with_capacity(opts.shards),
             dispatcher_halt: Some(halt),
-            dispatcher_thread: Some(dispatcher_thread),
+            dispatcher_thread,
             dispatcher: dispatcher.clone(),
         };
 
@@ -467,6 +479,11 @@ impl Runtime {
             let shard_main = Arc::clone(&shard_main);
             let config = Arc::clone(&opts.config);
             let shards = opts.shards;
+            let dispatcher_here = if i == 0 {
+                dispatcher_parts.take()
+            } else {
+                None
+            };
             let cpu = cores[i % cores.len()];
             let thread =
                 rt::spawn_executor(&format!("orchd-shard-{i}"), Some(cpu), move || async move {
@@ -481,6 +498,12 @@ impl Runtime {
                         config,
                         _not_send: PhantomData,
                     });
+                    if let Some((inbox, halted, dpeers)) = dispatcher_here {
+                        let config = Arc::clone(&shard.config);
+                        rt::spawn_detached(crate::dispatcher::dispatcher_main(
+                            inbox, halted, config, dpeers, epoch,
+                        ));
+                    }
                     rt::spawn_detached(Rc::clone(&shard).serve_commands(inbox));
                     rt::spawn_detached(Rc::clone(&shard).sweep_forever());
                     for (pool, upstream) in shard.owner.borrow().upstreams() {
