@@ -559,12 +559,12 @@ impl Owner {
             match (kind, &upstream) {
                 (orchd_engine::config::AdapterKind::Mock, _) => {
                     let timing = (Duration::from_millis(ttft), Duration::from_millis(tpot));
-                    rt::spawn_bulk(drive_mock(Rc::clone(shard), rc, timing, every));
+                    rt::spawn_detached(drive_mock(Rc::clone(shard), rc, timing, every));
                 }
                 (_, Some(up)) => {
                     let (tx, rx) = oneshot::channel();
                     rc.borrow_mut().stop = Some(tx);
-                    rt::spawn_bulk(drive_http(Rc::clone(shard), rc, Rc::clone(up), rx, every));
+                    rt::spawn_detached(drive_http(Rc::clone(shard), rc, Rc::clone(up), rx, every));
                 }
                 (_, None) => {
                     let how = Terminal::Error {

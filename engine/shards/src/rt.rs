@@ -132,39 +132,9 @@ where
     LocalExecutorBuilder::new(placement)
         .name(name)
         .io_memory(IO_MEMORY)
-        .preempt_timer(PREEMPT_SLICE)
         .spawn(main)
         .map(ExecutorThread)
         .map_err(|e| io::Error::other(e.to_string()))
-}
-
-/// How long one task queue may run before the executor lets the others run. glommio's
-/// default is 100 ms: with engine drivers in their own queue that would let a busy
-/// decode queue hold HTTP requests and control messages for that long.
-const PREEMPT_SLICE: Duration = Duration::from_millis(1);
-
-thread_local! {
-    /// This executor's queue for bulk work (engine drivers producing tokens).
-    static BULK: std::cell::OnceCell<glommio::TaskQueueHandle> = const { std::cell::OnceCell::new() };
-}
-
-/// Spawns bulk work (token production) into this executor's bulk task queue, so that
-/// request handling, control messages and first tokens of new tasks are scheduled
-/// apart from it instead of waiting behind every stream's token burst.
-pub fn spawn_bulk(fut: impl Future<Output = ()> + 'static) {
-    let tq = BULK.with(|c| {
-        *c.get_or_init(|| {
-            glommio::executor().create_task_queue(
-                glommio::Shares::default(),
-                glommio::Latency::NotImportant,
-                "bulk",
-            )
-        })
-    });
-    match glommio::spawn_local_into(fut, tq) {
-        Ok(t) => t.detach(),
-        Err(e) => panic!("the bulk task queue of this executor is gone: {e}"),
-    };
 }
 
 /// Spawns a future on the current executor and lets it run on its own.
