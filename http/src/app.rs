@@ -1,12 +1,14 @@
 //! What every request handler can reach: the process-wide immutable part ([`App`]) and
 //! the shard-local part ([`ShardApp`]).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use orchd_engine::Config;
-use orchd_shards::Shard;
+use orchd_shards::{Shard, ShardId};
+use uuid::Uuid;
 
 use crate::auth::Keys;
 
@@ -30,7 +32,14 @@ pub(crate) struct ShardApp {
     pub shard: Rc<Shard>,
     /// State of a shard-local generator for correlation ids: no syscall, no lock.
     rng: Cell<u64>,
+    /// Owner shards of tasks admitted through this shard, so that their streams (most
+    /// often asked for on the same connection) skip the dispatcher's lookup. A task's
+    /// owner never changes; the map is bounded, oldest out first.
+    owners: RefCell<(HashMap<Uuid, ShardId>, VecDeque<Uuid>)>,
 }
+
+/// Tasks whose owner a shard remembers.
+const OWNERS_REMEMBERED: usize = 4096;
 
 impl ShardApp {
     pub fn new(app: Arc<App>, shard: Rc<Shard>) -> ShardApp {
@@ -39,6 +48,7 @@ impl ShardApp {
             app,
             shard,
             rng: Cell::new(seed),
+            owners: RefCell::new((HashMap::new(), VecDeque::new())),
         }
     }
 
@@ -48,6 +58,23 @@ impl ShardApp {
         self.rng.set(s);
         let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
         ((t >> 64) as u64) ^ (t as u64)
+    }
+
+    /// Remembers the owner shard of a task admitted here.
+    pub fn remember_owner(&self, task: Uuid, owner: ShardId) {
+        let mut o = self.owners.borrow_mut();
+        if o.0.insert(task, owner).is_none() {
+            o.1.push_back(task);
+            if o.1.len() > OWNERS_REMEMBERED {
+                if let Some(old) = o.1.pop_front() {
+                    o.0.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn known_owner(&self, task: &Uuid) -> Option<ShardId> {
+        self.owners.borrow().0.get(task).copied()
     }
 
     /// A fresh UUIDv4 for a request that brought no correlation id.

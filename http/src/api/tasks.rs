@@ -59,6 +59,10 @@ pub(crate) async fn create(
     if admitted.evict.is_some() {
         bump(&app.shard.probe.admission.backpressure[engine_index(engine)][1]);
     }
+    app.remember_owner(
+        admitted.task_id,
+        orchd_shards::shard_for(admitted.pool, app.shard.shard_count()),
+    );
     let pool = &app.app.config.pools[admitted.pool].id;
     tracing::info!(
         correlation_id = %correlation_id, task_id = %admitted.task_id, pool = %pool,
@@ -110,6 +114,9 @@ fn budget_headers(h: &mut HeaderMap, a: &Admitted) {
 }
 
 async fn locate(app: &ShardApp, task: Uuid) -> Result<ShardId, ApiError> {
+    if let Some(owner) = app.known_owner(&task) {
+        return Ok(owner);
+    }
     app.shard
         .dispatcher()
         .request(|reply| DispatcherCommand::Locate { task, reply })
