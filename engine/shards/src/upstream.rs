@@ -236,6 +236,19 @@ impl Upstream {
         }
     }
 
+    /// `GET path` on a pooled connection: the status was 200, and the body.
+    async fn get(&self, path: &str) -> Option<(bool, Bytes)> {
+        let mut s = self.sender().await.ok()?;
+        let resp = s
+            .send_request(self.request(Method::GET, path, Bytes::new()))
+            .await
+            .ok()?;
+        let ok = resp.status() == StatusCode::OK;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        self.give_back(s);
+        Some((ok, body))
+    }
+
     /// The version the engine reports: llama.cpp's `/props` `build_info`, vLLM's
     /// `/version`; `None` when the engine does not say.
     pub async fn version(&self) -> Option<String> {
@@ -244,14 +257,7 @@ impl Upstream {
             AdapterKind::Openai | AdapterKind::Mock => ("/version", "version"),
         };
         let ask = async {
-            let mut s = self.sender().await.ok()?;
-            let resp = s
-                .send_request(self.request(Method::GET, path, Bytes::new()))
-                .await
-                .ok()?;
-            let ok = resp.status() == StatusCode::OK;
-            let body = resp.into_body().collect().await.ok()?.to_bytes();
-            self.give_back(s);
+            let (ok, body) = self.get(path).await?;
             let v: serde_json::Value = serde_json::from_slice(&body).ok().filter(|_| ok)?;
             v.get(field)?.as_str().map(|s| s.chars().take(64).collect())
         };
@@ -267,24 +273,11 @@ impl Upstream {
             AdapterKind::Llamacpp => "/health",
             AdapterKind::Openai | AdapterKind::Mock => "/v1/models",
         };
-        let probe = async {
-            let mut s = self.sender().await.ok()?;
-            let resp = s
-                .send_request(self.request(Method::GET, path, Bytes::new()))
-                .await
-                .ok()?;
-            let ok = resp.status() == StatusCode::OK;
-            resp.into_body().collect().await.ok()?;
-            self.give_back(s);
-            Some(ok)
-        };
-        rt::timeout(
-            self.connect_timeout + self.first_byte_timeout.min(Duration::from_secs(5)),
-            probe,
-        )
-        .await
-        .flatten()
-        .unwrap_or(false)
+        let limit = self.connect_timeout + self.first_byte_timeout.min(Duration::from_secs(5));
+        rt::timeout(limit, self.get(path))
+            .await
+            .flatten()
+            .is_some_and(|(ok, _)| ok)
     }
 }
 
