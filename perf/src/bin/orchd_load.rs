@@ -159,142 +159,171 @@ async fn user(
             }
             continue;
         }
-        let task = uuid::Uuid::new_v4();
-        let body = serde_json::json!({
-            "task_id": task, "session_id": session, "workload": "completion", "model_ref": "load",
-            "engine": "llamacpp", "ctx": 8192, "priority": "interactive", "max_tokens": args.max_tokens,
-            "deadline_ms": 600000, "prompt": "load test", "kv_hint": "cold",
-        });
-        let t0 = Instant::now();
-        let submitted = loop {
-            if sender.ready().await.is_err() {
-                match connect(args.addr).await {
-                    Ok(s) => sender = s,
-                    Err(_) => break None,
-                }
-            }
-            let req = request(
-                &args,
-                "POST",
-                "/v1/tasks",
-                Bytes::from(serde_json::to_vec(&body).unwrap()),
-            );
-            let Ok(resp) = sender.send_request(req).await else {
-                break None;
-            };
-            let status = resp.status();
-            let retry_ms = resp
-                .headers()
-                .get("x-backoff-ms")
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(100);
-            let _ = resp.into_body().collect().await;
-            match status {
-                StatusCode::ACCEPTED => break Some(()),
-                StatusCode::TOO_MANY_REQUESTS => {
-                    counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(retry_ms.min(1000))).await;
-                }
-                _ => break None,
-            }
-        };
-        if submitted.is_none() {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let req = request(
+        orchd_task(
             &args,
-            "GET",
-            &format!("/v1/tasks/{task}/stream"),
-            Bytes::new(),
-        );
-        let Ok(resp) = sender.send_request(req).await else {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let mut body = resp.into_body();
-        let mut buf = Vec::<u8>::with_capacity(4096);
-        let mut next_id = 0u64;
-        let mut next_index = 0u64;
-        let mut last_token: Option<Instant> = None;
-        let mut terminal = 0;
-        let mut ok = true;
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else {
-                ok = false;
-                break;
-            };
-            let Some(data) = frame.data_ref() else {
-                continue;
-            };
-            buf.extend_from_slice(data);
-            let now = Instant::now();
-            while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-                let ev: Vec<u8> = buf.drain(..pos + 2).collect();
-                if ev.first() == Some(&b':') {
-                    continue;
-                }
-                let text = std::str::from_utf8(&ev).unwrap_or("");
-                let mut lines = text.lines();
-                let id = lines
-                    .next()
-                    .and_then(|l| l.strip_prefix("id: "))
-                    .and_then(|v| v.parse::<u64>().ok());
-                let event = lines
-                    .next()
-                    .and_then(|l| l.strip_prefix("event: "))
-                    .unwrap_or("");
-                if id != Some(next_id) {
-                    counters.violations.fetch_add(1, Ordering::Relaxed);
-                }
-                next_id = id.unwrap_or(next_id) + 1;
-                match event {
-                    "token" => {
-                        let data = lines
-                            .next()
-                            .and_then(|l| l.strip_prefix("data: "))
-                            .unwrap_or("{}");
-                        let i = serde_json::from_str::<serde_json::Value>(data)
-                            .ok()
-                            .and_then(|v| v["i"].as_u64());
-                        if i != Some(next_index) {
-                            counters.violations.fetch_add(1, Ordering::Relaxed);
-                        }
-                        next_index += 1;
-                        match last_token {
-                            None => {
-                                let _ = local.ttft_us.record((now - t0).as_micros().max(1) as u64);
-                            }
-                            Some(prev) => {
-                                let _ = local.itl_us.record((now - prev).as_micros().max(1) as u64);
-                            }
-                        }
-                        last_token = Some(now);
-                    }
-                    "end" => terminal += 1,
-                    "error" => {
-                        terminal += 1;
-                        ok = false;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if terminal != 1 {
-            counters.violations.fetch_add(1, Ordering::Relaxed);
-        }
-        if ok {
-            let _ = local.task_us.record(t0.elapsed().as_micros().max(1) as u64);
-            counters.done.fetch_add(1, Ordering::Relaxed);
-            counters.tokens.fetch_add(next_index, Ordering::Relaxed);
-        } else {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-        }
+            &mut sender,
+            session,
+            &mut local,
+            &counters,
+            Instant::now(),
+            stop_at,
+        )
+        .await;
     }
     let mut s = stats.lock().expect("stats lock");
     s.ttft_us.add(&local.ttft_us).expect("same bounds");
     s.itl_us.add(&local.itl_us).expect("same bounds");
     s.task_us.add(&local.task_us).expect("same bounds");
+}
+
+/// One task against orchd: submit (retrying 429s after their advice), stream it to
+/// the end, check frame order, record latencies measured from `t0`. Returns true when
+/// the stream ended with `end`.
+async fn orchd_task(
+    args: &Args,
+    sender: &mut Sender,
+    session: uuid::Uuid,
+    local: &mut Stats,
+    counters: &Counters,
+    t0: Instant,
+    deadline: Instant,
+) -> bool {
+    let task = uuid::Uuid::new_v4();
+    let body = serde_json::json!({
+        "task_id": task, "session_id": session, "workload": "completion", "model_ref": "load",
+        "engine": "llamacpp", "ctx": 8192, "priority": "interactive", "max_tokens": args.max_tokens,
+        "deadline_ms": 600000, "prompt": "load test", "kv_hint": "cold",
+    });
+    let submitted = loop {
+        if sender.ready().await.is_err() {
+            match connect(args.addr).await {
+                Ok(s) => *sender = s,
+                Err(_) => break None,
+            }
+        }
+        let req = request(
+            &args,
+            "POST",
+            "/v1/tasks",
+            Bytes::from(serde_json::to_vec(&body).unwrap()),
+        );
+        let Ok(resp) = sender.send_request(req).await else {
+            break None;
+        };
+        let status = resp.status();
+        // Only refusals that carry retry advice (X-Backoff-Ms) are retried; a
+        // session out of turns or budget is refused for good.
+        let retry_ms = resp
+            .headers()
+            .get("x-backoff-ms")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let _ = resp.into_body().collect().await;
+        match (status, retry_ms) {
+            (StatusCode::ACCEPTED, _) => break Some(()),
+            (StatusCode::TOO_MANY_REQUESTS, Some(ms)) if Instant::now() < deadline => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(ms.min(1000))).await;
+            }
+            (StatusCode::TOO_MANY_REQUESTS, _) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                break None;
+            }
+            _ => break None,
+        }
+    };
+    if submitted.is_none() {
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    let req = request(
+        &args,
+        "GET",
+        &format!("/v1/tasks/{task}/stream"),
+        Bytes::new(),
+    );
+    let Ok(resp) = sender.send_request(req).await else {
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let mut body = resp.into_body();
+    let mut buf = Vec::<u8>::with_capacity(4096);
+    let mut next_id = 0u64;
+    let mut next_index = 0u64;
+    let mut last_token: Option<Instant> = None;
+    let mut terminal = 0;
+    let mut ok = true;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            ok = false;
+            break;
+        };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        let now = Instant::now();
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+            let ev: Vec<u8> = buf.drain(..pos + 2).collect();
+            if ev.first() == Some(&b':') {
+                continue;
+            }
+            let text = std::str::from_utf8(&ev).unwrap_or("");
+            let mut lines = text.lines();
+            let id = lines
+                .next()
+                .and_then(|l| l.strip_prefix("id: "))
+                .and_then(|v| v.parse::<u64>().ok());
+            let event = lines
+                .next()
+                .and_then(|l| l.strip_prefix("event: "))
+                .unwrap_or("");
+            if id != Some(next_id) {
+                counters.violations.fetch_add(1, Ordering::Relaxed);
+            }
+            next_id = id.unwrap_or(next_id) + 1;
+            match event {
+                "token" => {
+                    let data = lines
+                        .next()
+                        .and_then(|l| l.strip_prefix("data: "))
+                        .unwrap_or("{}");
+                    let i = serde_json::from_str::<serde_json::Value>(data)
+                        .ok()
+                        .and_then(|v| v["i"].as_u64());
+                    if i != Some(next_index) {
+                        counters.violations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    next_index += 1;
+                    match last_token {
+                        None => {
+                            let _ = local.ttft_us.record((now - t0).as_micros().max(1) as u64);
+                        }
+                        Some(prev) => {
+                            let _ = local.itl_us.record((now - prev).as_micros().max(1) as u64);
+                        }
+                    }
+                    last_token = Some(now);
+                }
+                "end" => terminal += 1,
+                "error" => {
+                    terminal += 1;
+                    ok = false;
+                }
+                _ => {}
+            }
+        }
+    }
+    if terminal != 1 {
+        counters.violations.fetch_add(1, Ordering::Relaxed);
+    }
+    if ok {
+        let _ = local.task_us.record(t0.elapsed().as_micros().max(1) as u64);
+        counters.done.fetch_add(1, Ordering::Relaxed);
+        counters.tokens.fetch_add(next_index, Ordering::Relaxed);
+    } else {
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    ok
 }
 
 /// Stores `args.artifacts` unique artifacts from `args.concurrency` connections and
