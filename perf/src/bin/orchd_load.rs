@@ -202,7 +202,7 @@ async fn orchd_task(
             }
         }
         let req = request(
-            &args,
+            args,
             "POST",
             "/v1/tasks",
             Bytes::from(serde_json::to_vec(&body).unwrap()),
@@ -236,7 +236,7 @@ async fn orchd_task(
         return false;
     }
     let req = request(
-        &args,
+        args,
         "GET",
         &format!("/v1/tasks/{task}/stream"),
         Bytes::new(),
