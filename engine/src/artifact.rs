@@ -28,8 +28,10 @@ pub enum ArtifactKind {
     Other,
 }
 
-/// Most tags one artifact may carry, and their longest length.
+/// Most tags one artifact may carry.
 pub const MAX_TAGS: usize = 64;
+/// Longest tag, in characters (Unicode scalar values) as JSON Schema's `maxLength`
+/// counts them, not in bytes.
 pub const MAX_TAG_LEN: usize = 256;
 
 /// The content address of `kind` + `content`.
@@ -79,7 +81,11 @@ impl NewArtifact {
         if !a.content.is_object() {
             return Err(ApiError::invalid("content: must be a JSON object"));
         }
-        if a.tags.len() > MAX_TAGS || a.tags.iter().any(|t| t.is_empty() || t.len() > MAX_TAG_LEN) {
+        if a.tags.len() > MAX_TAGS
+            || a.tags
+                .iter()
+                .any(|t| t.is_empty() || t.chars().count() > MAX_TAG_LEN)
+        {
             return Err(ApiError::invalid(format!(
                 "tags: at most {MAX_TAGS} tags of 1 to {MAX_TAG_LEN} characters"
             )));

@@ -51,6 +51,13 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// A connection that has not sent a full request head by then is closed.
     pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) read per request; a larger one
+    /// gets 431 and the connection is closed. Bounds each connection's read buffer.
+    pub max_header_bytes: usize,
+    /// Connections kept open at once, split evenly over the shards; a connection beyond
+    /// it is answered 503 REPLICA_EXHAUSTED and closed at once. Bounds file descriptors
+    /// and per-connection memory under a connection flood.
+    pub max_connections: usize,
     /// Capacity of every cross-shard channel; a full channel is a typed overload.
     pub mailbox_capacity: usize,
     /// Where the dispatcher runs: `shard0` (a task on shard 0's executor: no thread
@@ -199,6 +206,13 @@ pub struct AdapterConfig {
     pub retries: u32,
     /// HTTP adapters: how often the engine's health endpoint is probed.
     pub health_interval_ms: u64,
+    /// Mock fault injection: the engine dies after streaming this many tokens of each
+    /// task, which ends with WORKER_RESET. Absent: never. For testing clients and
+    /// dashboards against engine failures.
+    pub fail_after_tokens: Option<u32>,
+    /// Mock fault injection: the engine goes silent after this many tokens of each task;
+    /// the watchdog (`decode_timeout_ms`) then ends it with DECODE_TIMEOUT. Absent: never.
+    pub stall_after_tokens: Option<u32>,
 }
 
 /// An API key. Its `Debug` never shows the key, so configs can be logged.
@@ -231,6 +245,8 @@ impl Default for ServerConfig {
             max_body_bytes: 1_048_576,
             shutdown_grace_ms: 10_000,
             header_read_timeout_ms: 10_000,
+            max_header_bytes: 65_536,
+            max_connections: 16_384,
             mailbox_capacity: 1024,
             dispatcher: DispatcherPlacement::Shard0,
         }
@@ -302,6 +318,8 @@ impl Default for AdapterConfig {
             first_byte_timeout_ms: 30_000,
             retries: 2,
             health_interval_ms: 2_000,
+            fail_after_tokens: None,
+            stall_after_tokens: None,
         }
     }
 }
@@ -344,7 +362,7 @@ impl Config {
     /// Parses a TOML document, reporting every unknown key and every bad value at once.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let value: toml::Value = toml::from_str(text).map_err(|e| ConfigError {
-            problems: vec![format!("not valid TOML: {}", e.message().trim())],
+            problems: vec![syntax_problem(text, &e)],
         })?;
         let mut config: Config = deserialize_reporting_all(value)?;
         // A file that declares no pools keeps the built-in one.
@@ -372,6 +390,19 @@ impl Config {
         }
         if s.header_read_timeout_ms == 0 {
             p.push("server.header_read_timeout_ms: must be at least 1".into());
+        }
+        // hyper reads heads into a buffer of at least 8 KiB.
+        if !(8192..=1_048_576).contains(&s.max_header_bytes) {
+            p.push(format!(
+                "server.max_header_bytes: {} is outside 8192..=1048576",
+                s.max_header_bytes
+            ));
+        }
+        if !(1..=1_000_000).contains(&s.max_connections) {
+            p.push(format!(
+                "server.max_connections: {} is outside 1..=1000000",
+                s.max_connections
+            ));
         }
         if !(1..=1_000_000).contains(&s.mailbox_capacity) {
             p.push(format!(
@@ -506,6 +537,18 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
         }
         (AdapterKind::Mock, None) => {}
     }
+    if a.kind != AdapterKind::Mock {
+        for (name, set) in [
+            ("fail_after_tokens", a.fail_after_tokens.is_some()),
+            ("stall_after_tokens", a.stall_after_tokens.is_some()),
+        ] {
+            if set {
+                p.push(format!(
+                    "{at}.adapter.{name}: only the mock adapter injects faults"
+                ));
+            }
+        }
+    }
     for (name, v) in [
         ("connect_timeout_ms", a.connect_timeout_ms),
         ("first_byte_timeout_ms", a.first_byte_timeout_ms),
@@ -566,6 +609,30 @@ pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
         port,
         base_path: path.to_string(),
     })
+}
+
+/// A TOML syntax error, with its line and column in the file. toml gives no message
+/// for some errors (a control character in a comment, found by fuzzing): the position
+/// is then what tells the user where to look.
+fn syntax_problem(text: &str, e: &toml::de::Error) -> String {
+    let why = match e.message().trim() {
+        "" => "unexpected input",
+        m => m,
+    };
+    let Some(span) = e.span() else {
+        return format!("not valid TOML: {why}");
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    format!("not valid TOML at line {line}, column {column}: {why}")
 }
 
 /// `[[pools]]` written with no tables at all (`pools = []`) is an explicit empty list,
@@ -769,6 +836,27 @@ mod tests {
     }
 
     #[test]
+    fn syntax_errors_say_where_and_what() {
+        // Found by fuzzing (config): a NUL in a comment gave "not valid TOML: ".
+        let err = Config::from_toml_str("[server]\n# a\0b\nshards = 1\n").unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["not valid TOML at line 2, column 4: unexpected input"]
+        );
+        let err = Config::from_toml_str("[a]\n[a]\n").unwrap_err();
+        let p = &err.problems[0];
+        assert!(
+            p.starts_with("not valid TOML at line 2, column 1: ") && p.contains("duplicate key"),
+            "{p}"
+        );
+        let err = Config::from_toml_str("x = \"\u{e9}\u{e9}").unwrap_err();
+        assert!(
+            err.problems[0].starts_with("not valid TOML at line 1, column "),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn validate_names_cross_field_problems() {
         let mut c = Config::default();
         c.server.addr = "0.0.0.0:8080".parse().unwrap();
@@ -842,6 +930,25 @@ mod url_tests {
         assert!(parse_http_url("https://x").is_err());
         assert!(parse_http_url("http://:80").is_err());
         assert!(parse_http_url("http://x:port").is_err());
+    }
+
+    #[test]
+    fn only_the_mock_injects_faults() {
+        let c = Config::from_toml_str(
+            "[[pools]]\nid = \"a\"\n[pools.adapter]\nfail_after_tokens = 3\nstall_after_tokens = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.pools[0].adapter.fail_after_tokens, Some(3));
+        assert_eq!(c.pools[0].adapter.stall_after_tokens, Some(5));
+        let e = Config::from_toml_str(
+            "[[pools]]\nid = \"a\"\n[pools.adapter]\nkind = \"openai\"\nurl = \"http://x:1\"\nfail_after_tokens = 3\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("pools[0].adapter.fail_after_tokens: only the mock adapter injects faults"));
     }
 
     #[test]

@@ -206,27 +206,43 @@ impl ApiError {
     }
 }
 
-/// Parses a JSON request body; a failure is a `400 INVALID_PARAMS` naming the field
-/// (its path, e.g. `inputs[2]`) or `body` when the JSON itself is broken.
+/// Parses a JSON request body, which must be an object; a failure is a
+/// `400 INVALID_PARAMS` naming the field (its path, e.g. `inputs[2]`) or `body` when the
+/// JSON itself is broken.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde also builds a struct from an array of its fields in order (found by
+    // fuzzing: `["<uuid>", ...]` was admitted as a task), whose errors name positions.
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|&b| b != b'{') {
+        return Err(ApiError::invalid("body: must be a JSON object"));
+    }
     // The common case pays nothing for path tracking; a bad body is parsed again with
     // it, to name the field.
     if let Ok(v) = serde_json::from_slice(body) {
         return Ok(v);
     }
+    // serde_json's positions ("at line 1 column 9") say nothing a client needs.
+    fn without_position(msg: &str) -> &str {
+        msg.split(" at line ").next().unwrap_or_default()
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let v = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.into_inner().to_string();
-        // serde_json's positions ("at line 1 column 9") say nothing a client needs.
-        let msg = msg.split(" at line ").next().unwrap_or_default();
         let at = if matches!(path.as_str(), "." | "?" | "") {
             "body"
         } else {
             path.as_str()
         };
-        ApiError::invalid(format!("{at}: {msg}"))
-    })
+        ApiError::invalid(format!("{at}: {}", without_position(&msg)))
+    })?;
+    // Bytes after the value (found by fuzzing: `{...valid task...}W` was admitted,
+    // since this second parse did not check for them).
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("body: {}", without_position(&e.to_string()))))?;
+    Ok(v)
 }
 
 impl fmt::Display for ApiError {
@@ -256,6 +272,53 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"code": "INVALID_PARAMS", "message": "ctx: must be > 0", "retriable": false})
+        );
+    }
+
+    #[test]
+    fn bodies_are_objects_not_positional_arrays() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Drain {
+            deadline_ms: u64,
+        }
+        // Found by fuzzing (task_request): arrays were read as the fields in order.
+        for body in ["[5000]", " \n[_{k\"i{_{", "[]", "5000", "\"x\"", "null"] {
+            let e = parse_json::<Drain>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.message, "body: must be a JSON object", "{body:?}");
+            assert_eq!(e.kind, ErrorKind::InvalidParams);
+        }
+        assert_eq!(
+            parse_json::<Drain>(b" \r\n\t{\"deadline_ms\": 5}")
+                .unwrap()
+                .deadline_ms,
+            5
+        );
+        let e = parse_json::<Drain>(b"").unwrap_err();
+        assert!(e.message.starts_with("body: "), "{e:?}");
+    }
+
+    #[test]
+    fn bytes_after_the_body_are_refused() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Drain {
+            deadline_ms: u64,
+        }
+        // Found by fuzzing (task_request): the path-tracking parse ignored them.
+        for body in [
+            "{\"deadline_ms\":5}W",
+            "{\"deadline_ms\":5} {\"deadline_ms\":6}",
+            "{\"deadline_ms\":5}\n]",
+        ] {
+            let e = parse_json::<Drain>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.message, "body: trailing characters", "{body:?}");
+        }
+        assert_eq!(
+            parse_json::<Drain>(b"{\"deadline_ms\":5} \r\n")
+                .unwrap()
+                .deadline_ms,
+            5
         );
     }
 

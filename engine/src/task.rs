@@ -83,7 +83,7 @@ impl TaskSpec {
                 "deadline_ms: must be in 1..={MAX_DEADLINE_MS}"
             )));
         }
-        if self.model_ref.is_empty() || self.model_ref.len() > MAX_MODEL_REF {
+        if self.model_ref.is_empty() || self.model_ref.chars().count() > MAX_MODEL_REF {
             return Err(ApiError::invalid(format!(
                 "model_ref: must be 1 to {MAX_MODEL_REF} characters"
             )));
@@ -98,7 +98,7 @@ impl TaskSpec {
         if self
             .sampler_profile_version
             .as_ref()
-            .is_some_and(|v| v.len() > 128)
+            .is_some_and(|v| v.chars().count() > 128)
         {
             return Err(ApiError::invalid(
                 "sampler_profile_version: at most 128 characters",
@@ -204,6 +204,50 @@ pub(crate) mod tests {
             let m = err(&b);
             assert!(m.contains(field), "{field:?} not named in {m:?}");
         }
+    }
+
+    #[test]
+    fn length_limits_count_characters_as_the_contract_says() {
+        // Found by schemathesis: 512 two-byte characters were refused as too long.
+        let wide = "\u{e9}".repeat(512);
+        let b = body("").replace("\"model_ref\":\"m\"", &format!("\"model_ref\":\"{wide}\""));
+        assert!(TaskSpec::parse(b.as_bytes()).is_ok());
+        let b = body(&format!(
+            ",\"sampler_profile_version\":\"{}\"",
+            "\u{e9}".repeat(128)
+        ));
+        assert!(TaskSpec::parse(b.as_bytes()).is_ok());
+        let b = body(&format!(
+            ",\"sampler_profile_version\":\"{}\"",
+            "\u{e9}".repeat(129)
+        ));
+        assert_eq!(err(&b), "sampler_profile_version: at most 128 characters");
+    }
+
+    #[test]
+    fn a_positional_array_is_not_a_task() {
+        // Found by fuzzing (task_request): serde read a JSON array as the fields in
+        // order, so this was admitted, and `[_{` was refused naming only `[0]`.
+        let b = r#"["6f1c3c7e-2b4a-4c1e-9c1d-1a2b3c4d5e6f","0b7e8f6a-1111-4222-8333-944455556666",
+            "completion","m","llamacpp",4096,"interactive",8,60000,null,null,null,"hello"]"#;
+        assert_eq!(err(b), "body: must be a JSON object");
+        assert_eq!(err(r#"[_{k"i{_{"#), "body: must be a JSON object");
+    }
+
+    #[test]
+    fn bytes_after_a_task_are_refused() {
+        // Found by fuzzing (task_request): a valid task followed by anything was admitted.
+        assert_eq!(err(&format!("{}W", body(""))), "body: trailing characters");
+        assert_eq!(
+            err(&format!("{} {}", body(""), body(""))),
+            "body: trailing characters"
+        );
+        // Trailing bytes are a syntax error, reported before validation; a value of
+        // the wrong type still names its field.
+        let b = body("").replace("\"ctx\":4096", "\"ctx\":0");
+        assert_eq!(err(&format!("{b}W")), "body: trailing characters");
+        let b = body("").replace("\"ctx\":4096", "\"ctx\":\"x\"");
+        assert!(err(&format!("{b}W")).starts_with("ctx: "));
     }
 
     #[test]

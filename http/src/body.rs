@@ -103,6 +103,13 @@ pub(crate) struct SseBody {
 
 const HEARTBEAT: &[u8] = b": hb\n\n";
 
+/// The `<seq>` of a frame, which starts `id: <seq>\n` (orchd_engine::frame).
+fn frame_id(frame: &[u8]) -> Option<u64> {
+    let rest = frame.strip_prefix(b"id: ")?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
 impl Drop for SseBody {
     fn drop(&mut self) {
         let streams = &self.app.shard.probe.admission.active_streams;
@@ -156,8 +163,15 @@ impl SseBody {
             } else if let Some(rx) = self.rx.as_mut() {
                 match Pin::new(rx).poll_next(cx) {
                     Poll::Ready(Some((bytes, terminal))) => {
-                        self.next_id += 1;
                         self.done = terminal;
+                        match frame_id(&bytes) {
+                            // A client resuming past the frames produced so far is
+                            // handed the live frames from the next one produced on:
+                            // skip those at or below its Last-Event-ID.
+                            Some(id) if id < self.next_id => continue,
+                            Some(id) => self.next_id = id + 1,
+                            None => self.next_id += 1,
+                        }
                         self.last_sent = Instant::now();
                         return Poll::Ready(Some(bytes));
                     }

@@ -45,3 +45,24 @@ pub(crate) fn error(e: &ApiError) -> Response<Body> {
     }
     r
 }
+
+/// The error envelope as a whole HTTP/1.1 response that closes the connection, for a
+/// connection orchd will not serve (so hyper never reads from it).
+pub(crate) fn error_and_close(e: &ApiError, correlation_id: &str, shard: usize) -> Vec<u8> {
+    let status = status_of(e.class);
+    let body = e.envelope_json();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         x-correlation-id: {correlation_id}\r\nx-orchd-shard: {shard}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len()
+    );
+    if let (Some(ms), Some(secs)) = (e.retry_after_ms, e.retry_after_secs()) {
+        head.push_str(&format!("retry-after: {secs}\r\nx-backoff-ms: {ms}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&body);
+    out
+}

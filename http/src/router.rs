@@ -1,5 +1,6 @@
 //! The request pipeline: correlation id, auth, body limit, routing, error rendering.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -99,10 +100,12 @@ async fn route(
     check_declared_length(app, &head.headers)?;
     let method = head.method.clone();
     let mut segs = path.split('/').skip(1);
-    let parts: [&str; 4] = std::array::from_fn(|_| segs.next().unwrap_or(""));
+    let raw: [&str; 4] = std::array::from_fn(|_| segs.next().unwrap_or(""));
     if segs.next().is_some() {
         return Err(not_found(path));
     }
+    let decoded = raw.map(decode_segment);
+    let parts: [&str; 4] = std::array::from_fn(|i| decoded[i].as_ref());
     let allow = |m: &'static str| Refusal::Method(m);
     let r = match (parts, &method) {
         (["livez", "", "", ""], &Method::GET) => api::ops::livez(),
@@ -159,6 +162,37 @@ async fn route(
         _ => return Err(not_found(path)),
     };
     Ok(r)
+}
+
+/// A path segment with its percent-escapes decoded (RFC 3986 section 2.1). OpenAPI
+/// clients encode reserved characters of path parameters (RFC 6570 simple expansion), so
+/// `GET /v1/artifacts/sha256:...` arrives as `sha256%3A...`. A segment with a malformed
+/// escape, or that would decode to something other than UTF-8 text without control
+/// characters, is kept as sent: its handler then refuses it by name.
+fn decode_segment(seg: &str) -> Cow<'_, str> {
+    if !seg.contains('%') {
+        return Cow::Borrowed(seg);
+    }
+    let hex = |c: Option<&u8>| c.and_then(|&c| char::from(c).to_digit(16));
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let (Some(hi), Some(lo)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) else {
+                return Cow::Borrowed(seg);
+            };
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    match String::from_utf8(out) {
+        Ok(s) if !s.chars().any(char::is_control) => Cow::Owned(s),
+        _ => Cow::Borrowed(seg),
+    }
 }
 
 fn not_found(path: &str) -> Refusal {

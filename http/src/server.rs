@@ -9,11 +9,12 @@ use futures_lite::future;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 
+use orchd_engine::{ApiError, ErrorClass, ErrorKind};
 use orchd_shards::rt::{self, Conn, Listener, ShardTimer};
 use orchd_shards::{Ready, Shard};
 
 use crate::app::{App, ShardApp};
-use crate::router;
+use crate::{respond, router};
 
 /// After the grace period, how long streams get to deliver their terminal frames.
 const FLUSH_AFTER_GRACE: Duration = Duration::from_millis(500);
@@ -28,7 +29,10 @@ pub(crate) async fn shard_main(
 ) {
     let listener = Listener::adopt(listener);
     let grace = Duration::from_millis(app.config.server.shutdown_grace_ms);
+    let shards = shard.shard_count();
     let app = Rc::new(ShardApp::new(app, shard));
+    // This shard's share of server.max_connections.
+    let max_open = app.app.config.server.max_connections.div_ceil(shards) as u64;
     ready.ok();
     tracing::debug!(shard = app.shard.id().0, "shard serving");
 
@@ -40,6 +44,9 @@ pub(crate) async fn shard_main(
         .await;
         match next {
             None => break,
+            Some(Ok(conn)) if app.shard.probe.connections_open.get() >= max_open => {
+                rt::spawn_detached(refuse_conn(Rc::clone(&app), conn));
+            }
             Some(Ok(conn)) => rt::spawn_detached(serve_conn(Rc::clone(&app), conn)),
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning on the error.
@@ -80,6 +87,30 @@ pub(crate) async fn shard_main(
             "closing connections"
         );
     }
+    app.shard.quiesce().await;
+}
+
+/// How long a refused connection may hold its file descriptor: to receive its 503 and
+/// close its side.
+const REFUSE_LINGER: Duration = Duration::from_millis(250);
+
+/// A connection over this shard's share of `server.max_connections`: 503
+/// REPLICA_EXHAUSTED with retry advice, then closed, without reading its request.
+async fn refuse_conn(app: Rc<ShardApp>, conn: Conn) {
+    let probe = &app.shard.probe;
+    probe
+        .connections_refused
+        .set(probe.connections_refused.get() + 1);
+    let e = ApiError::new(
+        ErrorClass::Unavailable,
+        ErrorKind::ReplicaExhausted,
+        "orchd is at server.max_connections; retry shortly",
+    )
+    .retriable(true)
+    .retry_after_ms(1000);
+    let cid = app.new_uuid().hyphenated().to_string();
+    let bytes = respond::error_and_close(&e, &cid, app.shard.id().0);
+    conn.answer_and_close(&bytes, REFUSE_LINGER).await;
 }
 
 /// Decrements the open-connection gauge however the connection ends.
@@ -112,6 +143,9 @@ async fn serve_conn(app: Rc<ShardApp>, conn: Conn) {
         .header_read_timeout(Duration::from_millis(
             app.app.config.server.header_read_timeout_ms,
         ))
+        .max_buf_size(app.app.config.server.max_header_bytes)
+        // A client may shut down its sending side and wait for the answer.
+        .half_close(true)
         .keep_alive(true);
     let conn = builder.serve_connection(conn, svc);
     let mut conn = std::pin::pin!(conn);

@@ -102,6 +102,46 @@ fn memory_backend_round_trip_and_refusals() {
     refusals(&s);
 }
 
+/// Found by schemathesis (contracts/schemathesis/run.sh): OpenAPI clients percent-encode
+/// the `:` of the id in the path, and count a tag's length in characters, as JSON
+/// Schema's `maxLength` does; both were refused with 400.
+#[test]
+fn percent_encoded_ids_and_tags_of_multibyte_characters_are_accepted() {
+    let s = TestServer::start(TestServer::config(2));
+    // 256 characters of 2 bytes each: within "1 to 256 characters".
+    let tag = "\u{e9}".repeat(256);
+    let r = post(
+        &s,
+        &json!({"kind": "plan", "content": {"percent": true}, "tags": [tag]}),
+    );
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    for encoded in [id.replace(':', "%3A"), id.replace(':', "%3a")] {
+        let g = s.get(&format!("/v1/artifacts/{encoded}"), &[]);
+        assert_eq!(g.status, 200, "{encoded}");
+        assert_eq!(g.json()["id"], id.as_str());
+        assert_eq!(g.json()["tags"], json!([tag]));
+    }
+    let absent = format!("sha256%3A{}", "0".repeat(64));
+    assert_eq!(s.get(&format!("/v1/artifacts/{absent}"), &[]).status, 404);
+    // Still refused: 257 characters, a malformed escape, an escaped control character.
+    let long = json!({"kind": "plan", "content": {}, "tags": ["\u{e9}".repeat(257)]});
+    assert_eq!(post(&s, &long).status, 400);
+    for bad in [
+        "sha256%3".to_string(),
+        format!("sha256%3G{}", "0".repeat(64)),
+        format!("sha256%0A{}", "0".repeat(64)),
+        format!("sha256%FF{}", "0".repeat(64)),
+    ] {
+        let g = s.get(&format!("/v1/artifacts/{bad}"), &[]);
+        assert_eq!(g.status, 400, "{bad}");
+        assert!(g.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("artifact id:"));
+    }
+}
+
 #[test]
 fn memory_backend_refuses_user_artifacts_with_507_when_full_after_evicting_transcripts() {
     let mut c = TestServer::config(1);

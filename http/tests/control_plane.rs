@@ -261,6 +261,29 @@ fn a_model_that_fails_to_load_rolls_back_with_409() {
     );
 }
 
+/// Found by schemathesis (contracts/schemathesis/run.sh): `new_model_ref` is 1 to 512
+/// characters, as the document's `maxLength` and the message count them, not bytes;
+/// and path segments are percent-decoded, as OpenAPI clients encode them.
+#[test]
+fn reload_counts_characters_and_pool_ids_may_be_percent_encoded() {
+    let s = TestServer::start(with_pools(vec![pool("a", "m1", 0)]));
+    let model = "\u{e9}".repeat(512); // 1024 bytes
+    let r = post(&s, "/v1/pools/a/reload", json!({"new_model_ref": model}));
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["model_ref"], model.as_str());
+    let long = "\u{e9}".repeat(513);
+    let r = post(&s, "/v1/pools/a/reload", json!({"new_model_ref": long}));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("new_model_ref:"));
+    let h = s.get("/v1/pools/%61/health", &[]);
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["metrics"]["model_ref"], model.as_str());
+    assert_eq!(s.get("/v1/pools/%6/health", &[]).status, 404);
+}
+
 #[test]
 fn a_reload_during_a_reload_or_a_drain_is_409() {
     let mut p = pool("a", "m1", 0);

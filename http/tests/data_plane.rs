@@ -182,6 +182,32 @@ fn replay_from_zero_and_last_event_id_resume() {
     assert_eq!(r.status, 400);
 }
 
+/// Found by schemathesis (contracts/schemathesis/run.sh): a client resuming a live task
+/// with a Last-Event-ID beyond the frames produced so far was sent the frames produced
+/// from then on (ids 2, 3, ... after `Last-Event-ID: 1921`), not only those after n.
+#[test]
+fn resuming_a_live_task_past_its_frames_sends_none_it_claims_to_have() {
+    let mut c = TestServer::config(2);
+    c.pools[0].adapter.ttft_ms = 0;
+    c.pools[0].adapter.tpot_ms = 20;
+    let s = TestServer::start(c);
+    let task = uuid();
+    assert_eq!(
+        submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 10}))).status,
+        202
+    );
+    let path = format!("/v1/tasks/{task}/stream");
+    // While the task runs (about 200 ms of tokens): ids after 8 only, up to the end.
+    let tail = s.client().open_stream(&path, &[("Last-Event-ID", "8")]);
+    let beyond = s.client().open_stream(&path, &[("Last-Event-ID", "1921")]);
+    let full = s.client().open_stream(&path, &[]).collect();
+    assert_eq!(full.last().unwrap().event, "end");
+    assert_eq!(tail.collect(), full[9..]);
+    // Past the end: nothing, and the stream ends with the task.
+    assert_eq!(beyond.status, 200);
+    assert!(beyond.collect().is_empty());
+}
+
 #[test]
 fn subscribers_on_different_shards_get_identical_frames() {
     let mut c = TestServer::config(2);

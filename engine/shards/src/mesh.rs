@@ -85,6 +85,11 @@ pub struct Overloaded<C> {
 }
 
 impl<C> Mailbox<C> {
+    /// Commands waiting in the mailbox.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Sends without waiting; a full or closed mailbox hands the command back.
     pub fn try_send(&self, command: C) -> Result<(), Overloaded<C>> {
         self.tx.try_send(command).map_err(|e| match e {

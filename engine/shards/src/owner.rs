@@ -518,6 +518,10 @@ impl Owner {
         }
         let model = pool.model_ref.clone();
         let (ttft, tpot) = (pool.cfg.adapter.ttft_ms, pool.cfg.adapter.tpot_ms);
+        let faults = (
+            pool.cfg.adapter.fail_after_tokens,
+            pool.cfg.adapter.stall_after_tokens,
+        );
         let (kind, upstream) = (pool.cfg.adapter.kind, pool.upstream.clone());
         let mut ending = Vec::new();
         let every = self.stream.metrics_every_tokens;
@@ -558,8 +562,14 @@ impl Owner {
             }
             match (kind, &upstream) {
                 (orchd_engine::config::AdapterKind::Mock, _) => {
-                    let timing = (Duration::from_millis(ttft), Duration::from_millis(tpot));
-                    rt::spawn_detached(drive_mock(Rc::clone(shard), rc, timing, every));
+                    let mock = MockDrive {
+                        ttft: Duration::from_millis(ttft),
+                        tpot: Duration::from_millis(tpot),
+                        every,
+                        fail_after: faults.0,
+                        stall_after: faults.1,
+                    };
+                    rt::spawn_detached(drive_mock(Rc::clone(shard), rc, mock));
                 }
                 (_, Some(up)) => {
                     let (tx, rx) = oneshot::channel();
@@ -1013,18 +1023,24 @@ fn deadline_error() -> Terminal {
 /// The mock engine on the owner shard: `ttft` before the first token, `tpot` between
 /// tokens (zero = as fast as possible, yielding now and then so other streams and
 /// requests on this shard keep moving).
-async fn drive_mock(
-    shard: Rc<Shard>,
-    rc: Rc<RefCell<TaskRun>>,
-    (ttft, tpot): (Duration, Duration),
+/// How the mock engine runs one task: its timing and the faults it injects.
+struct MockDrive {
+    ttft: Duration,
+    tpot: Duration,
     every: u32,
-) {
+    /// Dies (WORKER_RESET) once this many tokens are out.
+    fail_after: Option<u32>,
+    /// Goes silent once this many tokens are out, until the task ends elsewhere.
+    stall_after: Option<u32>,
+}
+
+async fn drive_mock(shard: Rc<Shard>, rc: Rc<RefCell<TaskRun>>, m: MockDrive) {
     let id = rc.borrow().spec.task_id;
     // glommio may run a new task right away, inside the caller's borrow of the owner:
     // step out first so every borrow below happens on a fresh poll.
     rt::yield_now().await;
-    if !ttft.is_zero() {
-        rt::sleep(ttft).await;
+    if !m.ttft.is_zero() {
+        rt::sleep(m.ttft).await;
     }
     let mut tokens = {
         let t = rc.borrow();
@@ -1032,8 +1048,33 @@ async fn drive_mock(
     };
     let mut burst = 0u32;
     loop {
+        let (running, out) = {
+            let t = rc.borrow();
+            (t.state == State::Running, t.tokens_out)
+        };
+        if running && m.fail_after == Some(out) {
+            let message = format!("mock engine failed after {out} tokens (fail_after_tokens)");
+            tracing::warn!(task_id = %id, "{message}");
+            end(
+                &shard,
+                id,
+                Terminal::Error {
+                    reason: "engine",
+                    kind: ErrorKind::WorkerReset,
+                    message,
+                },
+            );
+            return;
+        }
+        if running && m.stall_after == Some(out) {
+            // Silent until the watchdog (or a cancel, drain, deadline) ends the task.
+            while rc.borrow().state == State::Running {
+                rt::sleep(STALL_POLL).await;
+            }
+            return;
+        }
         let text = tokens.next_token();
-        match token_step(&shard, &rc, text, every, Instant::now()) {
+        match token_step(&shard, &rc, text, m.every, Instant::now()) {
             Step::More => {}
             Step::Done => {
                 end(&shard, id, done());
@@ -1045,8 +1086,8 @@ async fn drive_mock(
             }
             Step::Stopped => return,
         }
-        if !tpot.is_zero() {
-            rt::sleep(tpot).await;
+        if !m.tpot.is_zero() {
+            rt::sleep(m.tpot).await;
         } else {
             burst += 1;
             if burst >= 16 {
@@ -1056,6 +1097,9 @@ async fn drive_mock(
         }
     }
 }
+
+/// How often a stalled mock looks whether its task has ended.
+const STALL_POLL: Duration = Duration::from_millis(20);
 
 /// How an HTTP generation ended, seen from the driver.
 enum HttpEnd {

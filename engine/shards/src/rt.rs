@@ -58,24 +58,10 @@ pub fn preflight(executors: usize) -> Result<(), PreflightError> {
         }
     }
     probe_io_uring().map_err(PreflightError::Blocked)?;
+    raise_soft_limit(libc::RLIMIT_NOFILE);
 
     let need = (MIN_MEMLOCK + (IO_MEMORY as u64) * executors as u64).div_ceil(1024);
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
+    let lim = raise_soft_limit(libc::RLIMIT_MEMLOCK);
     let have = if lim.rlim_cur == libc::RLIM_INFINITY {
         u64::MAX
     } else {
@@ -86,6 +72,29 @@ pub fn preflight(executors: usize) -> Result<(), PreflightError> {
         return Err(PreflightError::MemLock { have, need });
     }
     Ok(())
+}
+
+/// Raises a soft resource limit to its hard limit and returns the limit in force (a
+/// failure leaves it as it was). For locked memory (io_uring rings) and file
+/// descriptors (one per connection).
+fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> libc::rlimit {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(resource, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(resource, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim
 }
 
 /// A raw `io_uring_setup(2)`: the cheapest way to learn whether seccomp or a sysctl
@@ -182,6 +191,32 @@ pub struct Conn {
 impl Conn {
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         self.stream.peer_addr().ok()
+    }
+
+    /// Writes `bytes` and closes the connection, for answering a connection that will
+    /// not be served. What the client sends is read and dropped until it closes (or
+    /// `limit` passes), like a lingering close: closing with unread bytes would reset
+    /// the connection and the client would lose the answer.
+    pub async fn answer_and_close(mut self, bytes: &[u8], limit: Duration) {
+        use hyper::rt::Write;
+        let linger = async {
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = futures_lite::future::poll_fn(|cx| {
+                    Pin::new(&mut self).poll_write(cx, &bytes[at..])
+                })
+                .await?;
+                if n == 0 {
+                    break;
+                }
+                at += n;
+            }
+            self.stream.shutdown(std::net::Shutdown::Write).await?;
+            let mut sink = [0u8; 1024];
+            while futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await? > 0 {}
+            io::Result::Ok(())
+        };
+        let _ = timeout(limit, linger).await;
     }
 }
 

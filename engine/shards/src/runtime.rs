@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,8 @@ pub struct Probe {
     pub responses: [Cell<u64>; 5],
     pub connections_accepted: Cell<u64>,
     pub connections_open: Cell<u64>,
+    /// Connections answered 503 and closed: over the shard's share of max_connections.
+    pub connections_refused: Cell<u64>,
 }
 
 impl Probe {
@@ -115,6 +118,7 @@ impl Probe {
             responses: std::array::from_fn(|i| self.responses[i].get()),
             connections_accepted: self.connections_accepted.get(),
             connections_open: self.connections_open.get(),
+            connections_refused: self.connections_refused.get(),
         }
     }
 }
@@ -172,7 +176,11 @@ pub struct ProbeSnapshot {
     pub responses: [u64; 5],
     pub connections_accepted: u64,
     pub connections_open: u64,
+    pub connections_refused: u64,
 }
+
+/// The longest a stopping shard waits for the others and for its artifact writes.
+pub const QUIESCE_LIMIT: Duration = Duration::from_secs(3);
 
 /// The state of one shard. Lives on its shard's core and is not `Send`: other cores
 /// reach it only through its mailbox.
@@ -186,6 +194,12 @@ pub struct Shard {
     pub(crate) owner: RefCell<Owner>,
     /// The artifacts this shard keeps.
     artifacts: RefCell<ArtifactStore>,
+    /// Artifact writes handed to the blocking thread and not yet done: shutdown waits
+    /// for them, so an acknowledged or transcript write is never cut off.
+    writes_in_flight: Cell<usize>,
+    /// Shards that have ended their tasks during shutdown (shared by all shards; only
+    /// touched when stopping).
+    quiesced: Arc<AtomicUsize>,
     config: Arc<Config>,
     _not_send: PhantomData<Rc<()>>,
 }
@@ -257,11 +271,32 @@ impl Shard {
             }
             ArtifactStore::Fs(dir) => dir.clone(),
         };
+        self.writes_in_flight.set(self.writes_in_flight.get() + 1);
+        let shard = Rc::clone(self);
         rt::spawn_detached(async move {
             let r =
                 rt::blocking(move || orchd_engine::artifact::fs_store::put(&dir, &stored)).await;
+            shard.writes_in_flight.set(shard.writes_in_flight.get() - 1);
             answer_store(reply, r)
         });
+    }
+
+    /// The last step of a shard's shutdown, once its own tasks have ended: it keeps
+    /// serving commands until every shard has ended its tasks (their transcripts may be
+    /// kept here) and its mailbox is empty, then until its artifact writes are done.
+    /// Bounded by [`QUIESCE_LIMIT`], so a shard that never got this far cannot hang the
+    /// others.
+    pub async fn quiesce(&self) {
+        self.quiesced.fetch_add(1, Ordering::AcqRel);
+        let limit = Instant::now() + QUIESCE_LIMIT;
+        let busy = || {
+            self.quiesced.load(Ordering::Acquire) < self.peers.len()
+                || self.peers[self.id.0].queued() > 0
+                || self.writes_in_flight.get() > 0
+        };
+        while busy() && Instant::now() < limit {
+            rt::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Tasks on this shard that have not ended.
@@ -470,6 +505,7 @@ impl Runtime {
         };
 
         let shard_main = Arc::new(shard_main);
+        let quiesced = Arc::new(AtomicUsize::new(0));
         let mut waiting = Vec::with_capacity(opts.shards);
         for (i, (seed, inbox)) in seeds.into_iter().zip(inboxes).enumerate() {
             let (tx, rx) = mpsc::channel();
@@ -477,6 +513,7 @@ impl Runtime {
             let dispatcher = dispatcher.clone();
             let stop = stop_rx.clone();
             let shard_main = Arc::clone(&shard_main);
+            let quiesced = Arc::clone(&quiesced);
             let config = Arc::clone(&opts.config);
             let shards = opts.shards;
             let dispatcher_here = if i == 0 {
@@ -495,6 +532,8 @@ impl Runtime {
                         probe: Probe::default(),
                         owner: RefCell::new(Owner::new(&config, i, shards)),
                         artifacts: RefCell::new(ArtifactStore::new(&config, shards)),
+                        writes_in_flight: Cell::new(0),
+                        quiesced: Arc::clone(&quiesced),
                         config,
                         _not_send: PhantomData,
                     });

@@ -415,6 +415,25 @@ fn parse_event(kind: AdapterKind, event: &[u8]) -> Result<Option<Piece>, Upstrea
     })
 }
 
+/// The SSE parser above, for the fuzz targets in `engine/shards/fuzz` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{AdapterKind, Piece, UpstreamError};
+
+    /// Largest event [`super::UpstreamStream::next`] buffers before giving up.
+    pub const MAX_EVENT: usize = super::MAX_EVENT;
+
+    /// Removes one complete SSE event (up to a blank line) from `buf`.
+    pub fn take_event(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        super::take_event(buf)
+    }
+
+    /// The piece one event carries, if any.
+    pub fn parse_event(kind: AdapterKind, event: &[u8]) -> Result<Option<Piece>, UpstreamError> {
+        super::parse_event(kind, event)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

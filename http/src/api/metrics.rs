@@ -489,5 +489,18 @@ pub(crate) async fn render(
             s.http.connections_open
         );
     }
+    head(
+        &mut out,
+        "connections_refused_total",
+        "counter",
+        "TCP connections answered 503 and closed: over server.max_connections, by shard.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "connections_refused_total{{shard=\"{i}\"}} {}",
+            s.http.connections_refused
+        );
+    }
     out
 }

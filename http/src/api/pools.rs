@@ -112,7 +112,8 @@ pub(crate) async fn reload(
 ) -> Result<Response<Body>, ApiError> {
     let b: ReloadBody = parse_json(&body)?;
     let m = &b.new_model_ref;
-    if m.is_empty() || m.len() > orchd_engine::task::MAX_MODEL_REF || m == "*" {
+    // Characters, as the document's `maxLength` (and the message) count them.
+    if m.is_empty() || m.chars().count() > orchd_engine::task::MAX_MODEL_REF || m == "*" {
         return Err(ApiError::invalid(
             "new_model_ref: must name a model (1 to 512 characters, not *)",
         ));

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_engine;
+pub mod process;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -342,4 +343,10 @@ pub fn task_body(task: &str, session: &str, extra: serde_json::Value) -> Vec<u8>
 /// A fresh random UUID string.
 pub fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// One request on a fresh connection; `None` when the server is not there (refused,
+/// reset, or closed before answering), as during a crash.
+pub fn try_send(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<Response> {
+    std::panic::catch_unwind(|| Client::connect(addr).send(method, path, &[], body)).ok()
 }

@@ -1,10 +1,16 @@
-//! orchd-load: a closed-loop load generator for orchd's SSE data plane.
+//! orchd-load: a load generator for orchd's SSE data plane, closed or open loop.
 //!
-//! N virtual users, each on its own keep-alive connection, repeat: submit a task
+//! Closed loop (default): N virtual users, each on its own keep-alive connection, repeat: submit a task
 //! (`POST /v1/tasks`), stream it (`GET /v1/tasks/{id}/stream`), parse the SSE frames
 //! incrementally, check frame order (consecutive ids, gap-free token indexes, exactly
 //! one terminal frame). Records time to first token (from submit), inter-token gaps and
 //! task time in HDR histograms; 429s are counted and retried after their advice.
+//!
+//! Open loop (`--rate R`): tasks arrive at R per second whatever happens to the earlier
+//! ones, each on a fresh connection; a refusal is a result, not retried (and is checked:
+//! `Retry-After` and `X-Backoff-Ms` present and agreeing with the body). Latencies are
+//! measured from each task's scheduled arrival, not from when the generator got to it,
+//! so a stalled generator or server shows up in the figures (coordinated omission).
 //! Bounded by `--tasks` and `--duration`; refuses non-loopback targets unless
 //! `--allow-remote`.
 
@@ -22,7 +28,10 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "orchd-load", about = "Closed-loop SSE load against orchd")]
+#[command(
+    name = "orchd-load",
+    about = "SSE load against orchd, closed or open loop"
+)]
 struct Args {
     /// orchd address.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -63,6 +72,13 @@ struct Args {
     /// scrape latency; 0 = no scrapes.
     #[arg(long, default_value_t = 0)]
     scrape_every_ms: u64,
+    /// Open loop: task arrivals per second (0 = closed loop with --concurrency users).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Open loop: most tasks in flight at once; an arrival beyond it is dropped by the
+    /// generator and counted (a bound on the generator, not a server figure).
+    #[arg(long, default_value_t = 20_000)]
+    max_in_flight: u64,
 }
 
 struct Stats {
@@ -80,6 +96,12 @@ impl Stats {
             task_us: h(),
         }
     }
+
+    fn merge(&mut self, other: &Stats) {
+        self.ttft_us.add(&other.ttft_us).expect("same bounds");
+        self.itl_us.add(&other.itl_us).expect("same bounds");
+        self.task_us.add(&other.task_us).expect("same bounds");
+    }
 }
 
 #[derive(Default)]
@@ -90,6 +112,10 @@ struct Counters {
     errors: AtomicU64,
     violations: AtomicU64,
     started: AtomicU64,
+    /// 429s without Retry-After/X-Backoff-Ms, or whose advice disagrees with the body.
+    malformed_refusals: AtomicU64,
+    /// Open loop: arrivals dropped because --max-in-flight tasks were running.
+    dropped: AtomicU64,
 }
 
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -165,15 +191,23 @@ async fn user(
             session,
             &mut local,
             &counters,
-            Instant::now(),
-            stop_at,
+            Plan {
+                t0: Instant::now(),
+                deadline: stop_at,
+                retry: true,
+            },
         )
         .await;
     }
-    let mut s = stats.lock().expect("stats lock");
-    s.ttft_us.add(&local.ttft_us).expect("same bounds");
-    s.itl_us.add(&local.itl_us).expect("same bounds");
-    s.task_us.add(&local.task_us).expect("same bounds");
+    stats.lock().expect("stats lock").merge(&local);
+}
+
+/// When a task counts from, until when its submission may be retried, and whether a
+/// refusal with advice is retried at all (closed loop) or is a result (open loop).
+struct Plan {
+    t0: Instant,
+    deadline: Instant,
+    retry: bool,
 }
 
 /// One task against orchd: submit (retrying 429s after their advice), stream it to
@@ -185,9 +219,13 @@ async fn orchd_task(
     session: uuid::Uuid,
     local: &mut Stats,
     counters: &Counters,
-    t0: Instant,
-    deadline: Instant,
+    plan: Plan,
 ) -> bool {
+    let Plan {
+        t0,
+        deadline,
+        retry,
+    } = plan;
     let task = uuid::Uuid::new_v4();
     let body = serde_json::json!({
         "task_id": task, "session_id": session, "workload": "completion", "model_ref": "load",
@@ -213,27 +251,50 @@ async fn orchd_task(
         let status = resp.status();
         // Only refusals that carry retry advice (X-Backoff-Ms) are retried; a
         // session out of turns or budget is refused for good.
-        let retry_ms = resp
-            .headers()
-            .get("x-backoff-ms")
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let _ = resp.into_body().collect().await;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        };
+        let retry_ms = header("x-backoff-ms");
+        let retry_after = header("retry-after");
+        let answer = resp.into_body().collect().await.map(|b| b.to_bytes());
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let advised = answer
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["retry_after_ms"].as_u64());
+            let well_formed = match (retry_after, retry_ms) {
+                (Some(secs), Some(ms)) => advised == Some(ms) && secs == ms.div_ceil(1000).max(1),
+                // Refusals for good (session rules) carry no advice at all.
+                (None, None) => advised.is_none(),
+                _ => false,
+            };
+            if !well_formed {
+                counters.malformed_refusals.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         match (status, retry_ms) {
-            (StatusCode::ACCEPTED, _) => break Some(()),
-            (StatusCode::TOO_MANY_REQUESTS, Some(ms)) if Instant::now() < deadline => {
+            (StatusCode::ACCEPTED, _) => break Some(true),
+            (StatusCode::TOO_MANY_REQUESTS, Some(ms)) if retry && Instant::now() < deadline => {
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(ms.min(1000))).await;
             }
             (StatusCode::TOO_MANY_REQUESTS, _) => {
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
-                break None;
+                break Some(false);
             }
             _ => break None,
         }
     };
-    if submitted.is_none() {
-        counters.errors.fetch_add(1, Ordering::Relaxed);
-        return false;
+    match submitted {
+        Some(true) => {}
+        // Refused, and not retried: counted as a 429, not as an error.
+        Some(false) => return false,
+        None => {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
     }
     let req = request(
         args,
@@ -454,6 +515,81 @@ async fn openai_once(
     Some(tokens)
 }
 
+/// Open loop: one arrival every 1/rate s from `started`, each a task on a fresh
+/// connection, measured from its scheduled arrival. Returns the number of arrivals.
+async fn open_loop(
+    args: Arc<Args>,
+    counters: Arc<Counters>,
+    stats: Arc<Mutex<Stats>>,
+    started: Instant,
+    stop_at: Instant,
+) -> u64 {
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    // Histograms are reused by the tasks in flight, not allocated per task.
+    let spare: Arc<Mutex<Vec<Stats>>> = Arc::new(Mutex::new(Vec::new()));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut k = 0u64;
+    while k < args.tasks {
+        let due = started + interval.mul_f64(k as f64);
+        if due >= stop_at {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        k += 1;
+        if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (args, counters, spare, in_flight) = (
+            Arc::clone(&args),
+            Arc::clone(&counters),
+            Arc::clone(&spare),
+            Arc::clone(&in_flight),
+        );
+        tasks.spawn(async move {
+            let mut local = spare
+                .lock()
+                .expect("spare")
+                .pop()
+                .unwrap_or_else(Stats::new);
+            match connect(args.addr).await {
+                Ok(mut sender) => {
+                    let session = uuid::Uuid::new_v4();
+                    let deadline = due + Duration::from_secs(args.duration);
+                    orchd_task(
+                        &args,
+                        &mut sender,
+                        session,
+                        &mut local,
+                        &counters,
+                        Plan {
+                            t0: due,
+                            deadline,
+                            retry: false,
+                        },
+                    )
+                    .await;
+                }
+                Err(_) => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            spare.lock().expect("spare").push(local);
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+        // Reap finished arrivals as we go, so the set stays the size of what is in flight.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut s = stats.lock().expect("stats lock");
+    for local in spare.lock().expect("spare").drain(..) {
+        s.merge(&local);
+    }
+    k
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -522,18 +658,32 @@ async fn main() {
             h
         })
     });
-    let users: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            tokio::spawn(user(
+    let mut arrivals = None;
+    if args.rate > 0.0 {
+        arrivals = Some(
+            open_loop(
                 Arc::clone(&args),
                 Arc::clone(&counters),
                 Arc::clone(&stats),
+                started,
                 stop_at,
-            ))
-        })
-        .collect();
-    for u in users {
-        let _ = u.await;
+            )
+            .await,
+        );
+    } else {
+        let users: Vec<_> = (0..args.concurrency)
+            .map(|_| {
+                tokio::spawn(user(
+                    Arc::clone(&args),
+                    Arc::clone(&counters),
+                    Arc::clone(&stats),
+                    stop_at,
+                ))
+            })
+            .collect();
+        for u in users {
+            let _ = u.await;
+        }
     }
     progress.abort();
     eprintln!();
@@ -557,6 +707,15 @@ async fn main() {
         "task_ms": {"p50": q(&s.task_us, 0.5), "p99": q(&s.task_us, 0.99), "max": ms(s.task_us.max())},
     });
     let mut summary = summary;
+    summary["malformed_429"] = counters.malformed_refusals.load(Ordering::Relaxed).into();
+    if let Some(n) = arrivals {
+        summary["mode"] = "open".into();
+        summary["rate"] = args.rate.into();
+        summary["arrivals"] = n.into();
+        summary["dropped_by_generator"] = counters.dropped.load(Ordering::Relaxed).into();
+    } else {
+        summary["mode"] = "closed".into();
+    }
     if let Some(h) = &scrapes {
         summary["scrape_ms"] = serde_json::json!({"n": h.len(), "p50": q(h, 0.5), "p99": q(h, 0.99), "max": ms(h.max())});
     }
@@ -573,18 +732,27 @@ async fn main() {
             ms(h.max())
         );
     }
-    println!(
-        "concurrency {}  max_tokens {}  {:.2}s",
-        args.concurrency, args.max_tokens, secs
-    );
+    match arrivals {
+        Some(n) => println!(
+            "open loop: {} arrivals/s, {n} arrivals ({} dropped by the generator)  max_tokens {}  {:.2}s",
+            args.rate, summary["dropped_by_generator"], args.max_tokens, secs
+        ),
+        None => println!(
+            "closed loop: concurrency {}  max_tokens {}  {:.2}s",
+            args.concurrency, args.max_tokens, secs
+        ),
+    }
     println!(
         "tasks {done}  ({:.0}/s)   tokens {tokens}  ({:.0}/s)",
         done as f64 / secs,
         tokens as f64 / secs
     );
     println!(
-        "429s {}  errors {}  frame-order violations {}",
-        summary["rejected_429"], summary["errors"], summary["frame_violations"]
+        "429s {} ({} malformed)  errors {}  frame-order violations {}",
+        summary["rejected_429"],
+        summary["malformed_429"],
+        summary["errors"],
+        summary["frame_violations"]
     );
     println!(
         "{:<22}{:>10}{:>10}{:>10}{:>10}",

@@ -1,0 +1,106 @@
+//! The `orchd` binary as a process: started with env and flags, ready when it logs
+//! `ready`, stopped with signals, waited for with a bound.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_orchd");
+
+pub fn orchd() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("ORCHD_ADDR")
+        .env_remove("ORCHD_CONFIG")
+        .env_remove("ORCHD_API_KEYS")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs orchd to completion (bounded) and returns (exit code, stderr).
+pub fn run_to_end(cmd: &mut Command) -> (i32, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child, Duration::from_secs(20));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+/// Waits for the child to exit; kills it and fails after `limit`.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("orchd did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("orchd-bin-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("orchd.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Starts orchd on port 0 and returns it with the address from its `ready` log line.
+pub fn start_ready(
+    extra_env: &[(&str, &str)],
+) -> (Child, String, BufReader<std::process::ChildStderr>) {
+    start_ready_with(extra_env, &[])
+}
+
+/// Like [`start_ready`], with extra arguments.
+// The child is handed to the caller, which waits for it; clippy cannot see that.
+#[allow(clippy::zombie_processes)]
+pub fn start_ready_with(
+    extra_env: &[(&str, &str)],
+    args: &[&std::ffi::OsStr],
+) -> (Child, String, BufReader<std::process::ChildStderr>) {
+    let mut cmd = orchd();
+    cmd.args(args)
+        .env("ORCHD_ADDR", "127.0.0.1:0")
+        .env("ORCHD_LOG", "info");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let t = Instant::now();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 || t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("orchd never logged ready");
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if v["message"] == "ready" {
+            return (child, v["addr"].as_str().unwrap().to_string(), err);
+        }
+    }
+}
+
+/// Kills the child when dropped: a failing test must not leave an orchd running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
