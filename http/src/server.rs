@@ -90,9 +90,9 @@ pub(crate) async fn shard_main(
     app.shard.quiesce().await;
 }
 
-/// How long a refused connection may hold its file descriptor: to receive its 503 and
-/// close its side.
-const REFUSE_LINGER: Duration = Duration::from_millis(250);
+/// How long a refused connection may hold its file descriptor: to send its request
+/// head, receive its 503 and close its side.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
 
 /// A connection over this shard's share of `server.max_connections`: 503
 /// REPLICA_EXHAUSTED with retry advice, then closed, without reading its request.

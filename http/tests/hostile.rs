@@ -49,7 +49,10 @@ fn read_answer(s: &mut TcpStream, limit: Duration) -> String {
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            // glommio's threads in this process take signals; a read may be interrupted.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
         let text = String::from_utf8_lossy(&out).to_ascii_lowercase();

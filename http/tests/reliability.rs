@@ -103,6 +103,19 @@ fn api_keys_never_reach_logs_metrics_artifacts_or_answers() {
         keep(&Client::connect(addr).send(method, path, &key(k), body));
     }
     keep(&Client::connect(addr).send("GET", "/v1/capabilities", &[("X-API-Key", "")], b""));
+    // Correlation ids are logged only when sane (1 to 128 visible ASCII characters);
+    // anything else is replaced by a generated one, in the answer and in the log.
+    let long_cid = "c".repeat(300);
+    let r = Client::connect(addr).send(
+        "POST",
+        "/v1/tasks",
+        &[
+            ("X-API-Key", CLIENT_KEYS[0]),
+            ("X-Correlation-Id", &long_cid),
+        ],
+        b"{}",
+    );
+    assert_ne!(r.header("x-correlation-id"), Some(long_cid.as_str()));
     // The upstream fails with its own error body: what orchd says of it must not carry
     // the key it sent upstream.
     engine.set_mode(Mode::Status(401));
@@ -142,6 +155,10 @@ fn api_keys_never_reach_logs_metrics_artifacts_or_answers() {
     reader.join().unwrap();
     let log = log_text.lock().unwrap().clone();
     assert!(log.lines().count() > 20, "a trace log has lines: {log}");
+    assert!(
+        !log.contains(&long_cid),
+        "an oversized correlation id reached the log"
+    );
     for secret in CLIENT_KEYS.iter().chain([&WRONG_KEY, &UPSTREAM_KEY]) {
         assert!(!log.contains(secret), "{secret} reached the log");
         assert!(

@@ -193,30 +193,33 @@ impl Conn {
         self.stream.peer_addr().ok()
     }
 
-    /// Writes `bytes` and closes the connection, for answering a connection that will
-    /// not be served. What the client sends is read and dropped until it closes (or
-    /// `limit` passes), like a lingering close: closing with unread bytes would reset
-    /// the connection and the client would lose the answer.
+    /// Answers `bytes` and closes the connection, for a connection that will not be
+    /// served: reads the request head first (what it can within `limit`), then writes,
+    /// then reads and drops whatever else comes until the client closes or `limit`
+    /// passes. Closing with unread bytes would reset the connection, and the client
+    /// would lose the answer.
     pub async fn answer_and_close(mut self, bytes: &[u8], limit: Duration) {
-        use hyper::rt::Write;
-        let linger = async {
-            let mut at = 0;
-            while at < bytes.len() {
-                let n = futures_lite::future::poll_fn(|cx| {
-                    Pin::new(&mut self).poll_write(cx, &bytes[at..])
-                })
-                .await?;
+        let until = Instant::now() + limit;
+        let mut head = Vec::new();
+        let mut sink = [0u8; 1024];
+        let read_head = async {
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                let n = futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await?;
                 if n == 0 {
                     break;
                 }
-                at += n;
+                head.extend_from_slice(&sink[..n]);
             }
+            io::Result::Ok(())
+        };
+        let _ = timeout(until.saturating_duration_since(Instant::now()), read_head).await;
+        let answer = async {
+            futures_lite::AsyncWriteExt::write_all(&mut self.stream, bytes).await?;
             self.stream.shutdown(std::net::Shutdown::Write).await?;
-            let mut sink = [0u8; 1024];
             while futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await? > 0 {}
             io::Result::Ok(())
         };
-        let _ = timeout(limit, linger).await;
+        let _ = timeout(until.saturating_duration_since(Instant::now()), answer).await;
     }
 }
 

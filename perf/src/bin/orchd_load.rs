@@ -72,6 +72,9 @@ struct Args {
     /// scrape latency; 0 = no scrapes.
     #[arg(long, default_value_t = 0)]
     scrape_every_ms: u64,
+    /// `engine` of every task (picks the pools that serve it).
+    #[arg(long, default_value = "llamacpp")]
+    engine: String,
     /// Open loop: task arrivals per second (0 = closed loop with --concurrency users).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -229,7 +232,7 @@ async fn orchd_task(
     let task = uuid::Uuid::new_v4();
     let body = serde_json::json!({
         "task_id": task, "session_id": session, "workload": "completion", "model_ref": "load",
-        "engine": "llamacpp", "ctx": 8192, "priority": "interactive", "max_tokens": args.max_tokens,
+        "engine": args.engine, "ctx": 8192, "priority": "interactive", "max_tokens": args.max_tokens,
         "deadline_ms": 600000, "prompt": "load test", "kv_hint": "cold",
     });
     let submitted = loop {
