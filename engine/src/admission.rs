@@ -245,6 +245,10 @@ pub struct Admission {
     /// the pools (capabilities) can be cached until it moves.
     pub pools_version: u64,
     sessions: HashMap<Uuid, Session>,
+    /// (time of a touch, session), oldest first: a session whose newest touch is older
+    /// than the TTL expires. A session touched again leaves a stale entry behind, which
+    /// is skipped when it comes up; so expiring costs O(expired), not O(sessions).
+    session_touches: VecDeque<(u64, Uuid)>,
     tasks: HashMap<Uuid, Entry>,
     expiries: VecDeque<(u64, Uuid)>,
     scfg: SessionsConfig,
@@ -265,6 +269,7 @@ impl Admission {
             pools_version: 0,
             pools: config.pools.iter().cloned().map(PoolMirror::new).collect(),
             sessions: HashMap::new(),
+            session_touches: VecDeque::new(),
             tasks: HashMap::new(),
             expiries: VecDeque::new(),
             scfg: config.sessions.clone(),
@@ -391,6 +396,33 @@ impl Admission {
                 .expect("a candidate exists"),
         };
         let kv_warmth = want_warm && session.kv_pool == Some(pool);
+        // 3 (first): room for a new session. Sessions are few-hundred-byte records kept
+        // for their TTL; the bound keeps a flood of fresh session ids from growing memory
+        // without limit.
+        if !self.sessions.contains_key(&spec.session_id)
+            && self.sessions.len() >= self.scfg.max_sessions
+        {
+            self.expire_sessions(now_ms);
+            if self.sessions.len() >= self.scfg.max_sessions {
+                let next_expiry = self
+                    .session_touches
+                    .front()
+                    .map_or(1, |(t, _)| (t + self.scfg.ttl_ms).saturating_sub(now_ms));
+                return Err(ApiError::new(
+                    ErrorClass::TooManyRequests,
+                    ErrorKind::AdmissionReject,
+                    format!(
+                        "{} sessions are live (sessions.max_sessions); a new one can start when one expires",
+                        self.sessions.len()
+                    ),
+                )
+                .with_engine(spec.engine)
+                .with_pool(self.pools[pool].cfg.id.clone())
+                .policy("sessions-full")
+                .retriable(true)
+                .retry_after_ms(next_expiry.max(1)));
+            }
+        }
         let mirror = &self.pools[pool];
 
         // 3: session turns and budgets.
@@ -534,6 +566,7 @@ impl Admission {
         }
         sess.turns += 1;
         sess.last_ms = now_ms;
+        self.session_touches.push_back((now_ms, spec.session_id));
         if !want_warm || sess.kv_pool != Some(pool) {
             sess.kv_tokens = 0;
         }
@@ -705,12 +738,30 @@ impl Admission {
                 self.tasks.remove(&id);
             }
         }
+        self.expire_sessions(now_ms);
+    }
+
+    /// Removes the sessions not touched for a TTL, except those with a task still
+    /// holding a reservation (they are looked at again a TTL later).
+    fn expire_sessions(&mut self, now_ms: u64) {
         let ttl = self.scfg.ttl_ms;
-        self.sessions.retain(|_, s| {
-            now_ms.saturating_sub(s.last_ms) <= ttl
-                || s.reserved.tokens > 0
-                || s.reserved.time_ms > 0
-        });
+        while let Some(&(t, id)) = self.session_touches.front() {
+            if now_ms.saturating_sub(t) <= ttl {
+                break;
+            }
+            self.session_touches.pop_front();
+            let Some(s) = self.sessions.get(&id) else {
+                continue; // deleted
+            };
+            if s.last_ms != t {
+                continue; // touched again since: a newer entry stands for it
+            }
+            if s.reserved.tokens > 0 || s.reserved.time_ms > 0 {
+                self.session_touches.push_back((now_ms, id));
+            } else {
+                self.sessions.remove(&id);
+            }
+        }
     }
 
     /// Every model seen and its state now.
@@ -1029,6 +1080,51 @@ mod tests {
         assert_eq!(again.queue_position, first.queue_position);
         let e = a.admit(&spec(1, 1, r#","seed":5"#), 0).unwrap_err();
         assert_eq!(e.class, ErrorClass::Conflict);
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_expire_in_order() {
+        let mut c = Config::default();
+        c.sessions.max_sessions = 2;
+        c.sessions.ttl_ms = 1000;
+        c.pools[0].slots = 100;
+        let mut a = Admission::new(&c);
+        a.admit(&spec(1, 1, ""), 0).unwrap();
+        a.admit(&spec(2, 2, ""), 400).unwrap();
+        // A known session may go on; a third one may not, until one expires.
+        a.admit(&spec(3, 1, ""), 500).unwrap();
+        let e = a.admit(&spec(4, 3, ""), 600).unwrap_err();
+        assert_eq!(e.class, ErrorClass::TooManyRequests);
+        assert_eq!(e.kind, ErrorKind::AdmissionReject);
+        assert_eq!(e.policy_label, Some("sessions-full"));
+        assert!(e.retriable);
+        // Session 1 was touched again at 500, so the first to expire is session 2
+        // (touched at 400, expires at 1400); the stale entry of session 1 at 0 is
+        // skipped. The advice counts from the oldest touch still queued.
+        assert!(e.retry_after_ms.is_some_and(|ms| ms > 0), "{e:?}");
+        // Reservations keep a session; settle the tasks so nothing is reserved.
+        for t in 1..=3 {
+            let outcome = Outcome {
+                tokens_out: 0,
+                decode_ms: 0,
+                ttft_ms: None,
+                service_ms: None,
+                ran: false,
+            };
+            a.on_finished(Uuid::from_u128(t), outcome, 600);
+        }
+        a.sweep(1401);
+        a.admit(&spec(5, 3, ""), 1401).unwrap();
+        assert_eq!(
+            a.session(&Uuid::from_u128(2), 1401).turns,
+            0,
+            "session 2 expired"
+        );
+        assert_eq!(
+            a.session(&Uuid::from_u128(1), 1401).turns,
+            2,
+            "session 1 lives on"
+        );
     }
 
     #[test]

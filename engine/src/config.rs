@@ -85,6 +85,10 @@ pub struct SessionsConfig {
     pub time_budget_ms: u64,
     /// Cost (tokens x pool cost_per_token) a session may spend; 0 = unbounded.
     pub cost_budget: f64,
+    /// Sessions kept at once; a task that would start one more is refused (429,
+    /// policy_label "sessions-full") until one expires. Bounds the memory a flood of
+    /// fresh session ids can take.
+    pub max_sessions: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -261,6 +265,7 @@ impl Default for SessionsConfig {
             tokens_budget: 0,
             time_budget_ms: 0,
             cost_budget: 0.0,
+            max_sessions: 1_000_000,
         }
     }
 }
@@ -428,6 +433,12 @@ impl Config {
         let ss = &self.sessions;
         if ss.ttl_ms == 0 {
             p.push("sessions.ttl_ms: must be at least 1".into());
+        }
+        if !(1..=100_000_000).contains(&ss.max_sessions) {
+            p.push(format!(
+                "sessions.max_sessions: {} is outside 1..=100000000",
+                ss.max_sessions
+            ));
         }
         if ss.max_turns == 0 {
             p.push("sessions.max_turns: must be at least 1".into());

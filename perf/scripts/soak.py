@@ -1,8 +1,9 @@
-"""Hostile clients for perf/scripts/soak.sh, standard library only: streams that are
-never read, and connections that trickle their request head a byte at a time. Runs
-until SECS pass, keeping COUNT of each kind open, and prints what it saw.
+"""Hostile clients for perf/scripts/soak.sh and slow_clients.sh, standard library only:
+streams that are never read, and connections that trickle their request head a byte at
+a time. Runs until SECS pass, keeping COUNT never-read streams and TRICKLERS tricklers
+(default COUNT) open, and prints what it saw.
 
-    python3 perf/scripts/soak.py HOST PORT SECS COUNT
+    python3 perf/scripts/soak.py HOST PORT SECS COUNT [TRICKLERS]
 """
 
 import json
@@ -12,6 +13,7 @@ import time
 import uuid
 
 host, port, secs, count = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+trickle_count = int(sys.argv[5]) if len(sys.argv) > 5 else count
 end = time.time() + secs
 stats = {"never_read_streams": 0, "tricklers": 0, "tricklers_cut_off": 0, "submit_failures": 0}
 
@@ -42,15 +44,20 @@ def never_read():
 
 stuck, tricklers = [], []
 head = b"GET /v1/capabilities HTTP/1.1\r\nHost: soak\r\nX-Slow: " + b"z" * 200
+stats["connect_failures"] = 0
 while time.time() < end:
-    while len(stuck) < count:
-        s = never_read()
-        if s is None:
-            break
-        stuck.append(s)
-    while len(tricklers) < count:
-        tricklers.append([socket.create_connection((host, port), timeout=5), 0])
-        stats["tricklers"] += 1
+    try:
+        while len(stuck) < count:
+            s = never_read()
+            if s is None:
+                break
+            stuck.append(s)
+        while len(tricklers) < trickle_count:
+            tricklers.append([socket.create_connection((host, port), timeout=5), 0])
+            stats["tricklers"] += 1
+    except OSError:
+        # orchd restarting (the soak kills it once): try again on the next round.
+        stats["connect_failures"] += 1
     for t in list(tricklers):
         try:
             t[0].send(head[t[1]:t[1] + 1])

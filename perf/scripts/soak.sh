@@ -63,10 +63,14 @@ TOML
 start() {
   ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr $ADDR 2>>"$DIR/orchd.log" &
   PID=$!
+  echo $PID > "$DIR/pid"  # for samples taken in background phases
   for _ in $(seq 200); do curl -fs http://$ADDR/livez >/dev/null && return; sleep 0.05; done
   echo "orchd did not start"; exit 1
 }
-sample() { echo "$(date +%s) rss_kb=$(awk '/VmRSS/ {print $2}' /proc/$PID/status) fds=$(ls /proc/$PID/fd | wc -l)" >> "$DIR/samples"; }
+sample() {
+  local pid; pid=$(cat "$DIR/pid")
+  echo "$(date +%s) rss_kb=$(awk '/VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null) fds=$(ls /proc/$pid/fd 2>/dev/null | wc -l)" >> "$DIR/samples"
+}
 start
 trap 'kill $PID 2>/dev/null || true' EXIT
 

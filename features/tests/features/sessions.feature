@@ -52,3 +52,19 @@ Feature: Sessions — turns, budgets and KV affinity across the tasks of a conve
     When I send GET "/v1/sessions/not-a-uuid"
     Then the response status is 400
     And the error code is "INVALID_PARAMS"
+
+  Scenario: A bound on live sessions refuses one more, with retry advice
+    Given orchd is running with this config:
+      """
+      [sessions]
+      max_sessions = 2
+      """
+    When I submit task A in session S1
+    And I submit task B in session S2
+    And I submit task C in session S3
+    Then the response status is 429
+    And the error code is "ADMISSION_REJECT"
+    And the response field "policy_label" is "sessions-full"
+    And the retry advice is consistent
+    When I submit task D in session S1
+    Then the response status is 202
