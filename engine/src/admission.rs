@@ -170,6 +170,9 @@ pub struct Budget {
 struct Session {
     turns: u32,
     last_ms: u64,
+    /// The time of this session's newest entry in `session_touches` (its last task, or
+    /// the last sweep that kept it for a reservation).
+    touch_ms: u64,
     /// The pool holding this session's KV cache (affinity), if any.
     kv_pool: Option<usize>,
     kv_tokens: u64,
@@ -566,6 +569,7 @@ impl Admission {
         }
         sess.turns += 1;
         sess.last_ms = now_ms;
+        sess.touch_ms = now_ms;
         self.session_touches.push_back((now_ms, spec.session_id));
         if !want_warm || sess.kv_pool != Some(pool) {
             sess.kv_tokens = 0;
@@ -750,13 +754,15 @@ impl Admission {
                 break;
             }
             self.session_touches.pop_front();
-            let Some(s) = self.sessions.get(&id) else {
+            let Some(s) = self.sessions.get_mut(&id) else {
                 continue; // deleted
             };
-            if s.last_ms != t {
+            if s.touch_ms != t {
                 continue; // touched again since: a newer entry stands for it
             }
             if s.reserved.tokens > 0 || s.reserved.time_ms > 0 {
+                // A task still holds a reservation: look again a TTL from now.
+                s.touch_ms = now_ms;
                 self.session_touches.push_back((now_ms, id));
             } else {
                 self.sessions.remove(&id);
@@ -1125,6 +1131,33 @@ mod tests {
             2,
             "session 1 lives on"
         );
+    }
+
+    #[test]
+    fn a_session_with_a_running_task_outlives_its_ttl_then_expires() {
+        let mut c = Config::default();
+        c.sessions.ttl_ms = 1000;
+        c.sessions.tokens_budget = 100;
+        let mut a = Admission::new(&c);
+        a.admit(&spec(1, 1, ""), 0).unwrap();
+        a.sweep(1500); // reserved: kept, looked at again at 2500
+        assert_eq!(a.sessions.len(), 1);
+        let outcome = Outcome {
+            tokens_out: 8,
+            decode_ms: 10,
+            ttft_ms: Some(1),
+            service_ms: Some(10),
+            ran: true,
+        };
+        a.on_finished(Uuid::from_u128(1), outcome, 1600);
+        a.sweep(2000);
+        assert_eq!(
+            a.sessions.len(),
+            1,
+            "its new entry (1500) is not a TTL old yet"
+        );
+        a.sweep(2501);
+        assert_eq!(a.sessions.len(), 0, "settled and a TTL past: gone");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub(crate) async fn shard_main(
     let app = Rc::new(ShardApp::new(app, shard));
     // This shard's share of server.max_connections.
     let max_open = app.app.config.server.max_connections.div_ceil(shards) as u64;
+    let refusing = Rc::new(std::cell::Cell::new(0usize));
     ready.ok();
     tracing::debug!(shard = app.shard.id().0, "shard serving");
 
@@ -45,7 +46,20 @@ pub(crate) async fn shard_main(
         match next {
             None => break,
             Some(Ok(conn)) if app.shard.probe.connections_open.get() >= max_open => {
-                rt::spawn_detached(refuse_conn(Rc::clone(&app), conn));
+                // Answering a refusal holds the connection up to REFUSE_LINGER; under a
+                // flood, beyond a bound of such answers in flight, just close.
+                if refusing.get() < MAX_REFUSING {
+                    refusing.set(refusing.get() + 1);
+                    let (app, refusing) = (Rc::clone(&app), Rc::clone(&refusing));
+                    rt::spawn_detached(async move {
+                        refuse_conn(app, conn).await;
+                        refusing.set(refusing.get() - 1);
+                    });
+                } else {
+                    let p = &app.shard.probe;
+                    p.connections_refused.set(p.connections_refused.get() + 1);
+                    drop(conn);
+                }
             }
             Some(Ok(conn)) => rt::spawn_detached(serve_conn(Rc::clone(&app), conn)),
             Some(Err(e)) => {
@@ -93,6 +107,9 @@ pub(crate) async fn shard_main(
 /// How long a refused connection may hold its file descriptor: to send its request
 /// head, receive its 503 and close its side.
 const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Refusals being answered at once on one shard; connections beyond are closed unanswered.
+const MAX_REFUSING: usize = 256;
 
 /// A connection over this shard's share of `server.max_connections`: 503
 /// REPLICA_EXHAUSTED with retry advice, then closed, without reading its request.
