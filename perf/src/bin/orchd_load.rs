@@ -72,6 +72,10 @@ struct Args {
     /// scrape latency; 0 = no scrapes.
     #[arg(long, default_value_t = 0)]
     scrape_every_ms: u64,
+    /// Cancel every task after this many tokens (POST .../cancel on its own connection)
+    /// and report cancel latency: from sending the cancel to the stream's terminal frame.
+    #[arg(long)]
+    cancel_after: Option<u64>,
     /// `engine` of every task (picks the pools that serve it).
     #[arg(long, default_value = "llamacpp")]
     engine: String,
@@ -88,6 +92,8 @@ struct Stats {
     ttft_us: Histogram<u64>,
     itl_us: Histogram<u64>,
     task_us: Histogram<u64>,
+    /// With --cancel-after: cancel sent -> terminal frame received.
+    cancel_us: Histogram<u64>,
 }
 
 impl Stats {
@@ -97,6 +103,7 @@ impl Stats {
             ttft_us: h(),
             itl_us: h(),
             task_us: h(),
+            cancel_us: h(),
         }
     }
 
@@ -104,6 +111,7 @@ impl Stats {
         self.ttft_us.add(&other.ttft_us).expect("same bounds");
         self.itl_us.add(&other.itl_us).expect("same bounds");
         self.task_us.add(&other.task_us).expect("same bounds");
+        self.cancel_us.add(&other.cancel_us).expect("same bounds");
     }
 }
 
@@ -314,6 +322,7 @@ async fn orchd_task(
     let mut next_id = 0u64;
     let mut next_index = 0u64;
     let mut last_token: Option<Instant> = None;
+    let mut cancel_sent: Option<Instant> = None;
     let mut terminal = 0;
     let mut ok = true;
     while let Some(frame) = body.frame().await {
@@ -367,8 +376,27 @@ async fn orchd_task(
                         }
                     }
                     last_token = Some(now);
+                    if cancel_sent.is_none() && Some(next_index) == args.cancel_after {
+                        cancel_sent = Some(Instant::now());
+                        let (addr, path) = (args.addr, format!("/v1/tasks/{task}/cancel"));
+                        let req = request(args, "POST", &path, Bytes::new());
+                        tokio::spawn(async move {
+                            if let Ok(mut s) = connect(addr).await {
+                                if let Ok(resp) = s.send_request(req).await {
+                                    let _ = resp.into_body().collect().await;
+                                }
+                            }
+                        });
+                    }
                 }
-                "end" => terminal += 1,
+                "end" => {
+                    terminal += 1;
+                    if let Some(sent) = cancel_sent {
+                        let _ = local
+                            .cancel_us
+                            .record(sent.elapsed().as_micros().max(1) as u64);
+                    }
+                }
                 "error" => {
                     terminal += 1;
                     ok = false;
@@ -719,6 +747,10 @@ async fn main() {
     } else {
         summary["mode"] = "closed".into();
     }
+    if args.cancel_after.is_some() {
+        let h = &s.cancel_us;
+        summary["cancel_to_terminal_ms"] = serde_json::json!({"n": h.len(), "p50": q(h, 0.5), "p99": q(h, 0.99), "p999": q(h, 0.999), "max": ms(h.max())});
+    }
     if let Some(h) = &scrapes {
         summary["scrape_ms"] = serde_json::json!({"n": h.len(), "p50": q(h, 0.5), "p99": q(h, 0.99), "max": ms(h.max())});
     }
@@ -761,11 +793,15 @@ async fn main() {
         "{:<22}{:>10}{:>10}{:>10}{:>10}",
         "latency (ms)", "p50", "p99", "p99.9", "max"
     );
-    for (name, h) in [
+    let mut rows = vec![
         ("time to first token", &s.ttft_us),
         ("inter-token", &s.itl_us),
         ("task", &s.task_us),
-    ] {
+    ];
+    if args.cancel_after.is_some() {
+        rows.push(("cancel -> terminal", &s.cancel_us));
+    }
+    for (name, h) in rows {
         println!(
             "{:<22}{:>10.3}{:>10.3}{:>10.3}{:>10.3}",
             name,

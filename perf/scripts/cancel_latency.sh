@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Cancel latency: streams of up to 1,000 tokens at tpot 5 ms, each canceled after 10
+# tokens by a POST .../cancel on its own connection; the figure is the time from sending
+# the cancel to receiving the stream's terminal frame (end, canceled: true). Runs at
+# CONC = 1 and 256 concurrent streams, closed loop. Loopback only; bounded.
+#
+#   bash perf/scripts/cancel_latency.sh [TASKS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TASKS=${1:-2000}
+cargo build --release -q -p orchd-http -p orchd-perf
+ORCHD=target/release/orchd; LOAD=target/release/orchd-load
+DIR=$(mktemp -d); PORT=18331; ADDR=127.0.0.1:$PORT
+cat > "$DIR/orchd.toml" <<TOML
+[sessions]
+max_turns = 1000000
+[stream]
+retention_ms = 2000
+[[pools]]
+id = "p"
+slots = 512
+queue_capacity = 1024
+[pools.adapter]
+ttft_ms = 0
+tpot_ms = 5
+TOML
+ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr $ADDR 2>"$DIR/orchd.log" &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -fs http://$ADDR/livez >/dev/null && break; sleep 0.05; done
+for CONC in 1 256; do
+  echo "== $CONC concurrent streams, cancel after 10 tokens"
+  "$LOAD" --addr $ADDR --concurrency "$CONC" --tasks "$([[ $CONC == 1 ]] && echo 200 || echo "$TASKS")" \
+    --max-tokens 1000 --cancel-after 10 --duration 60 2>/dev/null
+done
