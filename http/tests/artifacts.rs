@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use orchd_engine::config::ArtifactBackend;
 use orchd_engine::Config;
 use serde_json::json;
-use support::{task_body, uuid, Response, TestServer};
+use support::{submit_and_stream, task_body, uuid, Response, TestServer};
 
 fn post(s: &TestServer, body: &serde_json::Value) -> Response {
     s.client().send(
@@ -149,22 +149,7 @@ fn memory_backend_refuses_user_artifacts_with_507_when_full_after_evicting_trans
     c.pools[0].adapter.ttft_ms = 0;
     c.pools[0].adapter.tpot_ms = 0;
     let s = TestServer::start(c);
-    let task = uuid();
-    assert_eq!(
-        s.client()
-            .send(
-                "POST",
-                "/v1/tasks",
-                &[],
-                &task_body(&task, &uuid(), json!({"max_tokens": 4}))
-            )
-            .status,
-        202
-    );
-    let events = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
-        .collect();
+    let events = submit_and_stream(s.addr, json!({"max_tokens": 4}));
     let transcript = events.last().unwrap().data["transcript_id"]
         .as_str()
         .unwrap()
@@ -265,22 +250,7 @@ fn an_unusable_artifact_directory_gives_500_while_streams_keep_working() {
     let missing = format!("sha256:{}", "1".repeat(64));
     assert_eq!(s.get(&format!("/v1/artifacts/{missing}"), &[]).status, 500);
     for _ in 0..3 {
-        let task = uuid();
-        assert_eq!(
-            s.client()
-                .send(
-                    "POST",
-                    "/v1/tasks",
-                    &[],
-                    &task_body(&task, &uuid(), json!({"max_tokens": 5}))
-                )
-                .status,
-            202
-        );
-        let events = s
-            .client()
-            .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
-            .collect();
+        let events = submit_and_stream(s.addr, json!({"max_tokens": 5}));
         assert_eq!(events.last().unwrap().event, "end");
     }
     drop(s);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::process::{start_ready_with, temp_file, wait_bounded, KillOnDrop};
-use support::{task_body, uuid, Client, TestServer};
+use support::{submit_and_stream, task_body, uuid, Client, TestServer};
 
 fn config(toml: &str) -> orchd_http::Config {
     orchd_http::Config::from_toml_str(toml).unwrap()
@@ -18,21 +18,7 @@ fn config(toml: &str) -> orchd_http::Config {
 
 /// Streams one task to its end and checks its frames are whole and contiguous.
 fn stream_whole(addr: SocketAddr, max_tokens: u64) {
-    let task = uuid();
-    let body = task_body(
-        &task,
-        &uuid(),
-        json!({"max_tokens": max_tokens, "engine": "vllm"}),
-    );
-    assert_eq!(
-        Client::connect(addr)
-            .send("POST", "/v1/tasks", &[], &body)
-            .status,
-        202
-    );
-    let events = Client::connect(addr)
-        .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
-        .collect();
+    let events = submit_and_stream(addr, json!({"max_tokens": max_tokens, "engine": "vllm"}));
     let tokens: Vec<_> = events.iter().filter(|e| e.event == "token").collect();
     assert_eq!(tokens.len() as u64, max_tokens);
     for (i, t) in tokens.iter().enumerate() {

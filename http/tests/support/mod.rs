@@ -350,3 +350,13 @@ pub fn uuid() -> String {
 pub fn try_send(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<Response> {
     std::panic::catch_unwind(|| Client::connect(addr).send(method, path, &[], body)).ok()
 }
+
+/// Submits a task (task_body with `extra`), asserts the 202, and streams it to its end.
+pub fn submit_and_stream(addr: SocketAddr, extra: serde_json::Value) -> Vec<Event> {
+    let task = uuid();
+    let r = Client::connect(addr).send("POST", "/v1/tasks", &[], &task_body(&task, &uuid(), extra));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    Client::connect(addr)
+        .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
+        .collect()
+}

@@ -107,6 +107,17 @@ impl Stats {
         }
     }
 
+    /// Records a token arriving at `now`: time to first token from `t0` for the first,
+    /// else the gap since the previous one.
+    fn token(&mut self, t0: Instant, last: &mut Option<Instant>, now: Instant) {
+        let (h, since) = match *last {
+            None => (&mut self.ttft_us, t0),
+            Some(prev) => (&mut self.itl_us, prev),
+        };
+        let _ = h.record((now - since).as_micros().max(1) as u64);
+        *last = Some(now);
+    }
+
     fn merge(&mut self, other: &Stats) {
         self.ttft_us.add(&other.ttft_us).expect("same bounds");
         self.itl_us.add(&other.itl_us).expect("same bounds");
@@ -367,15 +378,7 @@ async fn orchd_task(
                         counters.violations.fetch_add(1, Ordering::Relaxed);
                     }
                     next_index += 1;
-                    match last_token {
-                        None => {
-                            let _ = local.ttft_us.record((now - t0).as_micros().max(1) as u64);
-                        }
-                        Some(prev) => {
-                            let _ = local.itl_us.record((now - prev).as_micros().max(1) as u64);
-                        }
-                    }
-                    last_token = Some(now);
+                    local.token(t0, &mut last_token, now);
                     if cancel_sent.is_none() && Some(next_index) == args.cancel_after {
                         cancel_sent = Some(Instant::now());
                         let (addr, path) = (args.addr, format!("/v1/tasks/{task}/cancel"));
@@ -531,15 +534,7 @@ async fn openai_once(
                 .is_some_and(|t| !t.is_empty())
             {
                 tokens += 1;
-                match last {
-                    None => {
-                        let _ = local.ttft_us.record((now - t0).as_micros().max(1) as u64);
-                    }
-                    Some(prev) => {
-                        let _ = local.itl_us.record((now - prev).as_micros().max(1) as u64);
-                    }
-                }
-                last = Some(now);
+                local.token(t0, &mut last, now);
             }
         }
     }
