@@ -6,17 +6,23 @@
 #
 #   bash perf/compare.sh                      # print (DISPATCHER=thread|shard0 picks orchd's)
 #   OUT=perf/results/$(date +%F)-compare.md bash perf/compare.sh
+#   ORCHD_BIN=/tmp/orchd-before bash perf/compare.sh   # another orchd build, same scenarios
+#
+# With `perf` on the PATH (and perf_event_paranoid <= 2), the server's system calls are
+# counted during each run (tracepoint raw_syscalls:sys_enter, all its threads) and
+# reported per delivered token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p orchd-http -p orchd-perf
+ORCHD=${ORCHD_BIN:-target/release/orchd}
 DIR=$(mktemp -d); OP=18781; BP=18782
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_orchd() { # tpot_ms
   printf '[server]\ndispatcher = "%s"\n' "${DISPATCHER:-shard0}" > "$DIR/orchd.toml"
   printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$1" "$1" >> "$DIR/orchd.toml"
-  ORCHD_LOG=warn target/release/orchd --config "$DIR/orchd.toml" --addr 127.0.0.1:$OP 2>/dev/null & echo $! > "$DIR/pid"
+  ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr 127.0.0.1:$OP 2>/dev/null & echo $! > "$DIR/pid"
   wait_up $OP
 }
 start_baseline() { # tpot_ms
@@ -26,15 +32,27 @@ start_baseline() { # tpot_ms
 wait_up() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/livez" >/dev/null && return 0; sleep 0.05; done; echo "server on $1 did not start"; exit 1; }
 stop() { kill "$(cat "$DIR/pid")" 2>/dev/null || true; wait "$(cat "$DIR/pid")" 2>/dev/null || true; }
 
-measure() { # name port conc tokens tasks -> json file with cpu added
-  local pid; pid=$(cat "$DIR/pid"); local c0 t0 c1 t1
+measure() { # name port conc tokens tasks -> json file with cpu (and syscalls) added
+  local pid; pid=$(cat "$DIR/pid"); local c0 t0 c1 t1 sp=""
+  if command -v perf >/dev/null; then
+    perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$DIR/$1.perf" 2>/dev/null & sp=$!
+    sleep 0.2
+  fi
   c0=$(cpu_ticks "$pid"); t0=$(date +%s%N)
   target/release/orchd-load --addr "127.0.0.1:$2" --concurrency "$3" --max-tokens "$4" --tasks "$5" --duration 120 --json 2>/dev/null > "$DIR/$1.json"
   c1=$(cpu_ticks "$pid"); t1=$(date +%s%N)
-  python3 - "$DIR/$1.json" $((c1 - c0)) $((t1 - t0)) "$(getconf CLK_TCK)" <<'PY'
-import json, sys
-p, ticks, ns, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-d = json.load(open(p)); d["server_cpu_cores"] = (ticks / hz) / (ns / 1e9); json.dump(d, open(p, "w"))
+  if [[ -n $sp ]]; then kill -INT "$sp"; wait "$sp" 2>/dev/null || true; fi
+  python3 - "$DIR/$1.json" $((c1 - c0)) $((t1 - t0)) "$(getconf CLK_TCK)" "$DIR/$1.perf" <<'PY'
+import json, os, sys
+p, ticks, ns, hz, perf = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+d = json.load(open(p)); d["server_cpu_cores"] = (ticks / hz) / (ns / 1e9)
+if os.path.exists(perf):
+    for line in open(perf):
+        f = line.split(",")
+        if len(f) > 2 and f[2].startswith("raw_syscalls") and f[0].isdigit():
+            d["server_syscalls"] = int(f[0])
+            d["syscalls_per_token"] = int(f[0]) / max(d["tokens"], 1)
+json.dump(d, open(p, "w"))
 PY
 }
 
@@ -46,6 +64,7 @@ scenario() { # label conc tokens tasks tpot
 echo "orchd dispatcher: ${DISPATCHER:-shard0}"
 echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
 scenario throughput 256 256 4096 0
+scenario streams1000 1000 256 8192 0
 scenario latency 1 64 2000 0
 scenario paced 1000 100 2000 50
 
@@ -53,12 +72,13 @@ python3 - "$DIR" <<'PY' | tee "${OUT:-/dev/null}"
 import json, sys, os
 d = sys.argv[1]
 rows = [
-  ("throughput", "256 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("tasks/s", "tasks_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
+  ("throughput", "256 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("tasks/s", "tasks_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
+  ("streams1000", "1000 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("latency", "1 stream at a time x 64 tokens, zero engine latency", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("tasks/s", "tasks_per_s", True)]),
   ("paced", "1000 streams x 100 tokens, 50 ms per token", [("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
 ]
 def get(j, k):
-    return j[k[0]][k[1]] if isinstance(k, tuple) else j[k]
+    return j[k[0]][k[1]] if isinstance(k, tuple) else j.get(k, float("nan"))
 print("| scenario | figure | orchd | baseline | orchd/baseline | better |")
 print("|---|---|---|---|---|---|")
 for name, desc, figs in rows:

@@ -129,6 +129,67 @@ impl NewArtifact {
     }
 }
 
+/// A task's transcript as a `trace` artifact: the document (and id) that a `POST
+/// /v1/artifacts` of the content `{"frames", "session_id", "task_id", "terminal"}` with
+/// tags `transcript` and `task:<id>` would store, serialized once into a buffer sized
+/// up front rather than through a `Value` tree (one `String` per frame, a second
+/// serialization for the id). Ends every task, so it is on the data plane's path.
+pub fn transcript(
+    task_id: uuid::Uuid,
+    session_id: uuid::Uuid,
+    frames: &[Bytes],
+    terminal: &serde_json::Value,
+) -> Stored {
+    /// Frames as JSON strings (they are UTF-8: orchd encodes them).
+    struct Frames<'a>(&'a [Bytes]);
+    impl Serialize for Frames<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|f| std::str::from_utf8(f).unwrap_or("")))
+        }
+    }
+    /// Fields in key order, as a `Value` map would write them (canonical JSON).
+    #[derive(Serialize)]
+    struct Content<'a> {
+        frames: Frames<'a>,
+        session_id: uuid::Uuid,
+        task_id: uuid::Uuid,
+        terminal: &'a serde_json::Value,
+    }
+    const HEAD: &[u8] = b"{\"content\":";
+    // Escaping adds about a fifth to SSE text (newlines and quotes).
+    let size = frames.iter().map(|f| f.len()).sum::<usize>() * 5 / 4 + 512;
+    let mut doc = Vec::with_capacity(size);
+    doc.extend_from_slice(HEAD);
+    let content = Content {
+        frames: Frames(frames),
+        session_id,
+        task_id,
+        terminal,
+    };
+    serde_json::to_writer(&mut doc, &content).expect("transcript serializes");
+    // The id hashes {"content": ..., "kind": "trace"}, as `content_id` does.
+    let mut h = Sha256::new();
+    h.update(&doc);
+    h.update(b",\"kind\":\"trace\"}");
+    let mut digest = String::with_capacity(64);
+    for b in h.finalize() {
+        digest.push_str(&format!("{b:02x}"));
+    }
+    let created_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    write!(
+        doc,
+        ",\"created_ms\":{created_ms},\"digest\":\"{digest}\",\"id\":\"sha256:{digest}\",\"kind\":\"trace\",\"tags\":[\"transcript\",\"task:{task_id}\"]}}"
+    )
+    .expect("writes to a Vec");
+    Stored {
+        json: Bytes::from(doc),
+        id: format!("sha256:{digest}"),
+        kind: ArtifactKind::Trace,
+    }
+}
+
 /// A stored artifact: its document as JSON bytes.
 #[derive(Clone, Debug)]
 pub struct Stored {
@@ -279,6 +340,42 @@ pub mod fs_store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transcript_is_the_document_a_post_of_its_content_would_store() {
+        let (task, session) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let frames = [
+            Bytes::from_static(b"id: 0\nevent: started\ndata: {\"queue_position\":0}\n\n"),
+            Bytes::from_static(
+                "id: 1\nevent: token\ndata: {\"t\":\"\u{e9}\\\"\",\"i\":0}\n\n".as_bytes(),
+            ),
+        ];
+        let terminal = serde_json::json!({"event": "end", "tokens_out": 1, "decode_ms": 0});
+        let built = transcript(task, session, &frames, &terminal);
+
+        let frames_text: Vec<&str> = frames
+            .iter()
+            .map(|f| std::str::from_utf8(f).unwrap())
+            .collect();
+        let posted = NewArtifact {
+            kind: ArtifactKind::Trace,
+            content: serde_json::json!({
+                "task_id": task, "session_id": session, "frames": frames_text, "terminal": terminal,
+            }),
+            tags: vec!["transcript".into(), format!("task:{task}")],
+            parent: None,
+            metadata: None,
+        }
+        .into_stored();
+        assert_eq!(built.id, posted.id);
+        assert_eq!(built.kind, ArtifactKind::Trace);
+        let mut a: serde_json::Value = serde_json::from_slice(&built.json).unwrap();
+        let mut b: serde_json::Value = serde_json::from_slice(&posted.json).unwrap();
+        assert!(a["created_ms"].as_u64().unwrap() > 0);
+        a["created_ms"] = 0.into();
+        b["created_ms"] = 0.into();
+        assert_eq!(a, b);
+    }
 
     #[test]
     fn ids_are_content_addresses() {

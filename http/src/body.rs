@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_lite::Stream;
 use http_body::{Frame, SizeHint};
 use uuid::Uuid;
@@ -103,6 +103,13 @@ pub(crate) struct SseBody {
 
 const HEARTBEAT: &[u8] = b": hb\n\n";
 
+/// Largest body chunk [`SseBody`] builds from frames that are already waiting. A
+/// client that is behind (a burst from a fast engine, a replay) gets its backlog in
+/// chunks of up to this size: one chunk header and one iovec each, so one `sendmsg`
+/// carries hundreds of frames instead of the five that fit hyper's 16-iovec queue when
+/// every frame is its own chunk. A lone frame is still passed on as it is, uncopied.
+const COALESCE_BYTES: usize = 16 * 1024;
+
 /// The `<seq>` of a frame, which starts `id: <seq>\n` (orchd_engine::frame).
 fn frame_id(frame: &[u8]) -> Option<u64> {
     let rest = frame.strip_prefix(b"id: ")?;
@@ -142,7 +149,66 @@ impl SseBody {
         }
     }
 
+    /// The next body chunk: the next frame (or heartbeat), joined by the frames queued
+    /// behind it up to [`COALESCE_BYTES`].
     fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let first = match self.poll_one(cx) {
+            Poll::Ready(Some(first)) => first,
+            other => return other,
+        };
+        let mut joined: Option<BytesMut> = None;
+        while !self.done && joined.as_ref().map_or(first.len(), |j| j.len()) < COALESCE_BYTES {
+            let Some(next) = self.poll_queued(cx) else {
+                break;
+            };
+            joined
+                .get_or_insert_with(|| {
+                    let mut j = BytesMut::with_capacity(COALESCE_BYTES + 1024);
+                    j.extend_from_slice(&first);
+                    j
+                })
+                .extend_from_slice(&next);
+        }
+        Poll::Ready(Some(joined.map_or(first, BytesMut::freeze)))
+    }
+
+    /// A frame already waiting in the subscription, without waiting for one.
+    fn poll_queued(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
+        if self.resubscribing.is_some() {
+            return None;
+        }
+        loop {
+            match Pin::new(self.rx.as_mut()?).poll_next(cx) {
+                Poll::Ready(Some((bytes, terminal))) => {
+                    if let Some(b) = self.accept(bytes, terminal) {
+                        return Some(b);
+                    }
+                }
+                Poll::Ready(None) => {
+                    // Dropped for falling behind: poll_one resubscribes next time.
+                    return None;
+                }
+                Poll::Pending => return None,
+            }
+        }
+    }
+
+    /// Takes a frame from the owner: marks the end, skips frames the client has seen.
+    fn accept(&mut self, bytes: Bytes, terminal: bool) -> Option<Bytes> {
+        self.done = terminal;
+        match frame_id(&bytes) {
+            // A client resuming past the frames produced so far is handed the live
+            // frames from the next one produced on: skip those at or below its
+            // Last-Event-ID.
+            Some(id) if id < self.next_id => return None,
+            Some(id) => self.next_id = id + 1,
+            None => self.next_id += 1,
+        }
+        self.last_sent = Instant::now();
+        Some(bytes)
+    }
+
+    fn poll_one(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         loop {
             if self.done {
                 return Poll::Ready(None);
@@ -162,19 +228,10 @@ impl SseBody {
                 }
             } else if let Some(rx) = self.rx.as_mut() {
                 match Pin::new(rx).poll_next(cx) {
-                    Poll::Ready(Some((bytes, terminal))) => {
-                        self.done = terminal;
-                        match frame_id(&bytes) {
-                            // A client resuming past the frames produced so far is
-                            // handed the live frames from the next one produced on:
-                            // skip those at or below its Last-Event-ID.
-                            Some(id) if id < self.next_id => continue,
-                            Some(id) => self.next_id = id + 1,
-                            None => self.next_id += 1,
-                        }
-                        self.last_sent = Instant::now();
-                        return Poll::Ready(Some(bytes));
-                    }
+                    Poll::Ready(Some((bytes, terminal))) => match self.accept(bytes, terminal) {
+                        Some(b) => return Poll::Ready(Some(b)),
+                        None => continue,
+                    },
                     Poll::Ready(None) => {
                         // Dropped by the owner before the terminal frame: we fell
                         // behind. Pick up from the cursor.

@@ -182,6 +182,37 @@ fn replay_from_zero_and_last_event_id_resume() {
     assert_eq!(r.status, 400);
 }
 
+/// A subscriber behind the frame log (here: a replay of a finished task) gets the
+/// frames waiting for it joined into large body chunks, not one chunk per frame, and
+/// still every frame, in order, byte for byte.
+#[test]
+fn a_replayed_backlog_is_sent_in_a_few_large_chunks() {
+    let s = TestServer::start(fast(2));
+    let task = uuid();
+    assert_eq!(
+        submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 256}))).status,
+        202
+    );
+    let full = stream(&s, &task);
+    assert_well_formed(&full);
+    assert!(full.len() > 256);
+    let mut r = s
+        .client()
+        .open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
+    let mut again = Vec::new();
+    while let Some(e) = r.next_event() {
+        again.push(e);
+    }
+    assert_eq!(again, full);
+    // The first frame goes out alone; the ~12 KB behind it fit one 16 KiB chunk.
+    assert!(
+        r.chunks <= 4,
+        "{} frames in {} chunks",
+        full.len(),
+        r.chunks
+    );
+}
+
 /// Found by schemathesis (contracts/schemathesis/run.sh): a client resuming a live task
 /// with a Last-Event-ID beyond the frames produced so far was sent the frames produced
 /// from then on (ids 2, 3, ... after `Last-Event-ID: 1921`), not only those after n.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Cancel latency: streams of up to 1,000 tokens at tpot 5 ms, each canceled after 10
-# tokens by a POST .../cancel on its own connection; the figure is the time from sending
-# the cancel to receiving the stream's terminal frame (end, canceled: true). Runs at
-# CONC = 1 and 256 concurrent streams, closed loop. Loopback only; bounded.
+# tokens by a POST .../cancel on a second, kept-alive connection of the same client (and,
+# for comparison, on a new connection each time: connect included); the figure is the
+# time from sending the cancel to receiving the stream's terminal frame (end, canceled:
+# true). Runs at 1 and 256 concurrent streams, closed loop. Loopback only; bounded.
 #
 #   bash perf/scripts/cancel_latency.sh [TASKS]
 set -euo pipefail
@@ -28,8 +29,9 @@ ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr $ADDR 2>"$DIR/orchd.lo
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -fs http://$ADDR/livez >/dev/null && break; sleep 0.05; done
-for CONC in 1 256; do
-  echo "== $CONC concurrent streams, cancel after 10 tokens"
-  "$LOAD" --addr $ADDR --concurrency "$CONC" --tasks "$([[ $CONC == 1 ]] && echo 200 || echo "$TASKS")" \
-    --max-tokens 1000 --cancel-after 10 --duration 60 2>/dev/null
+for RUN in "1 keep" "1 fresh" "256 keep" "256 fresh"; do
+  read -r CONC MODE <<<"$RUN"
+  echo "== $CONC concurrent streams, cancel after 10 tokens, cancel connection: $MODE"
+  "$LOAD" --addr $ADDR --concurrency "$CONC" --tasks "$([[ $CONC == 1 ]] && echo 500 || echo "$TASKS")" \
+    --max-tokens 1000 --cancel-after 10 --duration 60 $([[ $MODE == fresh ]] && echo --cancel-fresh) 2>/dev/null
 done

@@ -12,14 +12,14 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use uuid::Uuid;
 
 use orchd_engine::admission::{Admitted, Outcome};
-use orchd_engine::artifact::{content_id, ArtifactKind, Stored};
+use orchd_engine::artifact::Stored;
 use orchd_engine::config::{Config, PoolConfig, StreamConfig};
 use orchd_engine::frame::{self, Event};
 use orchd_engine::mock::MockTokens;
@@ -198,6 +198,8 @@ struct OwnerPool {
     reported_version: Option<String>,
     busy: u32,
     queue: [VecDeque<Uuid>; 2],
+    /// A position update of this pool's queue is due (`stream.position_update_ms`).
+    positions_due: bool,
     /// Start to end of recent tasks, for predictions in metrics frames.
     service_ms: f64,
     tpot_ms: f64,
@@ -255,6 +257,7 @@ impl Owner {
                     reported_version: None,
                     busy: 0,
                     queue: [VecDeque::new(), VecDeque::new()],
+                    positions_due: false,
                     service_ms: p.adapter.ttft_ms as f64 + 64.0 * tpot,
                     tpot_ms: tpot,
                 };
@@ -589,20 +592,41 @@ impl Owner {
         for (id, how) in ending {
             self.finish(shard, id, how, now);
         }
-        // Position updates for everyone still waiting.
-        let pool = &self.pools[&pool_index];
-        let order: Vec<Uuid> = pool.queue[0]
-            .iter()
-            .chain(pool.queue[1].iter())
-            .copied()
-            .collect();
-        for (i, id) in order.into_iter().enumerate() {
-            let Some(rc) = self.tasks.get(&id) else {
+        // A newly queued task hears its place at once; the others' moves are reported
+        // together, at most every stream.position_update_ms.
+        let window = self.stream.position_update_ms;
+        self.update_positions(pool_index, now, window > 0);
+        let Some(pool) = self.pools.get_mut(&pool_index) else {
+            return;
+        };
+        if window > 0 && !pool.positions_due && pool.depth() > 0 {
+            pool.positions_due = true;
+            let shard = Rc::clone(shard);
+            rt::spawn_detached(async move {
+                rt::sleep(Duration::from_millis(window)).await;
+                let mut owner = shard.owner.borrow_mut();
+                if let Some(p) = owner.pools.get_mut(&pool_index) {
+                    p.positions_due = false;
+                }
+                owner.update_positions(pool_index, Instant::now(), false);
+            });
+        }
+    }
+
+    /// Sends a `metrics` frame to each queued task of the pool whose position changed
+    /// (with `only_new`, only to tasks that never had one).
+    fn update_positions(&mut self, pool_index: usize, now: Instant, only_new: bool) {
+        let Some(pool) = self.pools.get(&pool_index) else {
+            return;
+        };
+        let order = pool.queue[0].iter().chain(pool.queue[1].iter());
+        for (i, id) in order.enumerate() {
+            let Some(rc) = self.tasks.get(id) else {
                 continue;
             };
             let mut t = rc.borrow_mut();
             let pos = i as u32 + 1;
-            if t.position != pos {
+            if t.position != pos && (!only_new || t.position == u32::MAX) {
                 t.position = pos;
                 t.last_metrics_at = now;
                 let f = self.metrics_frame(&t, now);
@@ -612,12 +636,46 @@ impl Owner {
     }
 
     /// Ends a task with its terminal frame (once), frees its slot or queue place,
-    /// stores its transcript, tells the dispatcher. Returns its token count.
+    /// stores its transcript, tells the dispatcher, then lets its pool move on (start
+    /// the next task, tell the queued ones their new places). Returns its token count.
     fn finish(&mut self, shard: &Rc<Shard>, id: Uuid, how: Terminal, now: Instant) -> Option<u32> {
+        let (tokens, pool) = self.end_task(shard, id, how, now)?;
+        if let Some(pool) = pool {
+            self.pump(shard, pool, now);
+        }
+        Some(tokens)
+    }
+
+    /// Ends several tasks, then moves each affected pool on once: a queue that loses
+    /// many tasks at once (a drain, deadlines) sends each survivor one position update,
+    /// not one per task ahead of it that ended.
+    fn finish_all(&mut self, shard: &Rc<Shard>, ending: Vec<(Uuid, Terminal)>, now: Instant) {
+        let mut pools = Vec::new();
+        for (id, how) in ending {
+            if let Some((_, Some(pool))) = self.end_task(shard, id, how, now) {
+                if !pools.contains(&pool) {
+                    pools.push(pool);
+                }
+            }
+        }
+        for pool in pools {
+            self.pump(shard, pool, now);
+        }
+    }
+
+    /// [`Owner::finish`] without moving the pool on. Returns the task's token count and,
+    /// when this call ended it, its pool.
+    fn end_task(
+        &mut self,
+        shard: &Rc<Shard>,
+        id: Uuid,
+        how: Terminal,
+        now: Instant,
+    ) -> Option<(u32, Option<usize>)> {
         let rc = self.tasks.get(&id).cloned()?;
         let mut t = rc.borrow_mut();
         if t.state == State::Done {
-            return Some(t.tokens_out);
+            return Some((t.tokens_out, None));
         }
         let ran = t.state == State::Running;
         t.state = State::Done;
@@ -723,8 +781,7 @@ impl Owner {
         );
         self.retained
             .push_back((now + Duration::from_millis(self.stream.retention_ms), id));
-        self.pump(shard, pool_index, now);
-        Some(tokens)
+        Some((tokens, Some(pool_index)))
     }
 
     /// Cancels a task (no-op once it has ended); returns the tokens it produced.
@@ -853,9 +910,7 @@ impl Owner {
             let f = self.metrics_frame(&t, now);
             t.emit(f, false, now);
         }
-        for (id, how) in ending {
-            self.finish(shard, id, how, now);
-        }
+        self.finish_all(shard, ending, now);
         while let Some(&(at, id)) = self.retained.front() {
             if at > now {
                 break;
@@ -874,14 +929,18 @@ impl Owner {
             .filter(|(_, t)| t.borrow().state != State::Done)
             .map(|(id, _)| *id)
             .collect();
-        for id in live {
-            let how = Terminal::Error {
-                reason: "shutdown",
-                kind: ErrorKind::PoolUnavailable,
-                message: message.to_string(),
-            };
-            self.finish(shard, id, how, now);
-        }
+        let ending = live
+            .into_iter()
+            .map(|id| {
+                let how = Terminal::Error {
+                    reason: "shutdown",
+                    kind: ErrorKind::PoolUnavailable,
+                    message: message.to_string(),
+                };
+                (id, how)
+            })
+            .collect();
+        self.finish_all(shard, ending, now);
     }
 
     /// How often [`Owner::sweep`] should run.
@@ -927,34 +986,7 @@ fn store_transcript(shard: &Rc<Shard>, stored: Stored) {
 
 /// The task's frames as a `trace` artifact; its id is the `transcript_id`.
 fn transcript(t: &TaskRun, summary: serde_json::Value) -> Stored {
-    let frames: Vec<&str> = t
-        .frames
-        .iter()
-        .map(|f| std::str::from_utf8(f).unwrap_or(""))
-        .collect();
-    let content = serde_json::json!({
-        "task_id": t.spec.task_id,
-        "session_id": t.spec.session_id,
-        "frames": frames,
-        "terminal": summary,
-    });
-    let id = content_id(ArtifactKind::Trace, &content);
-    let created_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let doc = serde_json::json!({
-        "id": id,
-        "kind": "trace",
-        "digest": id.trim_start_matches("sha256:"),
-        "created_ms": created_ms,
-        "tags": ["transcript", format!("task:{}", t.spec.task_id)],
-        "content": content,
-    });
-    Stored {
-        json: Bytes::from(serde_json::to_vec(&doc).expect("transcript serializes")),
-        id,
-        kind: ArtifactKind::Trace,
-    }
+    orchd_engine::artifact::transcript(t.spec.task_id, t.spec.session_id, &t.frames, &summary)
 }
 
 enum Step {

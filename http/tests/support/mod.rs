@@ -221,6 +221,8 @@ pub struct SseReader {
     pub headers: Vec<(String, String)>,
     buf: Vec<u8>,
     pub heartbeats: usize,
+    /// Body chunks (of the chunked encoding) read so far.
+    pub chunks: usize,
     ended: bool,
 }
 
@@ -241,6 +243,7 @@ impl Client {
             headers,
             buf: Vec::new(),
             heartbeats: 0,
+            chunks: 0,
             ended: false,
         }
     }
@@ -272,6 +275,7 @@ impl SseReader {
             return false;
         }
         self.buf.extend_from_slice(&chunk[..n]);
+        self.chunks += 1;
         true
     }
 

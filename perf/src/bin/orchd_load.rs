@@ -72,10 +72,14 @@ struct Args {
     /// scrape latency; 0 = no scrapes.
     #[arg(long, default_value_t = 0)]
     scrape_every_ms: u64,
-    /// Cancel every task after this many tokens (POST .../cancel on its own connection)
-    /// and report cancel latency: from sending the cancel to the stream's terminal frame.
+    /// Cancel every task after this many tokens (POST .../cancel on a second, kept-alive
+    /// connection of the user) and report cancel latency: from sending the cancel to the
+    /// stream's terminal frame.
     #[arg(long)]
     cancel_after: Option<u64>,
+    /// With --cancel-after: send each cancel on a new connection (connect included).
+    #[arg(long)]
+    cancel_fresh: bool,
     /// `engine` of every task (picks the pools that serve it).
     #[arg(long, default_value = "llamacpp")]
     engine: String,
@@ -168,6 +172,12 @@ fn request(args: &Args, method: &str, path: &str, body: Bytes) -> Request<Full<B
     b.body(Full::new(body)).expect("request builds")
 }
 
+/// The index of a `token` frame.
+#[derive(serde::Deserialize)]
+struct TokenIndex {
+    i: u64,
+}
+
 /// One virtual user.
 async fn user(
     args: Arc<Args>,
@@ -184,6 +194,11 @@ async fn user(
             return;
         }
     };
+    // The connection cancels go out on, opened before the clock starts.
+    let mut control = None;
+    if args.cancel_after.is_some() && !args.cancel_fresh {
+        control = connect(args.addr).await.ok();
+    }
     let session = uuid::Uuid::new_v4();
     while Instant::now() < stop_at {
         if counters.started.fetch_add(1, Ordering::Relaxed) >= args.tasks {
@@ -210,6 +225,7 @@ async fn user(
         orchd_task(
             &args,
             &mut sender,
+            &mut control,
             session,
             &mut local,
             &counters,
@@ -238,6 +254,7 @@ struct Plan {
 async fn orchd_task(
     args: &Args,
     sender: &mut Sender,
+    control: &mut Option<Sender>,
     session: uuid::Uuid,
     local: &mut Stats,
     counters: &Counters,
@@ -334,6 +351,7 @@ async fn orchd_task(
     let mut next_index = 0u64;
     let mut last_token: Option<Instant> = None;
     let mut cancel_sent: Option<Instant> = None;
+    let mut control_back = None;
     let mut terminal = 0;
     let mut ok = true;
     while let Some(frame) = body.frame().await {
@@ -346,12 +364,16 @@ async fn orchd_task(
         };
         buf.extend_from_slice(data);
         let now = Instant::now();
-        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-            let ev: Vec<u8> = buf.drain(..pos + 2).collect();
+        // Events are parsed in place and the buffer is drained once per chunk: a chunk
+        // may carry hundreds of frames.
+        let mut start = 0;
+        while let Some(pos) = buf[start..].windows(2).position(|w| w == b"\n\n") {
+            let ev = &buf[start..start + pos + 2];
+            start += pos + 2;
             if ev.first() == Some(&b':') {
                 continue;
             }
-            let text = std::str::from_utf8(&ev).unwrap_or("");
+            let text = std::str::from_utf8(ev).unwrap_or("");
             let mut lines = text.lines();
             let id = lines
                 .next()
@@ -371,9 +393,7 @@ async fn orchd_task(
                         .next()
                         .and_then(|l| l.strip_prefix("data: "))
                         .unwrap_or("{}");
-                    let i = serde_json::from_str::<serde_json::Value>(data)
-                        .ok()
-                        .and_then(|v| v["i"].as_u64());
+                    let i = serde_json::from_str::<TokenIndex>(data).ok().map(|t| t.i);
                     if i != Some(next_index) {
                         counters.violations.fetch_add(1, Ordering::Relaxed);
                     }
@@ -383,12 +403,27 @@ async fn orchd_task(
                         cancel_sent = Some(Instant::now());
                         let (addr, path) = (args.addr, format!("/v1/tasks/{task}/cancel"));
                         let req = request(args, "POST", &path, Bytes::new());
+                        let kept = control.take();
+                        let (back, returned) = tokio::sync::oneshot::channel();
+                        control_back = Some(returned);
                         tokio::spawn(async move {
-                            if let Ok(mut s) = connect(addr).await {
-                                if let Ok(resp) = s.send_request(req).await {
-                                    let _ = resp.into_body().collect().await;
+                            let mut s = match kept {
+                                Some(s) => s,
+                                None => match connect(addr).await {
+                                    Ok(s) => s,
+                                    Err(_) => return,
+                                },
+                            };
+                            if s.ready().await.is_err() {
+                                match connect(addr).await {
+                                    Ok(fresh) => s = fresh,
+                                    Err(_) => return,
                                 }
                             }
+                            if let Ok(resp) = s.send_request(req).await {
+                                let _ = resp.into_body().collect().await;
+                            }
+                            let _ = back.send(s);
                         });
                     }
                 }
@@ -407,9 +442,17 @@ async fn orchd_task(
                 _ => {}
             }
         }
+        buf.drain(..start);
     }
     if terminal != 1 {
         counters.violations.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(returned) = control_back {
+        if let Ok(s) = returned.await {
+            if !args.cancel_fresh {
+                *control = Some(s);
+            }
+        }
     }
     if ok {
         let _ = local.task_us.record(t0.elapsed().as_micros().max(1) as u64);
@@ -519,9 +562,11 @@ async fn openai_once(
         let Some(d) = frame.data_ref() else { continue };
         buf.extend_from_slice(d);
         let now = Instant::now();
-        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-            let ev: Vec<u8> = buf.drain(..pos + 2).collect();
-            let text = std::str::from_utf8(&ev).unwrap_or("");
+        let mut start = 0;
+        while let Some(pos) = buf[start..].windows(2).position(|w| w == b"\n\n") {
+            let ev = &buf[start..start + pos + 2];
+            start += pos + 2;
+            let text = std::str::from_utf8(ev).unwrap_or("");
             let Some(data) = text.trim_end().strip_prefix("data: ") else {
                 continue;
             };
@@ -537,6 +582,7 @@ async fn openai_once(
                 local.token(t0, &mut last, now);
             }
         }
+        buf.drain(..start);
     }
     Some(tokens)
 }
@@ -587,6 +633,7 @@ async fn open_loop(
                     orchd_task(
                         &args,
                         &mut sender,
+                        &mut None,
                         session,
                         &mut local,
                         &counters,

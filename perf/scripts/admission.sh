@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Admission throughput, side by side in one run (issue 7 targets):
+#  - accepted: `POST /v1/tasks` answered 202 per second, orchd vs the tokio/axum
+#    baseline; every task is new (wrk script perf/scripts/submit.lua), has 16 tokens at
+#    zero engine latency and runs with nobody streaming it; slots and queue are large
+#    enough that nothing is refused (wrk's non-2xx count must be 0);
+#  - refused: `POST /v1/tasks` answered 429 (queue full, with retry advice) per second,
+#    orchd vs the hello-world hyper ceiling (`GET /`): the pool's one slot is held by a
+#    long task and its queue has no room, so every POST is refused.
+# Servers are pinned to core 0 (orchd with one shard), wrk (one thread) to core 1.
+# Loopback only; bounded by DURATION.
+#
+#   bash perf/scripts/admission.sh [DURATION_S] [CONNECTIONS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DUR=${1:-5}; CONNS=${2:-64}; ROUNDS=${3:-3}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
+cargo build --release -q -p orchd-http -p orchd-perf
+ORCHD=${ORCHD_BIN:-target/release/orchd}; BASE=target/release/baseline-axum; HELLO=target/release/hello-hyper
+LUA=perf/scripts/submit.lua
+DIR=$(mktemp -d); P=18191
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
+
+wait_port() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$P$1" >/dev/null && return 0; sleep 0.05; done; echo "no server on $P"; exit 1; }
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# wrk [extra args] URL -> "req/s non-2xx total"
+load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "$@" > "$DIR/wrk.txt"
+  awk '/Requests\/sec/ {r=$2} /Non-2xx/ {n=$5} /requests in/ {t=$1} END {printf "%s %d %d\n", r, n, t}' "$DIR/wrk.txt"; }
+one_task() { # submits one task (it takes the slot) with curl
+  curl -fs -o /dev/null -H 'content-type: application/json' "http://127.0.0.1:$P/v1/tasks" -d \
+    "{\"task_id\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\",\"session_id\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\",\"workload\":\"completion\",\"model_ref\":\"m\",\"engine\":\"llamacpp\",\"ctx\":8192,\"priority\":\"interactive\",\"max_tokens\":16,\"deadline_ms\":3600000,\"prompt\":\"hold\"}"; }
+
+orchd() { # slots queue ttft_ms -> starts orchd, pid in $S
+  cat > "$DIR/orchd.toml" <<TOML
+[sessions]
+max_turns = 1000000
+[stream]
+retention_ms = 1000
+orphan_timeout_ms = 3600000
+[[pools]]
+id = "p"
+slots = $1
+queue_capacity = $2
+[pools.adapter]
+ttft_ms = $3
+tpot_ms = 0
+decode_timeout_ms = 3600000
+TOML
+  ORCHD_LOG=warn taskset -c 0 "$ORCHD" --config "$DIR/orchd.toml" --addr 127.0.0.1:$P --shards 1 2>"$DIR/orchd.log" &
+  S=$!; PIDS+=("$S"); wait_port /livez
+}
+baseline() { # slots queue ttft_ms
+  taskset -c 0 "$BASE" 127.0.0.1:$P --slots "$1" --queue "$2" --ttft-ms "$3" 2>/dev/null &
+  S=$!; PIDS+=("$S"); wait_port /livez
+}
+hello() { taskset -c 0 "$HELLO" 127.0.0.1:$P 2>/dev/null & S=$!; PIDS+=("$S"); wait_port /; }
+
+echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
+echo "wrk -t1 -c$CONNS -d${DUR}s; servers on core 0, wrk on core 1"
+for r in $(seq "$ROUNDS"); do
+  orchd 4096 100000 0;   read -r oa on ot < <(load -s $LUA "http://127.0.0.1:$P/v1/tasks"); stop "$S"
+  baseline 4096 100000 0; read -r ba bn bt < <(load -s $LUA "http://127.0.0.1:$P/v1/tasks"); stop "$S"
+  orchd 1 0 3600000; one_task; read -r orf orn ort < <(load -s $LUA "http://127.0.0.1:$P/v1/tasks"); stop "$S"
+  hello;                 read -r h _ < <(load "http://127.0.0.1:$P/"); stop "$S"
+  printf 'round %d: accepted/s orchd %s (%s of %s refused) baseline %s (%s of %s refused) ratio %s | 429/s orchd %s (%s of %s refused) hello-world %s ratio %s\n' \
+    "$r" "$oa" "$on" "$ot" "$ba" "$bn" "$bt" "$(awk -v a="$oa" -v b="$ba" 'BEGIN{printf "%.2f", a/b}')" \
+    "$orf" "$orn" "$ort" "$h" "$(awk -v a="$orf" -v b="$h" 'BEGIN{printf "%.2f", a/b}')"
+done
