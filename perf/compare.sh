@@ -7,6 +7,7 @@
 #   bash perf/compare.sh                      # print (DISPATCHER=thread|shard0 picks orchd's)
 #   OUT=perf/results/$(date +%F)-compare.md bash perf/compare.sh
 #   ORCHD_BIN=/tmp/orchd-before bash perf/compare.sh   # another orchd build, same scenarios
+#   ONLY="throughput streams1000" bash perf/compare.sh  # some scenarios only
 #
 # With `perf` on the PATH (and perf_event_paranoid <= 2), the server's system calls are
 # counted during each run (tracepoint raw_syscalls:sys_enter, all its threads) and
@@ -19,14 +20,14 @@ ORCHD=${ORCHD_BIN:-target/release/orchd}
 DIR=$(mktemp -d); OP=18781; BP=18782
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-start_orchd() { # tpot_ms
+start_orchd() { # tpot_ms slots_per_pool
   printf '[server]\ndispatcher = "%s"\n' "${DISPATCHER:-shard0}" > "$DIR/orchd.toml"
-  printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$1" "$1" >> "$DIR/orchd.toml"
+  printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$2" "$1" "$2" "$1" >> "$DIR/orchd.toml"
   ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr 127.0.0.1:$OP 2>/dev/null & echo $! > "$DIR/pid"
   wait_up $OP
 }
-start_baseline() { # tpot_ms
-  target/release/baseline-axum 127.0.0.1:$BP --slots 512 --queue 8192 --tpot-ms "$1" 2>/dev/null & echo $! > "$DIR/pid"
+start_baseline() { # tpot_ms slots
+  target/release/baseline-axum 127.0.0.1:$BP --slots "$2" --queue 8192 --tpot-ms "$1" 2>/dev/null & echo $! > "$DIR/pid"
   wait_up $BP
 }
 wait_up() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/livez" >/dev/null && return 0; sleep 0.05; done; echo "server on $1 did not start"; exit 1; }
@@ -56,9 +57,11 @@ json.dump(d, open(p, "w"))
 PY
 }
 
-scenario() { # label conc tokens tasks tpot
-  start_orchd "$5"; measure "orchd-$1" $OP "$2" "$3" "$4"; stop
-  start_baseline "$5"; measure "base-$1" $BP "$2" "$3" "$4"; stop
+scenario() { # label conc tokens tasks tpot [slots, of each of orchd's 2 pools; 256]
+  [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]] || return 0
+  local slots=${6:-256}
+  start_orchd "$5" "$slots"; measure "orchd-$1" $OP "$2" "$3" "$4"; stop
+  start_baseline "$5" $((2 * slots)); measure "base-$1" $BP "$2" "$3" "$4"; stop
 }
 
 echo "orchd dispatcher: ${DISPATCHER:-shard0}"
@@ -67,6 +70,7 @@ scenario throughput 256 256 4096 0
 scenario streams1000 1000 256 8192 0
 scenario latency 1 64 2000 0
 scenario paced 1000 100 2000 50
+scenario paced1000 1000 100 3000 50 1024
 
 python3 - "$DIR" <<'PY' | tee "${OUT:-/dev/null}"
 import json, sys, os
@@ -75,6 +79,7 @@ rows = [
   ("throughput", "256 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("tasks/s", "tasks_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("streams1000", "1000 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("latency", "1 stream at a time x 64 tokens, zero engine latency", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("tasks/s", "tasks_per_s", True)]),
+  ("paced1000", "1000 streams x 100 tokens, 50 ms per token, 2048 slots: every stream runs", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
   ("paced", "1000 streams x 100 tokens, 50 ms per token", [("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
 ]
 def get(j, k):
@@ -82,6 +87,8 @@ def get(j, k):
 print("| scenario | figure | orchd | baseline | orchd/baseline | better |")
 print("|---|---|---|---|---|---|")
 for name, desc, figs in rows:
+    if not os.path.exists(os.path.join(d, f"orchd-{name}.json")):
+        continue
     o = json.load(open(os.path.join(d, f"orchd-{name}.json")))
     b = json.load(open(os.path.join(d, f"base-{name}.json")))
     for label, key, higher in figs:
