@@ -108,7 +108,9 @@ const HEARTBEAT: &[u8] = b": hb\n\n";
 /// chunks of up to this size: one chunk header and one iovec each, so one `sendmsg`
 /// carries hundreds of frames instead of the five that fit hyper's 16-iovec queue when
 /// every frame is its own chunk. A lone frame is still passed on as it is, uncopied.
-const COALESCE_BYTES: usize = 16 * 1024;
+/// The chunks are copies, and hyper queues up to five of them for a client that does
+/// not read: 4 KiB keeps that under 20 KiB a connection.
+const COALESCE_BYTES: usize = 4 * 1024;
 
 /// The `<seq>` of a frame, which starts `id: <seq>\n` (orchd_engine::frame).
 fn frame_id(frame: &[u8]) -> Option<u64> {
@@ -163,7 +165,7 @@ impl SseBody {
             };
             joined
                 .get_or_insert_with(|| {
-                    let mut j = BytesMut::with_capacity(COALESCE_BYTES + 1024);
+                    let mut j = BytesMut::with_capacity(COALESCE_BYTES + 512);
                     j.extend_from_slice(&first);
                     j
                 })
