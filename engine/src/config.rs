@@ -256,7 +256,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 65_536,
             max_connections: 16_384,
-            mailbox_capacity: 1024,
+            mailbox_capacity: 8192,
             dispatcher: DispatcherPlacement::Shard0,
         }
     }

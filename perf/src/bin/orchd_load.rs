@@ -90,6 +90,10 @@ struct Args {
     /// generator and counted (a bound on the generator, not a server figure).
     #[arg(long, default_value_t = 20_000)]
     max_in_flight: u64,
+    /// Also draw the latency percentile curves (time to first token, inter-token, task,
+    /// cancel) into this SVG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 struct Stats {
@@ -795,6 +799,40 @@ async fn main() {
     }
     if let Some(h) = &scrapes {
         summary["scrape_ms"] = serde_json::json!({"n": h.len(), "p50": q(h, 0.5), "p99": q(h, 0.99), "max": ms(h.max())});
+    }
+    if let Some(path) = &args.plot {
+        use orchd_perf::plot::{write_svg, Series};
+        let title = format!(
+            "orchd-load: {} tasks, {} tokens each, {}",
+            done,
+            args.max_tokens,
+            match arrivals {
+                Some(_) => format!("open loop at {}/s", args.rate),
+                None => format!("{} users", args.concurrency),
+            }
+        );
+        let series = [
+            Series {
+                name: "time to first token",
+                micros: &s.ttft_us,
+            },
+            Series {
+                name: "inter-token",
+                micros: &s.itl_us,
+            },
+            Series {
+                name: "task",
+                micros: &s.task_us,
+            },
+            Series {
+                name: "cancel -> terminal",
+                micros: &s.cancel_us,
+            },
+        ];
+        match write_svg(path, &title, &series) {
+            Ok(()) => eprintln!("latency plot: {}", path.display()),
+            Err(e) => eprintln!("latency plot not written: {e}"),
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
