@@ -170,8 +170,8 @@ pub struct Budget {
 struct Session {
     turns: u32,
     last_ms: u64,
-    /// The time of this session's newest entry in `session_touches` (its last task, or
-    /// the last sweep that kept it for a reservation).
+    /// The time of this session's newest entry in `session_touches` (the first task of
+    /// its latest granularity window, or the last sweep that kept it for a reservation).
     touch_ms: u64,
     /// The pool holding this session's KV cache (affinity), if any.
     kv_pool: Option<usize>,
@@ -249,8 +249,10 @@ pub struct Admission {
     pub pools_version: u64,
     sessions: HashMap<Uuid, Session>,
     /// (time of a touch, session), oldest first: a session whose newest touch is older
-    /// than the TTL expires. A session touched again leaves a stale entry behind, which
-    /// is skipped when it comes up; so expiring costs O(expired), not O(sessions).
+    /// than the TTL expires. A session touched again (at least `touch_granularity`
+    /// later) leaves a stale entry behind, which is skipped when it comes up; so
+    /// expiring costs O(expired), not O(sessions), and a busy session adds at most one
+    /// entry per granularity however many tasks it runs.
     session_touches: VecDeque<(u64, Uuid)>,
     tasks: HashMap<Uuid, Entry>,
     expiries: VecDeque<(u64, Uuid)>,
@@ -563,14 +565,22 @@ impl Admission {
             m.queued[class].push_back(spec.task_id);
         }
         let ttl = self.scfg.ttl_ms;
+        let granularity = self.touch_granularity();
+        let known = self.sessions.contains_key(&spec.session_id);
         let sess = self.sessions.entry(spec.session_id).or_default();
+        let mut new_entry = !known || now_ms.saturating_sub(sess.touch_ms) >= granularity;
         if now_ms.saturating_sub(sess.last_ms) > ttl && sess.turns > 0 {
             *sess = Session::default();
+            new_entry = true;
         }
         sess.turns += 1;
         sess.last_ms = now_ms;
-        sess.touch_ms = now_ms;
-        self.session_touches.push_back((now_ms, spec.session_id));
+        // A session busy with many tasks keeps one entry per `granularity`, not one per
+        // task: the queue's length is bounded by sessions, not by tasks per TTL.
+        if new_entry {
+            sess.touch_ms = now_ms;
+            self.session_touches.push_back((now_ms, spec.session_id));
+        }
         if !want_warm || sess.kv_pool != Some(pool) {
             sess.kv_tokens = 0;
         }
@@ -745,6 +755,12 @@ impl Admission {
         self.expire_sessions(now_ms);
     }
 
+    /// Touches of one session closer together than this share one `session_touches`
+    /// entry (its time is the first of them).
+    fn touch_granularity(&self) -> u64 {
+        (self.scfg.ttl_ms / 16).clamp(1, 1000)
+    }
+
     /// Removes the sessions not touched for a TTL, except those with a task still
     /// holding a reservation (they are looked at again a TTL later).
     fn expire_sessions(&mut self, now_ms: u64) {
@@ -764,8 +780,14 @@ impl Admission {
                 // A task still holds a reservation: look again a TTL from now.
                 s.touch_ms = now_ms;
                 self.session_touches.push_back((now_ms, id));
-            } else {
+            } else if now_ms.saturating_sub(s.last_ms) > ttl {
                 self.sessions.remove(&id);
+            } else {
+                // Used again within the entry's granularity: it expires within that
+                // much from now. Its entry goes back in front, with its last use.
+                s.touch_ms = s.last_ms;
+                self.session_touches.push_front((s.last_ms, id));
+                break;
             }
         }
     }
@@ -1131,6 +1153,60 @@ mod tests {
             2,
             "session 1 lives on"
         );
+    }
+
+    #[test]
+    fn a_busy_session_keeps_one_expiry_entry_and_expires_a_ttl_after_its_last_task() {
+        let mut c = Config::default();
+        c.sessions.ttl_ms = 16_000; // touches within 1 s share an entry
+        c.sessions.max_turns = 10_000;
+        c.pools[0].slots = 10_000;
+        let mut a = Admission::new(&c);
+        for t in 0..1000u64 {
+            a.admit(&spec(u128::from(t) + 1, 9, ""), t).unwrap();
+        }
+        assert_eq!(a.session_touches.len(), 1, "1,000 tasks in 1 s: one entry");
+        a.admit(&spec(5000, 9, ""), 1500).unwrap();
+        assert_eq!(a.session_touches.len(), 2, "a second later: a second entry");
+        for t in 1..=1001 {
+            let outcome = Outcome {
+                tokens_out: 0,
+                decode_ms: 0,
+                ttft_ms: None,
+                service_ms: None,
+                ran: false,
+            };
+            let id = if t == 1001 { 5000 } else { t };
+            a.on_finished(Uuid::from_u128(id), outcome, 1600);
+        }
+        // The last task at 1500: alive until 17,500, gone after.
+        a.sweep(17_500);
+        assert_eq!(a.sessions.len(), 1);
+        a.sweep(17_501);
+        assert_eq!(a.sessions.len(), 0);
+        assert!(a.session_touches.is_empty());
+
+        // Used again within its entry's granularity (entry 0, last use 999): kept at
+        // 16,001 (a TTL after the entry), gone a TTL after its last use.
+        let mut a = Admission::new(&c);
+        a.admit(&spec(1, 8, ""), 0).unwrap();
+        a.admit(&spec(2, 8, ""), 999).unwrap();
+        for t in 1..=2 {
+            let outcome = Outcome {
+                tokens_out: 0,
+                decode_ms: 0,
+                ttft_ms: None,
+                service_ms: None,
+                ran: false,
+            };
+            a.on_finished(Uuid::from_u128(t), outcome, 1000);
+        }
+        a.sweep(16_001);
+        assert_eq!(a.sessions.len(), 1, "last used at 999");
+        a.sweep(16_999);
+        assert_eq!(a.sessions.len(), 1);
+        a.sweep(17_000);
+        assert_eq!(a.sessions.len(), 0);
     }
 
     #[test]
