@@ -1110,6 +1110,17 @@ mod tests {
         assert_eq!(e.class, ErrorClass::Conflict);
     }
 
+    /// The outcome of a task that ended before it ran.
+    fn never_ran() -> Outcome {
+        Outcome {
+            tokens_out: 0,
+            decode_ms: 0,
+            ttft_ms: None,
+            service_ms: None,
+            ran: false,
+        }
+    }
+
     #[test]
     fn sessions_are_bounded_and_expire_in_order() {
         let mut c = Config::default();
@@ -1132,13 +1143,7 @@ mod tests {
         assert!(e.retry_after_ms.is_some_and(|ms| ms > 0), "{e:?}");
         // Reservations keep a session; settle the tasks so nothing is reserved.
         for t in 1..=3 {
-            let outcome = Outcome {
-                tokens_out: 0,
-                decode_ms: 0,
-                ttft_ms: None,
-                service_ms: None,
-                ran: false,
-            };
+            let outcome = never_ran();
             a.on_finished(Uuid::from_u128(t), outcome, 600);
         }
         a.sweep(1401);
@@ -1169,13 +1174,7 @@ mod tests {
         a.admit(&spec(5000, 9, ""), 1500).unwrap();
         assert_eq!(a.session_touches.len(), 2, "a second later: a second entry");
         for t in 1..=1001 {
-            let outcome = Outcome {
-                tokens_out: 0,
-                decode_ms: 0,
-                ttft_ms: None,
-                service_ms: None,
-                ran: false,
-            };
+            let outcome = never_ran();
             let id = if t == 1001 { 5000 } else { t };
             a.on_finished(Uuid::from_u128(id), outcome, 1600);
         }
@@ -1192,13 +1191,7 @@ mod tests {
         a.admit(&spec(1, 8, ""), 0).unwrap();
         a.admit(&spec(2, 8, ""), 999).unwrap();
         for t in 1..=2 {
-            let outcome = Outcome {
-                tokens_out: 0,
-                decode_ms: 0,
-                ttft_ms: None,
-                service_ms: None,
-                ran: false,
-            };
+            let outcome = never_ran();
             a.on_finished(Uuid::from_u128(t), outcome, 1000);
         }
         a.sweep(16_001);
