@@ -28,6 +28,19 @@ pub enum ArtifactKind {
     Other,
 }
 
+impl ArtifactKind {
+    /// The name it has in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::Plan => "plan",
+            ArtifactKind::Summary => "summary",
+            ArtifactKind::Diff => "diff",
+            ArtifactKind::Trace => "trace",
+            ArtifactKind::Other => "other",
+        }
+    }
+}
+
 /// Most tags one artifact may carry.
 pub const MAX_TAGS: usize = 64;
 /// Longest tag, in characters (Unicode scalar values) as JSON Schema's `maxLength`
@@ -36,17 +49,22 @@ pub const MAX_TAG_LEN: usize = 256;
 
 /// The content address of `kind` + `content`.
 pub fn content_id(kind: ArtifactKind, content: &serde_json::Value) -> String {
-    #[derive(Serialize)]
-    struct Canonical<'a> {
-        content: &'a serde_json::Value,
-        kind: ArtifactKind,
-    }
-    let bytes = serde_json::to_vec(&Canonical { content, kind }).expect("canonical JSON");
-    let digest = Sha256::digest(&bytes);
+    id_of_canonical(kind, &serde_json::to_vec(content).expect("canonical JSON"))
+}
+
+/// The content address of `kind` + content already serialized as canonical JSON: the
+/// sha256 of `{"content":<content>,"kind":"<kind>"}`.
+fn id_of_canonical(kind: ArtifactKind, content: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"{\"content\":");
+    h.update(content);
+    h.update(b",\"kind\":\"");
+    h.update(kind.as_str().as_bytes());
+    h.update(b"\"}");
     let mut id = String::with_capacity(7 + 64);
     id.push_str("sha256:");
-    for b in digest {
-        id.push_str(&format!("{b:02x}"));
+    for b in h.finalize() {
+        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{b:02x}"));
     }
     id
 }
@@ -159,6 +177,7 @@ pub fn transcript(
     // Escaping adds about a fifth to SSE text (newlines and quotes).
     let size = frames.iter().map(|f| f.len()).sum::<usize>() * 5 / 4 + 512;
     let mut doc = Vec::with_capacity(size);
+    // The document's first key is its content: serialized once, hashed in place.
     doc.extend_from_slice(HEAD);
     let content = Content {
         frames: Frames(frames),
@@ -167,25 +186,19 @@ pub fn transcript(
         terminal,
     };
     serde_json::to_writer(&mut doc, &content).expect("transcript serializes");
-    // The id hashes {"content": ..., "kind": "trace"}, as `content_id` does.
-    let mut h = Sha256::new();
-    h.update(&doc);
-    h.update(b",\"kind\":\"trace\"}");
-    let mut digest = String::with_capacity(64);
-    for b in h.finalize() {
-        digest.push_str(&format!("{b:02x}"));
-    }
+    let id = id_of_canonical(ArtifactKind::Trace, &doc[HEAD.len()..]);
+    let digest = &id["sha256:".len()..];
     let created_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     write!(
         doc,
-        ",\"created_ms\":{created_ms},\"digest\":\"{digest}\",\"id\":\"sha256:{digest}\",\"kind\":\"trace\",\"tags\":[\"transcript\",\"task:{task_id}\"]}}"
+        ",\"created_ms\":{created_ms},\"digest\":\"{digest}\",\"id\":\"{id}\",\"kind\":\"trace\",\"tags\":[\"transcript\",\"task:{task_id}\"]}}"
     )
     .expect("writes to a Vec");
     Stored {
         json: Bytes::from(doc),
-        id: format!("sha256:{digest}"),
+        id,
         kind: ArtifactKind::Trace,
     }
 }
@@ -375,6 +388,28 @@ mod tests {
         a["created_ms"] = 0.into();
         b["created_ms"] = 0.into();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn an_id_is_the_sha256_of_canonical_content_and_kind() {
+        use std::fmt::Write as _;
+        let content = serde_json::json!({"b": 1, "a": ["x\n", 2]});
+        for kind in [
+            ArtifactKind::Plan,
+            ArtifactKind::Summary,
+            ArtifactKind::Diff,
+            ArtifactKind::Trace,
+            ArtifactKind::Other,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            let canonical =
+                serde_json::to_vec(&serde_json::json!({"content": content, "kind": kind})).unwrap();
+            let mut want = String::from("sha256:");
+            for b in Sha256::digest(&canonical) {
+                write!(want, "{b:02x}").unwrap();
+            }
+            assert_eq!(content_id(kind, &content), want);
+        }
     }
 
     #[test]

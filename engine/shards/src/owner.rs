@@ -498,8 +498,21 @@ impl Owner {
         }
         // Positions are recomputed (and the first metrics frame sent) by `pump`.
         run.position = u32::MAX;
-        self.tasks.insert(id, Rc::new(RefCell::new(run)));
+        let rc = Rc::new(RefCell::new(run));
+        self.tasks.insert(id, Rc::clone(&rc));
         self.pump(shard, pool, now);
+        // Still queued: it hears its place now (it is last of its class), whatever
+        // stream.position_update_ms holds back for the tasks already waiting.
+        let mut t = rc.borrow_mut();
+        if t.state == State::Queued && t.position == u32::MAX {
+            if let Some(p) = self.pools.get(&pool) {
+                let ahead: usize = p.queue[..=class].iter().map(VecDeque::len).sum();
+                t.position = ahead as u32;
+                t.last_metrics_at = now;
+                let f = self.metrics_frame(&t, now);
+                t.emit(f, false, now);
+            }
+        }
     }
 
     /// Starts queued tasks while slots are free, then tells every queued task that
@@ -592,14 +605,17 @@ impl Owner {
         for (id, how) in ending {
             self.finish(shard, id, how, now);
         }
-        // A newly queued task hears its place at once; the others' moves are reported
-        // together, at most every stream.position_update_ms.
+        // Moves up the queue are reported together, at most every
+        // stream.position_update_ms (a new task hears its place from `enqueue`).
         let window = self.stream.position_update_ms;
-        self.update_positions(pool_index, now, window > 0);
+        if window == 0 {
+            self.update_positions(pool_index, now);
+            return;
+        }
         let Some(pool) = self.pools.get_mut(&pool_index) else {
             return;
         };
-        if window > 0 && !pool.positions_due && pool.depth() > 0 {
+        if !pool.positions_due && pool.depth() > 0 {
             pool.positions_due = true;
             let shard = Rc::clone(shard);
             rt::spawn_detached(async move {
@@ -608,14 +624,13 @@ impl Owner {
                 if let Some(p) = owner.pools.get_mut(&pool_index) {
                     p.positions_due = false;
                 }
-                owner.update_positions(pool_index, Instant::now(), false);
+                owner.update_positions(pool_index, Instant::now());
             });
         }
     }
 
-    /// Sends a `metrics` frame to each queued task of the pool whose position changed
-    /// (with `only_new`, only to tasks that never had one).
-    fn update_positions(&mut self, pool_index: usize, now: Instant, only_new: bool) {
+    /// Sends a `metrics` frame to each queued task of the pool whose position changed.
+    fn update_positions(&mut self, pool_index: usize, now: Instant) {
         let Some(pool) = self.pools.get(&pool_index) else {
             return;
         };
@@ -626,7 +641,7 @@ impl Owner {
             };
             let mut t = rc.borrow_mut();
             let pos = i as u32 + 1;
-            if t.position != pos && (!only_new || t.position == u32::MAX) {
+            if t.position != pos {
                 t.position = pos;
                 t.last_metrics_at = now;
                 let f = self.metrics_frame(&t, now);
