@@ -98,7 +98,17 @@ pub(crate) struct SseBody {
     resubscribing: Option<Subscription>,
     heartbeat: Duration,
     last_sent: Instant,
-    timer: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    timer: Option<Heartbeat>,
+}
+
+/// The heartbeat timer, registered with the waker of the task that polls the body.
+/// glommio's timer re-inserts itself into the shard's timer tree at every poll, and the
+/// body is polled at every frame; so it is polled only when it is new, due, or asked to
+/// wake another task: a frame costs no timer work.
+struct Heartbeat {
+    sleep: Pin<Box<dyn Future<Output = ()>>>,
+    due: Instant,
+    waker: Option<std::task::Waker>,
 }
 
 const HEARTBEAT: &[u8] = b": hb\n\n";
@@ -253,15 +263,27 @@ impl SseBody {
                 self.timer = None;
                 return Poll::Ready(Some(Bytes::from_static(HEARTBEAT)));
             }
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(rt::sleep(due - now)));
-            match timer.as_mut().poll(cx) {
+            let timer = self.timer.get_or_insert_with(|| Heartbeat {
+                sleep: Box::pin(rt::sleep(due - now)),
+                due,
+                waker: None,
+            });
+            let registered = timer
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if registered && now < timer.due {
+                return Poll::Pending;
+            }
+            match timer.sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     self.timer = None;
                     continue;
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    timer.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
             }
         }
     }

@@ -281,3 +281,38 @@ fn ten_thousand_idle_keep_alive_connections_cost_little_and_block_nothing() {
         Some(0)
     );
 }
+
+/// A connection's reads start small and grow (orchd_shards::rt::Conn): a body far
+/// larger than the first read window arrives whole, and a request pipelined behind it
+/// in the same write is answered after it, on the same connection.
+#[test]
+fn a_large_body_and_a_request_pipelined_behind_it_are_both_served() {
+    let s = TestServer::start(config("[server]\nshards = 1\n"));
+    let pad = "z".repeat(600 * 1024);
+    let body = json!({"kind": "other", "content": {"pad": pad}}).to_string();
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    let mut bytes = format!(
+        "POST /v1/artifacts HTTP/1.1\r\nHost: orchd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(b"GET /v1/capabilities HTTP/1.1\r\nHost: orchd\r\n\r\n");
+    c.write_all(&bytes).unwrap();
+    let first = read_answer(&mut c, Duration::from_secs(5));
+    assert!(first.starts_with("HTTP/1.1 201"), "{first}");
+    let id = first
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("an artifact id")
+        .to_string();
+    let second = read_answer(&mut c, Duration::from_secs(5));
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.contains("\"api_version\""), "{second}");
+    let stored = s.get(&format!("/v1/artifacts/{id}"), &[]);
+    assert_eq!(stored.status, 200);
+    assert_eq!(
+        stored.json()["content"]["pad"].as_str().map(str::len),
+        Some(pad.len())
+    );
+}

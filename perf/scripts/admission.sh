@@ -6,7 +6,9 @@
 #    enough that nothing is refused (wrk's non-2xx count must be 0);
 #  - refused: `POST /v1/tasks` answered 429 (queue full, with retry advice) per second,
 #    orchd vs the hello-world hyper ceiling (`GET /`): the pool's one slot is held by a
-#    long task and its queue has no room, so every POST is refused.
+#    long task (60 s to its first token, well inside the requests' 600 s deadline, so
+#    the answer is "queue full", not "deadline unmet") and its queue has no room, so
+#    every POST is refused; a probe checks that the answer is a 429 before the load.
 # Servers are pinned to core 0 (orchd with one shard), wrk (one thread) to core 1.
 # Loopback only; bounded by DURATION.
 #
@@ -27,9 +29,12 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 # wrk [extra args] URL -> "req/s non-2xx total"
 load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "$@" > "$DIR/wrk.txt"
   awk '/Requests\/sec/ {r=$2} /Non-2xx/ {n=$5} /requests in/ {t=$1} END {printf "%s %d %d\n", r, n, t}' "$DIR/wrk.txt"; }
-one_task() { # submits one task (it takes the slot) with curl
-  curl -fs -o /dev/null -H 'content-type: application/json' "http://127.0.0.1:$P/v1/tasks" -d \
-    "{\"task_id\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\",\"session_id\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\",\"workload\":\"completion\",\"model_ref\":\"m\",\"engine\":\"llamacpp\",\"ctx\":8192,\"priority\":\"interactive\",\"max_tokens\":16,\"deadline_ms\":3600000,\"prompt\":\"hold\"}"; }
+submit() { # submits one new task with curl, prints the status code
+  curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' "http://127.0.0.1:$P/v1/tasks" -d \
+    "{\"task_id\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\",\"session_id\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\",\"workload\":\"completion\",\"model_ref\":\"m\",\"engine\":\"llamacpp\",\"ctx\":8192,\"priority\":\"interactive\",\"max_tokens\":16,\"deadline_ms\":600000,\"prompt\":\"hold\"}"; }
+hold_slot() { # the first task takes the slot; the next must be refused with 429
+  local a b; a=$(submit); b=$(submit)
+  [ "$a" = 202 ] && [ "$b" = 429 ] || { echo "refusal setup: expected 202 then 429, got $a then $b"; exit 1; }; }
 
 orchd() { # slots queue ttft_ms -> starts orchd, pid in $S
   cat > "$DIR/orchd.toml" <<TOML
@@ -61,7 +66,7 @@ echo "wrk -t1 -c$CONNS -d${DUR}s; servers on core 0, wrk on core 1"
 for r in $(seq "$ROUNDS"); do
   orchd 4096 100000 0;   read -r oa on ot < <(load -s $LUA "http://127.0.0.1:$P/v1/tasks"); stop "$S"
   baseline 4096 100000 0; read -r ba bn bt < <(load -s $LUA "http://127.0.0.1:$P/v1/tasks"); stop "$S"
-  orchd 1 0 3600000; one_task; read -r orf orn ort < <(load -s $LUA "http://127.0.0.1:$P/v1/tasks"); stop "$S"
+  orchd 1 0 60000; hold_slot; read -r orf orn ort < <(load -s $LUA "http://127.0.0.1:$P/v1/tasks"); stop "$S"
   hello;                 read -r h _ < <(load "http://127.0.0.1:$P/"); stop "$S"
   printf 'round %d: accepted/s orchd %s (%s of %s refused) baseline %s (%s of %s refused) ratio %s | 429/s orchd %s (%s of %s refused) hello-world %s ratio %s\n' \
     "$r" "$oa" "$on" "$ot" "$ba" "$bn" "$bt" "$(awk -v a="$oa" -v b="$ba" 'BEGIN{printf "%.2f", a/b}')" \

@@ -1086,8 +1086,13 @@ async fn drive_mock(shard: Rc<Shard>, rc: Rc<RefCell<TaskRun>>, m: MockDrive) {
     // glommio may run a new task right away, inside the caller's borrow of the owner:
     // step out first so every borrow below happens on a fresh poll.
     rt::yield_now().await;
+    // Tokens are due at start + ttft + k * tpot, on the shard's timer grid, so that
+    // tasks due in the same millisecond share one wakeup (a running engine's decode
+    // step serves all its sequences at once, too). A shard that falls behind does not
+    // catch up in a burst: the next token is due a tpot after the late one.
+    let mut due = Instant::now() + m.ttft;
     if !m.ttft.is_zero() {
-        rt::sleep(m.ttft).await;
+        rt::sleep_until_tick(due).await;
     }
     let mut tokens = {
         let t = rc.borrow();
@@ -1134,7 +1139,13 @@ async fn drive_mock(shard: Rc<Shard>, rc: Rc<RefCell<TaskRun>>, m: MockDrive) {
             Step::Stopped => return,
         }
         if !m.tpot.is_zero() {
-            rt::sleep(m.tpot).await;
+            let now = Instant::now();
+            due = if due + m.tpot > now {
+                due + m.tpot
+            } else {
+                now + m.tpot
+            };
+            rt::sleep_until_tick(due).await;
         } else {
             burst += 1;
             if burst >= 16 {

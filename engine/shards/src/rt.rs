@@ -156,6 +156,29 @@ pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await
 }
 
+/// The grid [`sleep_until_tick`] rounds deadlines up to.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Sleeps until `at`, rounded up to the next whole [`TICK`] (counted from the first call
+/// in the process). Timers on one grid fire together: one wakeup of the shard serves
+/// every task due in that millisecond, as tokio's timer wheel does, where deadlines
+/// that differ by microseconds would each wake the shard (a park and unpark, with
+/// glommio's memory barrier, per timer). For pacing many tasks (the mock engine).
+pub async fn sleep_until_tick(at: Instant) {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let tick = TICK.as_nanos();
+    let ticks = at
+        .saturating_duration_since(epoch)
+        .as_nanos()
+        .div_ceil(tick);
+    let due = epoch + Duration::from_nanos((ticks * tick) as u64);
+    let now = Instant::now();
+    if due > now {
+        glommio::timer::sleep(due - now).await
+    }
+}
+
 /// Yields to other tasks of this executor if the current one ran long enough.
 pub async fn yield_if_needed() {
     glommio::yield_if_needed().await
@@ -174,19 +197,35 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<Conn> {
         let stream = self.0.accept().await.map_err(io::Error::from)?;
         let _ = stream.set_nodelay(true);
-        Ok(Conn { stream })
+        Ok(Conn {
+            stream,
+            window: READ_WINDOW_MIN,
+        })
     }
 }
 
 /// One TCP connection, adapted to hyper's IO traits.
 ///
-/// Reads go straight into hyper's uninitialized buffer with `recv(MSG_DONTWAIT)` (no
-/// zero-fill); writes of several buffers go out in one `sendmsg`, which is what makes
-/// hyper pick its zero-copy queue strategy (`is_write_vectored`). When the socket is not
-/// ready we fall back to glommio's own poll, which arms the executor's readiness waker.
+/// Reads go through glommio's own `poll_read`, which is what keeps a request to one
+/// `recv`: after a short read glommio arms a readiness poll in the ring, and the next
+/// read waits for it instead of trying the socket. (A `recv` of our own first cost two
+/// failed `recv`s per request, ours and glommio's, before the poll was armed.) glommio
+/// reads into initialized memory, so a read zeroes a window of hyper's spare buffer
+/// first: [`READ_WINDOW_MIN`] bytes, doubled each time a read fills it, so an idle
+/// stream's connection does not touch pages it never reads into.
+/// Writes of several buffers go out in one `sendmsg`, which is what makes hyper pick its
+/// zero-copy queue strategy (`is_write_vectored`). When the socket is not writable we
+/// fall back to glommio's own poll, which arms the executor's readiness waker.
 pub struct Conn {
     stream: glommio::net::TcpStream,
+    /// Bytes a read offers (see above).
+    window: usize,
 }
+
+/// The first read window of a connection: a request line, headers and a small body.
+const READ_WINDOW_MIN: usize = 1024;
+/// The largest read window (hyper's read buffer grows to about this much).
+const READ_WINDOW_MAX: usize = 64 * 1024;
 
 impl Conn {
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
@@ -230,36 +269,27 @@ impl hyper::rt::Read for Conn {
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let fd = this.stream.as_raw_fd();
-        loop {
-            // SAFETY: recv writes at most `dst.len()` bytes into the buffer and we only
-            // advance by what it reports written.
-            let n = unsafe {
-                let dst: &mut [MaybeUninit<u8>] = buf.as_mut();
-                libc::recv(fd, dst.as_mut_ptr().cast(), dst.len(), libc::MSG_DONTWAIT)
-            };
-            if n >= 0 {
-                // SAFETY: the kernel initialized `n` bytes.
-                unsafe { buf.advance(n as usize) };
-                return Poll::Ready(Ok(()));
+        let offered = {
+            // SAFETY: the first `n` bytes of hyper's spare buffer are zeroed before they
+            // are viewed as initialized bytes; glommio writes at most `n` of them.
+            let spare: &mut [MaybeUninit<u8>] = unsafe { buf.as_mut() };
+            let n = spare.len().min(this.window);
+            unsafe {
+                std::ptr::write_bytes(spare.as_mut_ptr(), 0, n);
+                std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), n)
             }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => break,
-                _ => return Poll::Ready(Err(err)),
-            }
-        }
-        // Not readable: let glommio register interest. If a byte arrived meanwhile it is
-        // read here, which is just as good.
-        let mut one = [0u8; 1];
-        match Pin::new(&mut this.stream).poll_read(cx, &mut one) {
-            Poll::Ready(Ok(n)) => {
-                buf.put_slice(&one[..n]);
+        };
+        let n = offered.len();
+        match Pin::new(&mut this.stream).poll_read(cx, offered) {
+            Poll::Ready(Ok(read)) => {
+                if read == n && n > 0 {
+                    this.window = (n * 2).min(READ_WINDOW_MAX);
+                }
+                // SAFETY: glommio initialized (wrote) `read` bytes of the buffer.
+                unsafe { buf.advance(read) };
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+            other => other.map_ok(|_| ()),
         }
     }
 }
@@ -388,7 +418,10 @@ pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Resul
         .await
         .map_err(io::Error::from)?;
     let _ = stream.set_nodelay(true);
-    Ok(Conn { stream })
+    Ok(Conn {
+        stream,
+        window: READ_WINDOW_MIN,
+    })
 }
 
 /// Runs `fut`, or gives up after `d`.
