@@ -33,14 +33,14 @@ start_baseline() { # tpot_ms slots
 wait_up() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/livez" >/dev/null && return 0; sleep 0.05; done; echo "server on $1 did not start"; exit 1; }
 stop() { kill "$(cat "$DIR/pid")" 2>/dev/null || true; wait "$(cat "$DIR/pid")" 2>/dev/null || true; }
 
-measure() { # name port conc tokens tasks -> json file with cpu (and syscalls) added
+measure() { # name port conc tokens tasks [extra orchd-load args] -> json file with cpu (and syscalls) added
   local pid; pid=$(cat "$DIR/pid"); local c0 t0 c1 t1 sp=""
   if command -v perf >/dev/null; then
     perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$DIR/$1.perf" 2>/dev/null & sp=$!
     sleep 0.2
   fi
   c0=$(cpu_ticks "$pid"); t0=$(date +%s%N)
-  target/release/orchd-load --addr "127.0.0.1:$2" --concurrency "$3" --max-tokens "$4" --tasks "$5" --duration 120 --json 2>/dev/null > "$DIR/$1.json"
+  target/release/orchd-load --addr "127.0.0.1:$2" --concurrency "$3" --max-tokens "$4" --tasks "$5" ${6:-} --duration 120 --json 2>/dev/null > "$DIR/$1.json"
   c1=$(cpu_ticks "$pid"); t1=$(date +%s%N)
   if [[ -n $sp ]]; then kill -INT "$sp"; wait "$sp" 2>/dev/null || true; fi
   python3 - "$DIR/$1.json" $((c1 - c0)) $((t1 - t0)) "$(getconf CLK_TCK)" "$DIR/$1.perf" <<'PY'
@@ -57,11 +57,11 @@ json.dump(d, open(p, "w"))
 PY
 }
 
-scenario() { # label conc tokens tasks tpot [slots, of each of orchd's 2 pools; 256]
+scenario() { # label conc tokens tasks tpot [slots, of each of orchd's 2 pools; 256] [orchd-load args]
   [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]] || return 0
   local slots=${6:-256}
-  start_orchd "$5" "$slots"; measure "orchd-$1" $OP "$2" "$3" "$4"; stop
-  start_baseline "$5" $((2 * slots)); measure "base-$1" $BP "$2" "$3" "$4"; stop
+  start_orchd "$5" "$slots"; measure "orchd-$1" $OP "$2" "$3" "$4" "${7:-}"; stop
+  start_baseline "$5" $((2 * slots)); measure "base-$1" $BP "$2" "$3" "$4" "${7:-}"; stop
 }
 
 echo "orchd dispatcher: ${DISPATCHER:-shard0}"
@@ -71,6 +71,9 @@ scenario streams1000 1000 256 8192 0
 scenario latency 1 64 2000 0
 scenario paced 1000 100 2000 50
 scenario paced1000 1000 100 3000 50 1024
+# Open loop: 200 new tasks a second, each 100 tokens at 50 ms (5 s), so ~1,000 streams
+# run at once once it is under way, without the closed loop's synchronized waves.
+scenario open1000 1000 100 3000 50 1024 "--rate 200"
 
 python3 - "$DIR" <<'PY' | tee "${OUT:-/dev/null}"
 import json, sys, os
@@ -80,6 +83,7 @@ rows = [
   ("streams1000", "1000 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("latency", "1 stream at a time x 64 tokens, zero engine latency", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("tasks/s", "tasks_per_s", True)]),
   ("paced1000", "1000 streams x 100 tokens, 50 ms per token, 2048 slots: every stream runs", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
+  ("open1000", "open loop, 200 tasks/s x 100 tokens at 50 ms per token: ~1000 concurrent streams", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("paced", "1000 streams x 100 tokens, 50 ms per token", [("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
 ]
 def get(j, k):

@@ -37,6 +37,10 @@ use crate::upstream::{Piece, Upstream, UpstreamError, UpstreamStream};
 /// A frame for a subscriber, and whether it is the last one.
 pub type FrameMsg = (Bytes, bool);
 
+/// Most frames a task's log reserves when it starts (64 KiB of handles); a longer
+/// generation grows the log from there.
+const FRAME_LOG_RESERVE: usize = 2048;
+
 /// Frames a subscriber may have in flight before it is dropped (and resubscribes).
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -549,6 +553,13 @@ impl Owner {
                 let mut t = rc.borrow_mut();
                 t.state = State::Running;
                 t.started_at = Some(now);
+                // Its frames to come (tokens, a metrics frame every `every`, the end),
+                // reserved once rather than grown by copying the log as it doubles.
+                let max = t.spec.max_tokens as usize;
+                let ahead = max + max / every.max(1) as usize + 2;
+                let want = (t.frames.len() + ahead).min(FRAME_LOG_RESERVE);
+                let have = t.frames.len();
+                t.frames.reserve(want.saturating_sub(have));
                 let class = t.class();
                 bump(&t.probe.started[class]);
                 t.probe.queue_wait[class]
