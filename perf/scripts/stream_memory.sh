@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-10000}
 cargo build --release -q -p orchd-http
-ORCHD=target/release/orchd
+ORCHD=${ORCHD_BIN:-target/release/orchd}
 DIR=$(mktemp -d); PORT=18321; ADDR=127.0.0.1:$PORT
 cat > "$DIR/orchd.toml" <<TOML
 [server]
