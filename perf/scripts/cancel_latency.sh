@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 TASKS=${1:-2000}
 cargo build --release -q -p orchd-http -p orchd-perf
-ORCHD=target/release/orchd; LOAD=target/release/orchd-load
+ORCHD=${ORCHD_BIN:-target/release/orchd}; LOAD=target/release/orchd-load
 DIR=$(mktemp -d); PORT=18331; ADDR=127.0.0.1:$PORT
 cat > "$DIR/orchd.toml" <<TOML
 [sessions]
