@@ -3,8 +3,8 @@
 //! Closed loop (default): N virtual users, each on its own keep-alive connection, repeat: submit a task
 //! (`POST /v1/tasks`), stream it (`GET /v1/tasks/{id}/stream`), parse the SSE frames
 //! incrementally, check frame order (consecutive ids, gap-free token indexes, exactly
-//! one terminal frame). Records time to first token (from submit), inter-token gaps and
-//! task time in HDR histograms; 429s are counted and retried after their advice.
+//! one terminal frame). Records the submit (start to `202`), time to first token (from
+//! submit), inter-token gaps and task time in HDR histograms; 429s are counted and retried after their advice.
 //!
 //! Open loop (`--rate R`): tasks arrive at R per second whatever happens to the earlier
 //! ones, each on a fresh connection; a refusal is a result, not retried (and is checked:
@@ -97,6 +97,8 @@ struct Args {
 }
 
 struct Stats {
+    /// From the task's start (`t0`) to its `202` (retries after 429s included).
+    submit_us: Histogram<u64>,
     ttft_us: Histogram<u64>,
     itl_us: Histogram<u64>,
     task_us: Histogram<u64>,
@@ -108,6 +110,7 @@ impl Stats {
     fn new() -> Stats {
         let h = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
         Stats {
+            submit_us: h(),
             ttft_us: h(),
             itl_us: h(),
             task_us: h(),
@@ -127,6 +130,7 @@ impl Stats {
     }
 
     fn merge(&mut self, other: &Stats) {
+        self.submit_us.add(&other.submit_us).expect("same bounds");
         self.ttft_us.add(&other.ttft_us).expect("same bounds");
         self.itl_us.add(&other.itl_us).expect("same bounds");
         self.task_us.add(&other.task_us).expect("same bounds");
@@ -318,7 +322,12 @@ async fn orchd_task(
             }
         }
         match (status, retry_ms) {
-            (StatusCode::ACCEPTED, _) => break Some(true),
+            (StatusCode::ACCEPTED, _) => {
+                let _ = local
+                    .submit_us
+                    .record(t0.elapsed().as_micros().max(1) as u64);
+                break Some(true);
+            }
             (StatusCode::TOO_MANY_REQUESTS, Some(ms)) if retry && Instant::now() < deadline => {
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(ms.min(1000))).await;
@@ -779,6 +788,7 @@ async fn main() {
         "tasks": done, "tokens": tokens, "tasks_per_s": done as f64 / secs, "tokens_per_s": tokens as f64 / secs,
         "rejected_429": counters.rejected.load(Ordering::Relaxed), "errors": counters.errors.load(Ordering::Relaxed),
         "frame_violations": counters.violations.load(Ordering::Relaxed),
+        "submit_ms": {"p50": q(&s.submit_us, 0.5), "p99": q(&s.submit_us, 0.99), "p999": q(&s.submit_us, 0.999), "max": ms(s.submit_us.max())},
         "ttft_ms": {"p50": q(&s.ttft_us, 0.5), "p99": q(&s.ttft_us, 0.99), "p999": q(&s.ttft_us, 0.999), "max": ms(s.ttft_us.max())},
         "itl_ms": {"p50": q(&s.itl_us, 0.5), "p99": q(&s.itl_us, 0.99), "p999": q(&s.itl_us, 0.999), "max": ms(s.itl_us.max())},
         "task_ms": {"p50": q(&s.task_us, 0.5), "p99": q(&s.task_us, 0.99), "max": ms(s.task_us.max())},
@@ -812,6 +822,10 @@ async fn main() {
             }
         );
         let series = [
+            Series {
+                name: "submit (202)",
+                micros: &s.submit_us,
+            },
             Series {
                 name: "time to first token",
                 micros: &s.ttft_us,
@@ -874,6 +888,7 @@ async fn main() {
         "latency (ms)", "p50", "p99", "p99.9", "max"
     );
     let mut rows = vec![
+        ("submit (202)", &s.submit_us),
         ("time to first token", &s.ttft_us),
         ("inter-token", &s.itl_us),
         ("task", &s.task_us),
