@@ -46,6 +46,23 @@ fn stream(s: &TestServer, task: &str) -> Vec<Event> {
     r.collect()
 }
 
+/// Submits a task of `max_tokens` and streams it to its end, checking the frames are
+/// well formed: its id and frames.
+fn run_to_end(s: &TestServer, max_tokens: u64) -> (String, Vec<Event>) {
+    let task = uuid();
+    assert_eq!(
+        submit(
+            s,
+            &task_body(&task, &uuid(), json!({"max_tokens": max_tokens}))
+        )
+        .status,
+        202
+    );
+    let full = stream(s, &task);
+    assert_well_formed(&full);
+    (task, full)
+}
+
 fn tokens(events: &[Event]) -> String {
     events
         .iter()
@@ -148,13 +165,7 @@ fn exact_bytes_of_a_short_deterministic_stream() {
 #[test]
 fn replay_from_zero_and_last_event_id_resume() {
     let s = TestServer::start(fast(2));
-    let task = uuid();
-    assert_eq!(
-        submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 20}))).status,
-        202
-    );
-    let full = stream(&s, &task);
-    assert_well_formed(&full);
+    let (task, full) = run_to_end(&s, 20);
     // A late second subscriber gets the whole stream from frame 0, byte for byte.
     let again = stream(&s, &task);
     assert_eq!(full, again);
@@ -188,13 +199,7 @@ fn replay_from_zero_and_last_event_id_resume() {
 #[test]
 fn a_replayed_backlog_is_sent_in_a_few_large_chunks() {
     let s = TestServer::start(fast(2));
-    let task = uuid();
-    assert_eq!(
-        submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 256}))).status,
-        202
-    );
-    let full = stream(&s, &task);
-    assert_well_formed(&full);
+    let (task, full) = run_to_end(&s, 256);
     assert!(full.len() > 256);
     let mut r = s
         .client()
