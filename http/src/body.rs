@@ -98,17 +98,7 @@ pub(crate) struct SseBody {
     resubscribing: Option<Subscription>,
     heartbeat: Duration,
     last_sent: Instant,
-    timer: Option<Heartbeat>,
-}
-
-/// The heartbeat timer, registered with the waker of the task that polls the body.
-/// glommio's timer re-inserts itself into the shard's timer tree at every poll, and the
-/// body is polled at every frame; so it is polled only when it is new, due, or asked to
-/// wake another task: a frame costs no timer work.
-struct Heartbeat {
-    sleep: Pin<Box<dyn Future<Output = ()>>>,
-    due: Instant,
-    waker: Option<std::task::Waker>,
+    timer: Option<rt::Sleep>,
 }
 
 const HEARTBEAT: &[u8] = b": hb\n\n";
@@ -263,27 +253,13 @@ impl SseBody {
                 self.timer = None;
                 return Poll::Ready(Some(Bytes::from_static(HEARTBEAT)));
             }
-            let timer = self.timer.get_or_insert_with(|| Heartbeat {
-                sleep: Box::pin(rt::sleep(due - now)),
-                due,
-                waker: None,
-            });
-            let registered = timer
-                .waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()));
-            if registered && now < timer.due {
-                return Poll::Pending;
-            }
-            match timer.sleep.as_mut().poll(cx) {
+            let timer = self.timer.get_or_insert_with(|| rt::sleep(due - now));
+            match Pin::new(timer).poll(cx) {
                 Poll::Ready(()) => {
                     self.timer = None;
                     continue;
                 }
-                Poll::Pending => {
-                    timer.waker = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

@@ -152,8 +152,42 @@ pub fn spawn_detached(fut: impl Future<Output = ()> + 'static) {
 }
 
 /// Sleeps on the current executor.
-pub async fn sleep(d: Duration) {
-    glommio::timer::sleep(d).await
+pub fn sleep(d: Duration) -> Sleep {
+    Sleep {
+        due: Instant::now() + d,
+        timer: glommio::timer::Timer::new(d),
+        waker: None,
+    }
+}
+
+/// A timer on the current executor. glommio's timer re-inserts itself into the shard's
+/// timer tree (a `BTreeMap` remove and insert, a waker clone, a clock read) every time it
+/// is polled; a timer raced against something busy (an SSE body's heartbeat against its
+/// frames, a timeout against a stream) is polled at every event. This one goes to
+/// glommio only when it is new, due, or asked to wake a different task.
+pub struct Sleep {
+    timer: glommio::timer::Timer,
+    due: Instant,
+    /// The waker glommio holds for this timer.
+    waker: Option<std::task::Waker>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if registered && Instant::now() < this.due {
+            return Poll::Pending;
+        }
+        match Pin::new(&mut this.timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(()),
+            Poll::Pending => {
+                this.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }
 
 /// The grid [`sleep_until_tick`] rounds deadlines up to.
@@ -175,7 +209,7 @@ pub async fn sleep_until_tick(at: Instant) {
     let due = epoch + Duration::from_nanos((ticks * tick) as u64);
     let now = Instant::now();
     if due > now {
-        glommio::timer::sleep(due - now).await
+        sleep(due - now).await
     }
 }
 
@@ -373,7 +407,7 @@ pub struct ShardTimer;
 
 impl hyper::rt::Timer for ShardTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(ShardSleep(glommio::timer::Timer::new(duration)))
+        Box::pin(ShardSleep(sleep(duration)))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -381,8 +415,8 @@ impl hyper::rt::Timer for ShardTimer {
     }
 }
 
-/// A glommio timer that claims `Send + Sync` because hyper's `Sleep` requires it.
-struct ShardSleep(glommio::timer::Timer);
+/// A shard timer that claims `Send + Sync` because hyper's `Sleep` requires it.
+struct ShardSleep(Sleep);
 
 // SAFETY: hyper only requires these bounds; it never moves a Sleep across threads here,
 // because every connection (and so every timer it creates) is spawned with
@@ -394,7 +428,7 @@ unsafe impl Sync for ShardSleep {}
 impl Future for ShardSleep {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.get_mut().0).poll(cx).map(|_| ())
+        Pin::new(&mut self.get_mut().0).poll(cx)
     }
 }
 
