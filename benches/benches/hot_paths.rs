@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use orchd_engine::admission::{Admission, Outcome};
+use orchd_engine::admission::{Admission, Eta, Outcome};
 use orchd_engine::frame::{self, BudgetRemaining, Event};
 use orchd_engine::mock::MockTokens;
 use orchd_engine::task::TaskSpec;
@@ -70,6 +70,10 @@ fn admission(c: &mut Criterion) {
     config.pools[0].queue_capacity = 0;
     config.sessions.max_turns = u32::MAX;
     // Accept: a fresh task each time, then its end, so the pool never fills.
+    let eta0 = Eta::new(
+        config.pools[0].adapter.ttft_ms,
+        config.pools[0].adapter.tpot_ms,
+    );
     g.bench_function("accept", |b| {
         let mut a = Admission::new(&config);
         let mut n = 0u128;
@@ -80,14 +84,13 @@ fn admission(c: &mut Criterion) {
             },
             |s| {
                 let r = a.admit(&s, 0).unwrap();
-                a.on_finished(
-                    s.task_id,
-                    Outcome {
-                        ran: true,
-                        ..Outcome::default()
-                    },
-                    0,
-                );
+                let outcome = Outcome {
+                    ran: true,
+                    ..Outcome::default()
+                };
+                let mut eta = eta0;
+                eta.observe(&outcome);
+                a.on_finished(s.task_id, outcome, eta, 0);
                 r
             },
             BatchSize::SmallInput,

@@ -253,6 +253,59 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// How a call to an engine failed: the engine seam's one error, with the one mapping
+/// to the taxonomy of a task that ends this way.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No connection, or no response head in time: nothing was generated.
+    #[error("engine unreachable: {0}")]
+    Unreachable(String),
+    /// The engine answered with an error status before streaming.
+    #[error("engine answered {status}: {body}")]
+    Status { status: u16, body: String },
+    /// The connection broke while streaming.
+    #[error("engine connection lost: {0}")]
+    Reset(String),
+    /// The engine sent something that is not its protocol.
+    #[error("engine sent malformed data: {0}")]
+    Malformed(String),
+    /// The engine itself failed mid-generation (the mock's injected fault).
+    #[error("{0}")]
+    Died(String),
+}
+
+impl EngineError {
+    /// Worth another try before the first token.
+    pub fn retriable(&self) -> bool {
+        match self {
+            EngineError::Unreachable(_) => true,
+            EngineError::Status { status, .. } => *status >= 500,
+            EngineError::Reset(_) | EngineError::Malformed(_) | EngineError::Died(_) => false,
+        }
+    }
+
+    /// The engine is down: the pool stops admitting until its health probe answers.
+    pub fn engine_down(&self) -> bool {
+        matches!(self, EngineError::Unreachable(_))
+    }
+
+    /// What a task that failed this way ends with; `streamed` says whether the
+    /// engine had begun streaming (an error status is only possible before).
+    pub fn error_kind(&self, streamed: bool) -> ErrorKind {
+        match self {
+            EngineError::Unreachable(_) => ErrorKind::PoolUnavailable,
+            EngineError::Status { status, .. } if !streamed && *status >= 500 => {
+                ErrorKind::PoolUnavailable
+            }
+            EngineError::Status { .. } if !streamed => ErrorKind::InvalidParams,
+            EngineError::Status { .. }
+            | EngineError::Reset(_)
+            | EngineError::Malformed(_)
+            | EngineError::Died(_) => ErrorKind::WorkerReset,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +389,30 @@ mod tests {
         assert_eq!(e.retry_after_secs(), Some(3));
         let v: serde_json::Value = serde_json::from_slice(&e.envelope_json()).unwrap();
         assert_eq!(v["retry_after_ms"], 2001);
+    }
+
+    #[test]
+    fn engine_errors_map_to_the_taxonomy() {
+        use super::EngineError as E;
+        let status = |status| E::Status {
+            status,
+            body: String::new(),
+        };
+        assert_eq!(
+            E::Unreachable("x".into()).error_kind(false),
+            ErrorKind::PoolUnavailable
+        );
+        assert_eq!(status(503).error_kind(false), ErrorKind::PoolUnavailable);
+        assert_eq!(status(400).error_kind(false), ErrorKind::InvalidParams);
+        assert_eq!(
+            E::Reset("x".into()).error_kind(true),
+            ErrorKind::WorkerReset
+        );
+        assert_eq!(
+            E::Died("x".into()).error_kind(false),
+            ErrorKind::WorkerReset
+        );
+        assert!(E::Unreachable("x".into()).retriable() && status(502).retriable());
+        assert!(!status(404).retriable() && !E::Malformed("x".into()).retriable());
     }
 }

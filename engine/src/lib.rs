@@ -13,11 +13,13 @@ pub mod admission;
 pub mod artifact;
 pub mod config;
 pub mod error;
+pub mod eta;
 pub mod types;
 
 pub use config::Config;
-pub use error::{parse_json, ApiError, ErrorClass, ErrorKind};
-pub use types::{Engine, Priority, Workload};
+pub use error::{parse_json, ApiError, EngineError, ErrorClass, ErrorKind};
+pub use types::{CancelReason, Engine, ModelState, Priority, Workload};
 pub mod frame;
+pub mod generation;
 pub mod mock;
 pub mod task;

@@ -1,6 +1,8 @@
-//! The mock engine's tokens: a pure function of (seed, prompt/inputs, max_tokens,
-//! model_ref), the same on every run, shard and machine (no `RandomState`, no time).
+//! The mock engine's tokens: a pure function of (seed, prompt/inputs or chat messages,
+//! max_tokens, model), the same on every run, shard and machine (no `RandomState`, no
+//! time).
 
+use crate::generation::{Generation, Input};
 use crate::task::TaskSpec;
 
 const WORDS: [&str; 64] = [
@@ -22,6 +24,30 @@ fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+fn head(seed: Option<i64>, max_tokens: u32, model: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    h = fnv(h, &seed.unwrap_or(0).to_le_bytes());
+    h = fnv(h, &max_tokens.to_le_bytes());
+    fnv(h, model.as_bytes())
+}
+
+fn completion_seed(
+    seed: Option<i64>,
+    max_tokens: u32,
+    model: &str,
+    prompt: Option<&str>,
+    inputs: &[String],
+) -> u64 {
+    let mut h = head(seed, max_tokens, model);
+    h = fnv(h, b"\x00p");
+    h = fnv(h, prompt.unwrap_or("").as_bytes());
+    for input in inputs {
+        h = fnv(h, b"\x00i");
+        h = fnv(h, input.as_bytes());
+    }
+    h
+}
+
 /// The deterministic token source of one task.
 #[derive(Clone, Debug)]
 pub struct MockTokens {
@@ -29,19 +55,39 @@ pub struct MockTokens {
 }
 
 impl MockTokens {
-    /// `model_ref` is the model the pool serves for this task (the task's own when the
-    /// pool serves `*`), so a reload changes the tokens.
+    /// The tokens of an OrchQueue task on `model_ref`, the model the pool serves for it
+    /// (the task's own when the pool serves `*`), so a reload changes the tokens. The
+    /// same as [`MockTokens::for_generation`] of that task's generation.
     pub fn new(spec: &TaskSpec, model_ref: &str) -> MockTokens {
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        h = fnv(h, &spec.seed.unwrap_or(0).to_le_bytes());
-        h = fnv(h, &spec.max_tokens.to_le_bytes());
-        h = fnv(h, model_ref.as_bytes());
-        h = fnv(h, b"\x00p");
-        h = fnv(h, spec.prompt.as_deref().unwrap_or("").as_bytes());
-        for input in spec.inputs.iter().flatten() {
-            h = fnv(h, b"\x00i");
-            h = fnv(h, input.as_bytes());
-        }
+        let inputs = spec.inputs.as_deref().unwrap_or_default();
+        let h = completion_seed(
+            spec.seed,
+            spec.max_tokens,
+            model_ref,
+            spec.prompt.as_deref(),
+            inputs,
+        );
+        MockTokens { state: h }
+    }
+
+    /// The tokens of a generation: its model is part of the seed.
+    pub fn for_generation(g: &Generation) -> MockTokens {
+        let (seed, max_tokens) = (g.sampling.seed, g.sampling.max_tokens);
+        let h = match &g.input {
+            Input::Completion { prompt, inputs } => {
+                completion_seed(seed, max_tokens, &g.model, prompt.as_deref(), inputs)
+            }
+            Input::Chat(messages) => {
+                let mut h = head(seed, max_tokens, &g.model);
+                for m in messages {
+                    h = fnv(h, b"\x00c");
+                    h = fnv(h, m.role.as_str().as_bytes());
+                    h = fnv(h, b"\x00");
+                    h = fnv(h, m.content.as_bytes());
+                }
+                h
+            }
+        };
         MockTokens { state: h }
     }
 
@@ -60,10 +106,15 @@ impl MockTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::{ChatMessage, Role};
     use crate::task::tests::body;
 
     fn tokens(extra: &str, model: &str, n: usize) -> Vec<&'static str> {
         let spec = TaskSpec::parse(body(extra).as_bytes()).unwrap();
+        let mut m = MockTokens::new(&spec, model);
+        let mut g = MockTokens::for_generation(&Generation::from_spec(&spec, model));
+        let (a, b): (Vec<_>, Vec<_>) = (0..n).map(|_| (m.next_token(), g.next_token())).unzip();
+        assert_eq!(a, b, "a task and its generation give the same tokens");
         let mut m = MockTokens::new(&spec, model);
         (0..n).map(|_| m.next_token()).collect()
     }
@@ -87,5 +138,27 @@ mod tests {
     fn pinned_output_never_drifts() {
         // Clients rely on mock output being stable across releases.
         assert_eq!(tokens(r#","seed":42"#, "m", 4).concat(), " seven down. one");
+    }
+
+    #[test]
+    fn chat_messages_seed_the_tokens() {
+        let spec = TaskSpec::parse(body(r#","seed":1"#).as_bytes()).unwrap();
+        let completion = Generation::from_spec(&spec, "m");
+        let chat = |text: &str| {
+            let mut g = completion.clone();
+            g.input = Input::Chat(vec![ChatMessage {
+                role: Role::User,
+                content: text.into(),
+            }]);
+            let mut m = MockTokens::for_generation(&g);
+            (0..16).map(|_| m.next_token()).collect::<Vec<_>>()
+        };
+        assert_eq!(chat("hi"), chat("hi"));
+        assert_ne!(chat("hi"), chat("ho"));
+        let mut c = MockTokens::for_generation(&completion);
+        assert_ne!(
+            chat("hi"),
+            (0..16).map(|_| c.next_token()).collect::<Vec<_>>()
+        );
     }
 }

@@ -12,8 +12,7 @@ use futures_lite::Stream;
 use http_body::{Frame, SizeHint};
 use uuid::Uuid;
 
-use orchd_shards::owner::{FrameMsg, Subscribed, SUBSCRIBER_BUFFER};
-use orchd_shards::{rt, ShardCommand, ShardId};
+use orchd_shards::{rt, FrameMsg, ShardId, Subscribed, SUBSCRIBER_BUFFER};
 
 use crate::app::ShardApp;
 
@@ -70,16 +69,7 @@ type Subscription = Pin<Box<dyn Future<Output = Option<(Subscribed, flume::Recei
 pub(crate) fn subscribe(app: Rc<ShardApp>, task: Uuid, owner: ShardId, from: u64) -> Subscription {
     Box::pin(async move {
         let (tx, rx) = flume::bounded(SUBSCRIBER_BUFFER);
-        let r = app
-            .shard
-            .invoke_on(owner, |reply| ShardCommand::Subscribe {
-                task,
-                from,
-                tx,
-                reply,
-            })
-            .await
-            .ok()?;
+        let r = app.shard.subscribe(owner, task, from, tx).await.ok()?;
         Some((r, rx))
     })
 }

@@ -51,7 +51,7 @@ pub(crate) async fn shard_main(
                 if refusing.get() < MAX_REFUSING {
                     refusing.set(refusing.get() + 1);
                     let (app, refusing) = (Rc::clone(&app), Rc::clone(&refusing));
-                    rt::spawn_detached(async move {
+                    rt::spawn(rt::Class::Latency, async move {
                         refuse_conn(app, conn).await;
                         refusing.set(refusing.get() - 1);
                     });
@@ -61,7 +61,7 @@ pub(crate) async fn shard_main(
                     drop(conn);
                 }
             }
-            Some(Ok(conn)) => rt::spawn_detached(serve_conn(Rc::clone(&app), conn)),
+            Some(Ok(conn)) => rt::spawn(rt::Class::Latency, serve_conn(Rc::clone(&app), conn)),
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning on the error.
                 tracing::warn!(shard = app.shard.id().0, error = %e, "accept failed");

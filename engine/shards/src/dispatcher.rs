@@ -9,96 +9,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
-use orchd_engine::admission::{Admission, Admitted, Outcome, PoolState, SessionView};
+use orchd_engine::admission::{Admission, Admitted};
 use orchd_engine::task::TaskSpec;
 use orchd_engine::{ApiError, Config, ErrorClass, ErrorKind};
 
-use crate::mesh::{Inbox, Mailbox, Reply, ShardId};
-use crate::owner::NewTask;
+use crate::commands::{DispatcherCommand, DispatcherSnapshot, NewTask, ShardCommand};
+use crate::mesh::{Inbox, Mailbox};
 use crate::rt;
-use crate::runtime::ShardCommand;
 
 /// Retry advice when an owner shard's mailbox is full.
 const OVERLOADED_RETRY_MS: u64 = 50;
-
-/// Commands of the dispatcher.
-pub enum DispatcherCommand {
-    /// Liveness of the dispatcher (for `/readyz`).
-    Ping(Reply<()>),
-    /// Admit or refuse a task (SPEC order); on admission the task is already on its
-    /// way to its owner shard when the reply arrives.
-    Admit {
-        spec: Box<TaskSpec>,
-        correlation_id: String,
-        reply: Reply<Result<Admitted, ApiError>>,
-    },
-    /// The owner shard of a known task.
-    Locate {
-        task: Uuid,
-        reply: Reply<Option<ShardId>>,
-    },
-    /// From an owner: a queued task started.
-    Started {
-        task: Uuid,
-    },
-    /// From an owner: its pool's engine went down or came back.
-    PoolUp {
-        pool: usize,
-        up: bool,
-    },
-    /// From an owner: a task ended.
-    Finished {
-        task: Uuid,
-        outcome: Outcome,
-    },
-    Session {
-        id: Uuid,
-        reply: Reply<SessionView>,
-    },
-    DeleteSession {
-        id: Uuid,
-        reply: Reply<()>,
-    },
-    /// The capabilities document as the pools are now.
-    Capabilities {
-        reply: Reply<Bytes>,
-    },
-    /// Dispatcher-owned series for `/metrics`.
-    Scrape {
-        reply: Reply<DispatcherSnapshot>,
-    },
-    /// Index, state and readiness of the pool named `pool`.
-    PoolState {
-        pool: String,
-        reply: Reply<Option<(usize, PoolState, bool)>>,
-    },
-    /// Close admission to a pool; its tasks have `deadline_ms` to finish. Replies with
-    /// the time left once the owner shard holds the deadline.
-    Drain {
-        pool: String,
-        deadline_ms: u64,
-        reply: Reply<Result<u64, ApiError>>,
-    },
-    /// Switch a pool to another model; replies once switched, or rolled back.
-    Reload {
-        pool: String,
-        model_ref: String,
-        reply: Reply<Result<String, ApiError>>,
-    },
-}
-
-/// What the dispatcher contributes to a scrape.
-#[derive(Clone, Debug)]
-pub struct DispatcherSnapshot {
-    /// Every model seen and its state now.
-    pub models: Vec<(String, &'static str)>,
-    /// Model verifications on reload: [engine][ok, failed].
-    pub catalog: [[u64; 2]; 4],
-    /// Each pool's state, by config index.
-    pub pool_states: Vec<PoolState>,
-}
 
 pub(crate) struct Dispatcher {
     admission: RefCell<Admission>,
@@ -143,9 +64,12 @@ impl Dispatcher {
             }
             DispatcherCommand::Started { task } => self.admission.borrow_mut().on_started(task),
             DispatcherCommand::PoolUp { pool, up } => self.admission.borrow_mut().set_up(pool, up),
-            DispatcherCommand::Finished { task, outcome } => {
+            DispatcherCommand::PoolDrained { pool } => self.admission.borrow_mut().drained(pool),
+            DispatcherCommand::Finished { task, outcome, eta } => {
                 let now = self.now_ms();
-                self.admission.borrow_mut().on_finished(task, outcome, now);
+                self.admission
+                    .borrow_mut()
+                    .on_finished(task, outcome, eta, now);
             }
             DispatcherCommand::Session { id, reply } => {
                 let _ = reply.send(self.admission.borrow().session(&id, self.now_ms()));
@@ -186,31 +110,30 @@ impl Dispatcher {
                 deadline_ms,
                 reply,
             } => {
-                let started = self.find_pool(&pool).and_then(|i| {
-                    let left = self
-                        .admission
-                        .borrow_mut()
-                        .drain(i, deadline_ms, self.now_ms())?;
-                    Ok((i, left))
-                });
-                let (i, left) = match started {
-                    Ok(v) => v,
+                let started = self
+                    .find_pool(&pool)
+                    .and_then(|i| self.admission.borrow_mut().drain(i).map(|()| i));
+                let i = match started {
+                    Ok(i) => i,
                     Err(e) => {
                         let _ = reply.send(Err(e));
                         return;
                     }
                 };
+                // The owner shard holds the deadline (it keeps the earlier one of a
+                // drain under way) and says how long is left.
                 let owner = self.owner_of(i).clone();
-                rt::spawn_detached(async move {
-                    let deadline = Duration::from_millis(left);
+                rt::spawn(rt::Class::Latency, async move {
+                    let deadline = Duration::from_millis(deadline_ms);
                     let r = owner
-                        .request(|ack| ShardCommand::Drain {
+                        .request(|reply| ShardCommand::Drain {
                             pool: i,
                             deadline,
-                            ack,
+                            reply,
                         })
                         .await;
-                    let _ = reply.send(r.map(|()| left).map_err(crate::mesh::unavailable));
+                    let left = r.map(|d| d.as_millis() as u64);
+                    let _ = reply.send(left.map_err(crate::mesh::unavailable));
                 });
             }
             DispatcherCommand::Reload {
@@ -233,7 +156,7 @@ impl Dispatcher {
                 };
                 let owner = self.owner_of(i).clone();
                 let d = Rc::clone(self);
-                rt::spawn_detached(async move {
+                rt::spawn(rt::Class::Latency, async move {
                     let model = model_ref.clone();
                     let r = owner
                         .request(|done| ShardCommand::Reload {
@@ -316,7 +239,7 @@ pub(crate) async fn dispatcher_main(
         capabilities: RefCell::new((0, Bytes::new())),
     });
     let sweeper = Rc::clone(&d);
-    rt::spawn_detached(async move {
+    rt::spawn(rt::Class::Throughput, async move {
         loop {
             rt::sleep(Duration::from_millis(250)).await;
             let now = sweeper.now_ms();

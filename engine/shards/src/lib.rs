@@ -1,23 +1,26 @@
 //! orchd-shards: the thread-per-core runtime of orchd.
 //!
-//! Pinned glommio executors, one per shard, plus the dispatcher executor; bounded
-//! mailboxes between them (request/reply to one shard, map-reduce over all); each
-//! shard's local state and probe. As the data plane grows, the per-shard task tables,
-//! frame logs and engine drivers live here too.
+//! Pinned executors, one per shard, plus the dispatcher; bounded mailboxes between them
+//! (request/reply to one shard, map-reduce over all), every cross-core message in
+//! [`commands`]; each shard's tasks and pools ([`owner`], which decides) carried out by
+//! its [`Shard`] (which does the I/O); the engine seam ([`engines`]) and the driver that
+//! runs a task's generation on it; shard-local probes ([`metrics`]).
 //!
 //! Must not depend on: hyper's server or any HTTP routing (the http crate drives a shard
-//! through [`Shard`]), and glommio outside the [`rt`] module, so that an epoll fallback
-//! can replace `rt` alone.
+//! through [`Shard`] and the typed [`handle::Dispatcher`]), and glommio outside the
+//! [`rt`] module, so that an epoll runtime can replace `rt` alone.
 
+pub mod commands;
 mod dispatcher;
-
-pub use dispatcher::DispatcherSnapshot;
+mod driver;
+pub mod engines;
+pub mod handle;
 pub mod mesh;
 pub mod metrics;
 pub mod owner;
 pub mod rt;
-pub mod runtime;
-pub mod upstream;
+mod runtime;
+mod shard;
 
 /// The shard that keeps the artifact `id` (a content address, so its digest spreads
 /// artifacts evenly).
@@ -34,8 +37,10 @@ pub fn shard_for(pool: usize, shards: usize) -> ShardId {
     ShardId(pool % shards.max(1))
 }
 
-pub use mesh::{unavailable, Mailbox, MeshError, Reply, ShardId};
-pub use runtime::{
-    resolve_shards, DispatcherCommand, ProbeSnapshot, Ready, Runtime, RuntimeOptions, Shard,
-    ShardCommand, ShardSnapshot, StartError,
+pub use commands::{
+    DispatcherSnapshot, FrameMsg, PoolStats, ProbeSnapshot, ShardSnapshot, Subscribed,
 };
+pub use mesh::{unavailable, Mailbox, MeshError, Reply, ShardId};
+pub use owner::SUBSCRIBER_BUFFER;
+pub use runtime::{resolve_shards, Ready, Runtime, RuntimeOptions, StartError};
+pub use shard::{Probe, Shard, QUIESCE_LIMIT};

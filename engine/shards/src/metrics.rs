@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use orchd_engine::{Engine, ErrorKind};
+use orchd_engine::{CancelReason, Engine, ErrorKind};
 
 /// Upper bounds of the latency histograms' buckets, in ms: 0.25 ms doubling to
 /// 131 s (20 buckets), enough for sub-millisecond hops and minute-long decodes.
@@ -22,18 +22,6 @@ pub const BUCKETS_MS: [f64; 20] = {
     }
     b
 };
-
-/// Why tasks are canceled or cut short, as `tasks_canceled_total{reason}` says it.
-pub const CANCEL_REASONS: [&str; 8] = [
-    "client", "orphaned", "deadline", "drop-lru", "drain", "shutdown", "watchdog", "engine",
-];
-
-pub fn cancel_reason_index(reason: &str) -> usize {
-    CANCEL_REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap_or(0)
-}
 
 /// A latency distribution: an HDR histogram in microseconds (for quantiles and for
 /// bucket counts at any bound) plus the exact sum.
@@ -92,19 +80,64 @@ pub struct LatencySnapshot {
     pub sum_ms: f64,
 }
 
+/// Latencies of recent tasks: the current window and the one before it, so a reading
+/// always covers between one and two windows (`GET /v1/pools/{id}/health`).
+pub struct Recent {
+    current: Histogram<u64>,
+    previous: Histogram<u64>,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        let h = || Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("histogram bounds");
+        Recent {
+            current: h(),
+            previous: h(),
+        }
+    }
+}
+
+impl Recent {
+    fn record(&mut self, d: Duration) {
+        let _ = self
+            .current
+            .record((d.as_micros() as u64).clamp(1, 3_600_000_000));
+    }
+
+    fn rotate(&mut self) {
+        std::mem::swap(&mut self.current, &mut self.previous);
+        self.current.reset();
+    }
+
+    /// (p50 ms, p99 ms, count).
+    pub fn summary(&self) -> (f64, f64, u64) {
+        let mut h = self.previous.clone();
+        let _ = h.add(&self.current);
+        let ms = |q| h.value_at_quantile(q) as f64 / 1000.0;
+        (ms(0.5), ms(0.99), h.len())
+    }
+}
+
+/// How long one window of [`Recent`] lasts.
+pub const RECENT_WINDOW: Duration = Duration::from_secs(60);
+
 /// Counters and histograms of one pool, kept by its owner shard and shared (`Rc`) with
 /// the pool's running tasks. Index 0 is interactive, 1 batch.
 #[derive(Default)]
 pub struct PoolProbe {
     pub enqueued: [Cell<u64>; 2],
     pub started: [Cell<u64>; 2],
+    /// By [`CancelReason::index`].
     pub canceled: [Cell<u64>; 8],
     pub tokens_in: Cell<u64>,
     pub tokens_out: Cell<u64>,
-    pub first_token: [RefCell<Latency>; 2],
-    pub decode: [RefCell<Latency>; 2],
+    first_token: [RefCell<Latency>; 2],
+    decode: [RefCell<Latency>; 2],
     pub queue_wait: [RefCell<Latency>; 2],
     pub inter_token: RefCell<Latency>,
+    /// The same first-token and decode latencies over the last minutes, for health.
+    recent_first_token: RefCell<Recent>,
+    recent_decode: RefCell<Recent>,
 }
 
 pub fn bump(c: &Cell<u64>) {
@@ -112,6 +145,36 @@ pub fn bump(c: &Cell<u64>) {
 }
 
 impl PoolProbe {
+    /// A task's latencies, recorded once for both `/metrics` (per class, since start)
+    /// and pool health (recent windows): admission to first token, first to last.
+    pub fn record_task(&self, class: usize, first_token: Duration, decode: Option<Duration>) {
+        self.first_token[class].borrow_mut().record(first_token);
+        self.recent_first_token.borrow_mut().record(first_token);
+        if let Some(d) = decode {
+            self.decode[class].borrow_mut().record(d);
+            self.recent_decode.borrow_mut().record(d);
+        }
+    }
+
+    /// A task cut short, counted under its reason.
+    pub fn count_canceled(&self, reason: CancelReason) {
+        bump(&self.canceled[reason.index()]);
+    }
+
+    /// Starts a new window of the recent latencies.
+    pub fn rotate_recent(&self) {
+        self.recent_first_token.borrow_mut().rotate();
+        self.recent_decode.borrow_mut().rotate();
+    }
+
+    /// Recent (first token, decode) latencies: (p50 ms, p99 ms, count) each.
+    pub fn recent(&self) -> ((f64, f64, u64), (f64, f64, u64)) {
+        (
+            self.recent_first_token.borrow().summary(),
+            self.recent_decode.borrow().summary(),
+        )
+    }
+
     pub fn snapshot(&self) -> PoolProbeSnapshot {
         let two = |f: &[RefCell<Latency>; 2]| [f[0].borrow().snapshot(), f[1].borrow().snapshot()];
         PoolProbeSnapshot {
@@ -132,6 +195,7 @@ impl PoolProbe {
 pub struct PoolProbeSnapshot {
     pub enqueued: [u64; 2],
     pub started: [u64; 2],
+    /// By [`CancelReason::index`].
     pub canceled: [u64; 8],
     pub tokens_in: u64,
     pub tokens_out: u64,

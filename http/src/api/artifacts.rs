@@ -6,7 +6,6 @@ use http::{Response, StatusCode};
 
 use orchd_engine::artifact::{valid_id, NewArtifact, StoreError};
 use orchd_engine::{ApiError, ErrorClass, ErrorKind};
-use orchd_shards::{shard_for_artifact, unavailable, ShardCommand};
 
 use crate::app::ShardApp;
 use crate::body::Body;
@@ -33,17 +32,7 @@ fn store_error(e: StoreError) -> ApiError {
 
 pub(crate) async fn create(app: &ShardApp, body: Bytes) -> Result<Response<Body>, ApiError> {
     let stored = NewArtifact::parse(&body)?.into_stored();
-    let keeper = shard_for_artifact(&stored.id, app.shard.shard_count());
-    let doc = app
-        .shard
-        .invoke_on(keeper, |reply| ShardCommand::StoreArtifact {
-            stored,
-            evictable: false,
-            reply: Some(reply),
-        })
-        .await
-        .map_err(unavailable)?
-        .map_err(store_error)?;
+    let doc = app.shard.put_artifact(stored).await?.map_err(store_error)?;
     // Answer with the stored document's own fields (the first store's, for content
     // stored before).
     let v: serde_json::Value =
@@ -63,16 +52,7 @@ pub(crate) async fn get(app: &ShardApp, id: &str) -> Result<Response<Body>, ApiE
             "artifact id: {id:?} is not sha256:<64 lowercase hex digits>"
         )));
     }
-    let keeper = shard_for_artifact(id, app.shard.shard_count());
-    let found = app
-        .shard
-        .invoke_on(keeper, |reply| ShardCommand::Artifact {
-            id: id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(unavailable)?
-        .map_err(store_error)?;
+    let found = app.shard.artifact(id).await?.map_err(store_error)?;
     match found {
         Some(json) => Ok(respond::json(StatusCode::OK, json)),
         None => Err(ApiError::not_found(format!("artifact {id} is not stored"))),

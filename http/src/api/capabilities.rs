@@ -4,18 +4,12 @@
 use http::{Response, StatusCode};
 
 use orchd_engine::ApiError;
-use orchd_shards::{unavailable, DispatcherCommand};
 
 use crate::app::ShardApp;
 use crate::body::Body;
 use crate::respond;
 
 pub(crate) async fn get(app: &ShardApp) -> Result<Response<Body>, ApiError> {
-    let doc = app
-        .shard
-        .dispatcher()
-        .request(|reply| DispatcherCommand::Capabilities { reply })
-        .await
-        .map_err(unavailable)?;
+    let doc = app.shard.dispatcher().capabilities().await?;
     Ok(respond::json(StatusCode::OK, doc))
 }

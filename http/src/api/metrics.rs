@@ -8,13 +8,11 @@ use std::fmt::Write;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::Response;
 
-use orchd_engine::admission::MODEL_STATES;
 use orchd_engine::config::PoolConfig;
 use orchd_engine::{ApiError, Config, Engine, ErrorKind};
-use orchd_shards::metrics::{LatencySnapshot, BUCKETS_MS, CANCEL_REASONS};
-use orchd_shards::{
-    rt, unavailable, DispatcherCommand, DispatcherSnapshot, ShardCommand, ShardSnapshot,
-};
+use orchd_engine::{CancelReason, ModelState};
+use orchd_shards::metrics::{LatencySnapshot, BUCKETS_MS};
+use orchd_shards::{rt, DispatcherSnapshot, ShardSnapshot};
 
 use crate::app::ShardApp;
 use crate::body::Body;
@@ -26,20 +24,8 @@ const RESULTS: [&str; 2] = ["ok", "failed"];
 const DEVICE: &str = "mock0";
 
 pub(crate) async fn get(app: &ShardApp) -> Result<Response<Body>, ApiError> {
-    let shards = app
-        .shard
-        .map_reduce(ShardCommand::Scrape, Vec::new(), |mut v, s| {
-            v.push(s);
-            v
-        })
-        .await
-        .map_err(unavailable)?;
-    let dispatcher = app
-        .shard
-        .dispatcher()
-        .request(|reply| DispatcherCommand::Scrape { reply })
-        .await
-        .map_err(unavailable)?;
+    let shards = app.shard.scrape_all().await?;
+    let dispatcher = app.shard.dispatcher().scrape().await?;
     let text = render(&app.app.config, &shards, &dispatcher).await;
     let mut r = Response::new(Body::full(text));
     r.headers_mut().insert(
@@ -148,11 +134,14 @@ pub(crate) async fn render(
     rt::yield_now().await;
     head(&mut out, "tasks_canceled_total", "counter", "Tasks ended before completion, by reason (client, orphaned, deadline, drop-lru, drain, shutdown, watchdog).");
     for (_, p, x) in &pools {
-        for (i, reason) in CANCEL_REASONS.iter().enumerate() {
+        for reason in CancelReason::ALL {
             let _ = writeln!(
                 out,
-                "tasks_canceled_total{{{},{},reason=\"{reason}\"}} {}",
-                p.labels, p.replica, x.probe.canceled[i]
+                "tasks_canceled_total{{{},{},reason=\"{}\"}} {}",
+                p.labels,
+                p.replica,
+                reason.as_str(),
+                x.probe.canceled[reason.index()]
             );
         }
     }
@@ -328,11 +317,12 @@ pub(crate) async fn render(
         "1 for the state each model is in (ready, loading, draining, drained, failed, retired).",
     );
     for (model, state) in &d.models {
-        for s in MODEL_STATES {
+        for s in ModelState::ALL {
             let _ = writeln!(
                 out,
-                "model_state{{model_id=\"{}\",state=\"{s}\"}} {}",
+                "model_state{{model_id=\"{}\",state=\"{}\"}} {}",
                 esc(model),
+                s.as_str(),
                 u8::from(*state == s)
             );
         }

@@ -6,7 +6,7 @@ use futures_lite::future;
 use http::{Response, StatusCode};
 
 use orchd_engine::{ApiError, ErrorClass, ErrorKind};
-use orchd_shards::{rt, DispatcherCommand};
+use orchd_shards::rt;
 
 use crate::app::ShardApp;
 use crate::body::Body;
@@ -24,7 +24,8 @@ pub(crate) async fn readyz(app: &ShardApp) -> Result<Response<Body>, ApiError> {
     if app.shard.stopping() {
         return Err(unready("shutting down"));
     }
-    let ping = app.shard.dispatcher().request(DispatcherCommand::Ping);
+    let dispatcher = app.shard.dispatcher();
+    let ping = dispatcher.ping();
     let answered = future::or(async { ping.await.is_ok() }, async {
         rt::sleep(READY_TIMEOUT).await;
         false

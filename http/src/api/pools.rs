@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use orchd_engine::admission::PoolState;
 use orchd_engine::{parse_json, ApiError};
-use orchd_shards::{unavailable, DispatcherCommand, ShardCommand};
 
 use crate::app::ShardApp;
 use crate::body::Body;
@@ -20,29 +19,21 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
     let (index, state, ready) = app
         .shard
         .dispatcher()
-        .request(|reply| DispatcherCommand::PoolState {
-            pool: id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(unavailable)?
+        .pool_state(id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("pool {id} is not known")))?;
     let owner = orchd_shards::shard_for(index, app.shard.shard_count());
     let stats = app
         .shard
-        .invoke_on(owner, |reply| ShardCommand::PoolStats {
-            pool: index,
-            reply,
-        })
-        .await
-        .map_err(unavailable)?
+        .pool_stats(index)
+        .await?
         .ok_or_else(|| ApiError::internal(format!("pool {id} is missing on its shard")))?;
     let cfg = &app.app.config.pools[index];
 
     let doc = serde_json::json!({
         "live": true,
         "ready": ready,
-        "draining": matches!(state, PoolState::Draining { .. }),
+        "draining": matches!(state, PoolState::Draining),
         "metrics": {
             "state": state.as_str(),
             "queue_depth": stats.queue_depth,
@@ -81,16 +72,7 @@ pub(crate) async fn drain(
             "deadline_ms: at most {MAX_DRAIN_MS}"
         )));
     }
-    let left = app
-        .shard
-        .dispatcher()
-        .request(|reply| DispatcherCommand::Drain {
-            pool: id.to_string(),
-            deadline_ms: b.deadline_ms,
-            reply,
-        })
-        .await
-        .map_err(unavailable)??;
+    let left = app.shard.dispatcher().drain(id, b.deadline_ms).await?;
     tracing::info!(pool = %id, deadline_ms = left, "pool draining");
     let doc = serde_json::json!({"pool_id": id, "draining": true, "deadline_ms": left});
     Ok(respond::json(
@@ -118,16 +100,7 @@ pub(crate) async fn reload(
             "new_model_ref: must name a model (1 to 512 characters, not *)",
         ));
     }
-    let model = app
-        .shard
-        .dispatcher()
-        .request(|reply| DispatcherCommand::Reload {
-            pool: id.to_string(),
-            model_ref: b.new_model_ref,
-            reply,
-        })
-        .await
-        .map_err(unavailable)??;
+    let model = app.shard.dispatcher().reload(id, b.new_model_ref).await?;
     let doc = serde_json::json!({"pool_id": id, "model_ref": model});
     Ok(respond::json(
         StatusCode::OK,

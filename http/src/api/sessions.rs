@@ -5,13 +5,11 @@ use serde::Serialize;
 
 use orchd_engine::frame::BudgetRemaining;
 use orchd_engine::ApiError;
-use orchd_shards::DispatcherCommand;
 
 use crate::api::tasks::parse_id;
 use crate::app::ShardApp;
 use crate::body::Body;
 use crate::respond;
-use orchd_shards::unavailable;
 
 #[derive(Serialize)]
 struct SessionDoc {
@@ -25,12 +23,7 @@ struct SessionDoc {
 
 pub(crate) async fn get(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, ApiError> {
     let id = parse_id(raw_id, "session id")?;
-    let v = app
-        .shard
-        .dispatcher()
-        .request(|reply| DispatcherCommand::Session { id, reply })
-        .await
-        .map_err(unavailable)?;
+    let v = app.shard.dispatcher().session(id).await?;
     let doc = SessionDoc {
         ttl_ms_remaining: v.ttl_ms_remaining,
         turns: v.turns,
@@ -46,11 +39,7 @@ pub(crate) async fn get(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, 
 
 pub(crate) async fn delete(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, ApiError> {
     let id = parse_id(raw_id, "session id")?;
-    app.shard
-        .dispatcher()
-        .request(|reply| DispatcherCommand::DeleteSession { id, reply })
-        .await
-        .map_err(unavailable)?;
+    app.shard.dispatcher().delete_session(id).await?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)

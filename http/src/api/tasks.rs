@@ -14,8 +14,7 @@ use orchd_engine::admission::Admitted;
 use orchd_engine::task::TaskSpec;
 use orchd_engine::{ApiError, ErrorClass, ErrorKind};
 use orchd_shards::metrics::{bump, engine_index, kind_index};
-use orchd_shards::owner::Subscribed;
-use orchd_shards::{unavailable, DispatcherCommand, MeshError, ShardCommand, ShardId};
+use orchd_shards::{unavailable, MeshError, ShardId, Subscribed};
 
 use crate::app::ShardApp;
 use crate::body::{subscribe, Body, SseBody};
@@ -47,14 +46,8 @@ pub(crate) async fn create(
     let admitted = app
         .shard
         .dispatcher()
-        .request(|reply| DispatcherCommand::Admit {
-            spec: Box::new(spec),
-            correlation_id: correlation_id.clone(),
-            reply,
-        })
+        .admit(spec, correlation_id.clone())
         .await
-        .map_err(unavailable)?
-        .map_err(|e| e.with_engine(engine))
         .inspect_err(|e| count_refusal(app, e))?;
     if admitted.evict.is_some() {
         bump(&app.shard.probe.admission.backpressure[engine_index(engine)][1]);
@@ -119,9 +112,8 @@ async fn locate(app: &ShardApp, task: Uuid) -> Result<ShardId, ApiError> {
     }
     app.shard
         .dispatcher()
-        .request(|reply| DispatcherCommand::Locate { task, reply })
-        .await
-        .map_err(unavailable)?
+        .locate(task)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))
 }
 
@@ -172,9 +164,8 @@ pub(crate) async fn cancel(app: &Rc<ShardApp>, raw_id: &str) -> Result<Response<
     let owner = locate(app, task).await?;
     let tokens = app
         .shard
-        .invoke_on(owner, |reply| ShardCommand::Cancel { task, reply })
-        .await
-        .map_err(unavailable)?
+        .cancel(owner, task)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;

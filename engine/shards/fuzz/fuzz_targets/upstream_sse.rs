@@ -1,9 +1,9 @@
 //! An engine's response body -> the upstream SSE parser of the HTTP adapters
-//! (`orchd_shards::upstream`), for both wire formats (`openai`, `llamacpp`).
+//! (`orchd_shards::engines`), for both wire formats (`openai`, `llamacpp`).
 //!
 //! Input layout: byte 0 gives `n = byte % 32` chunk lengths, the next `n` bytes are
 //! those lengths (0 = an empty body frame), the rest is the body. The body is fed the
-//! way `UpstreamStream::next` feeds it, one body frame at a time: in one piece, split
+//! way `HttpStream::next` feeds it, one body frame at a time: in one piece, split
 //! at the fuzzer's points (the remainder being the last chunk), and one byte at a time.
 //!
 //! Asserts: no panic; all three splits give the same pieces and the same error (for
@@ -13,10 +13,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use orchd_engine::config::AdapterKind;
-use orchd_shards::upstream::fuzzing::{parse_event, take_event, MAX_EVENT};
-use orchd_shards::upstream::Piece;
+use orchd_shards::engines::fuzzing::{parse_event, take_event, MAX_EVENT};
+use orchd_shards::engines::Piece;
 
-/// `UpstreamStream::next` called until the stream is done, minus the socket: the pieces,
+/// `HttpStream::next` called until the stream is done, minus the socket: the pieces,
 /// then the error (as its message) if the stream failed.
 fn run<'a>(
     kind: AdapterKind,
@@ -29,7 +29,7 @@ fn run<'a>(
         if let Some(event) = take_event(&mut buf) {
             match parse_event(kind, &event) {
                 Ok(Some(p)) => {
-                    let end = p == Piece::End;
+                    let end = matches!(p, Piece::End(_));
                     out.push(Ok(p));
                     if end {
                         return out; // `next` answers End from now on
@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(Piece::Text(t)) = p {
                 assert!(!t.is_empty(), "an empty text piece");
             }
-            if matches!(p, Ok(Piece::End) | Err(_)) {
+            if matches!(p, Ok(Piece::End(_)) | Err(_)) {
                 assert_eq!(i + 1, whole.len(), "a piece after the end");
             }
         }

@@ -1,0 +1,207 @@
+//! Every message that crosses cores, in one module below its senders and its handlers:
+//! the commands of a shard ([`ShardCommand`]) and of the dispatcher
+//! ([`DispatcherCommand`]), and the values they carry. Nothing here imports the modules
+//! that send or handle them, so no two modules of this crate import each other.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use orchd_engine::admission::{Admitted, Eta, Outcome, PoolState, SessionView};
+use orchd_engine::artifact::{StoreError, Stored};
+use orchd_engine::task::TaskSpec;
+use orchd_engine::{ApiError, ModelState};
+
+use crate::mesh::{Reply, ShardId};
+use crate::metrics::{AdmissionSnapshot, PoolSample};
+
+/// A frame for a subscriber, and whether it is the last one.
+pub type FrameMsg = (Bytes, bool);
+
+/// A task admitted by the dispatcher, on its way to its owner shard.
+pub struct NewTask {
+    pub spec: TaskSpec,
+    pub admitted: Admitted,
+    pub correlation_id: String,
+    pub admitted_at: Instant,
+}
+
+/// The answer to a subscription.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Subscribed {
+    /// Frames from the cursor were sent; more follow until the terminal frame.
+    Live,
+    /// The task has ended and no frame remains after the cursor.
+    Ended,
+    NotFound,
+}
+
+/// Live figures of one pool, for `GET /v1/pools/{id}/health`.
+#[derive(Clone, Debug)]
+pub struct PoolStats {
+    pub queue_depth: u32,
+    pub slots_total: u32,
+    pub slots_busy: u32,
+    pub model_ref: String,
+    pub draining: bool,
+    /// The version the engine reports (HTTP adapters), if it said.
+    pub reported_version: Option<String>,
+    /// Admission to first token over the last one to two minutes, ms: (p50, p99, count).
+    pub first_token_ms: (f64, f64, u64),
+    /// First to last token, same window.
+    pub decode_ms: (f64, f64, u64),
+}
+
+/// Commands a shard executes on its own core.
+pub enum ShardCommand {
+    /// Read this shard's probes (for `/metrics`).
+    Scrape(Reply<ShardSnapshot>),
+    /// From the dispatcher: an admitted task of a pool this shard owns.
+    Enqueue(Box<NewTask>),
+    /// Stream a task's frames from `from` on into `tx`.
+    Subscribe {
+        task: Uuid,
+        from: u64,
+        tx: flume::Sender<FrameMsg>,
+        reply: Reply<Subscribed>,
+    },
+    /// Cancel a task; replies with the tokens it produced, `None` if unknown.
+    Cancel {
+        task: Uuid,
+        reply: Reply<Option<u32>>,
+    },
+    /// A stored artifact's document, from the shard that keeps it.
+    Artifact {
+        id: String,
+        reply: Reply<Result<Option<Bytes>, StoreError>>,
+    },
+    /// Store an artifact on the shard that keeps it; replies with the stored document.
+    StoreArtifact {
+        stored: Stored,
+        evictable: bool,
+        reply: Option<Reply<Result<Bytes, StoreError>>>,
+    },
+    /// From the dispatcher: end the pool's tasks `deadline` from now (or at the
+    /// earlier deadline of a drain under way); replies with the time left.
+    Drain {
+        pool: usize,
+        deadline: Duration,
+        reply: Reply<Duration>,
+    },
+    /// From the dispatcher: load `model_ref` and switch the pool to it atomically.
+    Reload {
+        pool: usize,
+        model_ref: String,
+        done: Reply<Result<(), String>>,
+    },
+    /// Live figures of a pool this shard owns.
+    PoolStats {
+        pool: usize,
+        reply: Reply<Option<PoolStats>>,
+    },
+}
+
+/// Commands of the dispatcher.
+pub enum DispatcherCommand {
+    /// Liveness of the dispatcher (for `/readyz`).
+    Ping(Reply<()>),
+    /// Admit or refuse a task (SPEC order); on admission the task is already on its
+    /// way to its owner shard when the reply arrives.
+    Admit {
+        spec: Box<TaskSpec>,
+        correlation_id: String,
+        reply: Reply<Result<Admitted, ApiError>>,
+    },
+    /// The owner shard of a known task.
+    Locate {
+        task: Uuid,
+        reply: Reply<Option<ShardId>>,
+    },
+    /// From an owner: a queued task started.
+    Started {
+        task: Uuid,
+    },
+    /// From an owner: its pool's engine went down or came back.
+    PoolUp {
+        pool: usize,
+        up: bool,
+    },
+    /// From an owner: a draining pool's deadline passed and its tasks ended.
+    PoolDrained {
+        pool: usize,
+    },
+    /// From an owner: a task ended; `eta` is its pool's ETA model after it.
+    Finished {
+        task: Uuid,
+        outcome: Outcome,
+        eta: Eta,
+    },
+    Session {
+        id: Uuid,
+        reply: Reply<SessionView>,
+    },
+    DeleteSession {
+        id: Uuid,
+        reply: Reply<()>,
+    },
+    /// The capabilities document as the pools are now.
+    Capabilities {
+        reply: Reply<Bytes>,
+    },
+    /// Dispatcher-owned series for `/metrics`.
+    Scrape {
+        reply: Reply<DispatcherSnapshot>,
+    },
+    /// Index, state and readiness of the pool named `pool`.
+    PoolState {
+        pool: String,
+        reply: Reply<Option<(usize, PoolState, bool)>>,
+    },
+    /// Close admission to a pool; its tasks have `deadline_ms` to finish. Replies with
+    /// the time left once the owner shard holds the deadline.
+    Drain {
+        pool: String,
+        deadline_ms: u64,
+        reply: Reply<Result<u64, ApiError>>,
+    },
+    /// Switch a pool to another model; replies once switched, or rolled back.
+    Reload {
+        pool: String,
+        model_ref: String,
+        reply: Reply<Result<String, ApiError>>,
+    },
+}
+
+/// What the dispatcher contributes to a scrape.
+#[derive(Clone, Debug)]
+pub struct DispatcherSnapshot {
+    /// Every model seen and its state now.
+    pub models: Vec<(String, ModelState)>,
+    /// Model verifications on reload: [engine][ok, failed].
+    pub catalog: [[u64; 2]; 4],
+    /// Each pool's state, by config index.
+    pub pool_states: Vec<PoolState>,
+}
+
+/// Everything a scrape reads from one shard.
+#[derive(Clone, Debug)]
+pub struct ShardSnapshot {
+    pub http: ProbeSnapshot,
+    pub admission: AdmissionSnapshot,
+    /// The pools this shard owns.
+    pub pools: Vec<PoolSample>,
+    pub live_tasks: u64,
+    /// CPU time of the shard's thread so far.
+    pub cpu_seconds: f64,
+}
+
+/// A copy of one shard's HTTP probe, sent across cores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSnapshot {
+    pub shard: ShardId,
+    pub responses: [u64; 5],
+    pub connections_accepted: u64,
+    pub connections_open: u64,
+    pub connections_refused: u64,
+}

@@ -1,0 +1,168 @@
+//! Runs one task's generation on its owner shard: opens the engine's stream (retrying
+//! a refused connection or a 5xx before the first token, with capped jitter), hands
+//! each token to the owner, and ends the task the way the engine ended. When the task
+//! ends elsewhere (cancel, watchdog, drain, deadline), its stop signal fires and the
+//! generation is dropped, which closes the engine's request: a real engine sees its
+//! client go and stops generating.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use orchd_engine::generation::Generation;
+use orchd_engine::{CancelReason, EngineError};
+
+use crate::engines::{Adapter, EngineAdapter, Health, Piece, TokenStream};
+use crate::owner::task::{Step, TaskRun, Terminal};
+use crate::owner::Start;
+use crate::rt;
+use crate::shard::Shard;
+
+/// Spawns the driver of a task that got its slot, for its pool's kind of engine.
+pub(crate) fn start(shard: &Rc<Shard>, s: Start) {
+    let shard = Rc::clone(shard);
+    let Start {
+        task,
+        pool,
+        engine,
+        generation,
+        stop,
+    } = s;
+    match engine {
+        Adapter::Mock(e) => rt::spawn(
+            rt::Class::Throughput,
+            drive(shard, task, pool, e, generation, stop),
+        ),
+        Adapter::OpenAi(e) => rt::spawn(
+            rt::Class::Throughput,
+            drive(shard, task, pool, e, generation, stop),
+        ),
+        Adapter::LlamaCpp(e) => rt::spawn(
+            rt::Class::Throughput,
+            drive(shard, task, pool, e, generation, stop),
+        ),
+        // The owner ends such tasks itself; it never hands one over.
+        Adapter::Unusable(_) => {}
+    }
+}
+
+/// How a generation ended, seen from the driver.
+enum Ended<S> {
+    /// The engine said it was done (the stream, to be finished), or `max_tokens` was
+    /// reached.
+    Complete(Option<S>),
+    Deadline,
+    Stopped,
+    Failed {
+        error: EngineError,
+        streamed: bool,
+    },
+}
+
+async fn drive<A: EngineAdapter>(
+    shard: Rc<Shard>,
+    task: Rc<RefCell<TaskRun>>,
+    pool: usize,
+    engine: Rc<A>,
+    generation: Generation,
+    stop: oneshot::Receiver<()>,
+) {
+    let id = task.borrow().spec.task_id;
+    let generate = async {
+        let mut stream = match open(&*engine, id, &generation).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Ended::Failed {
+                    error,
+                    streamed: false,
+                }
+            }
+        };
+        loop {
+            match stream.next().await {
+                Ok(Some(Piece::Text(text))) => {
+                    let step = shard.owner().token(&task, &text, Instant::now());
+                    match step {
+                        Step::More => {}
+                        Step::Done => return Ended::Complete(None),
+                        Step::Deadline => return Ended::Deadline,
+                        Step::Stopped => return Ended::Stopped,
+                    }
+                }
+                Ok(Some(Piece::End(usage))) => {
+                    tracing::debug!(task_id = %id, ?usage, "engine done");
+                    return Ended::Complete(Some(stream));
+                }
+                Ok(None) => {
+                    let error = EngineError::Reset(
+                        "the stream ended before the engine said it was done".into(),
+                    );
+                    return Ended::Failed {
+                        error,
+                        streamed: true,
+                    };
+                }
+                Err(error) => {
+                    return Ended::Failed {
+                        error,
+                        streamed: true,
+                    }
+                }
+            }
+        }
+    };
+    let ended = futures_lite::future::or(generate, async {
+        let _ = stop.await;
+        Ended::Stopped
+    })
+    .await;
+    match ended {
+        Ended::Stopped => {}
+        Ended::Deadline => shard.end(id, Terminal::deadline_in_decode()),
+        Ended::Complete(stream) => {
+            shard.end(id, Terminal::Done);
+            if let Some(stream) = stream {
+                stream.finish().await;
+            }
+        }
+        Ended::Failed { error, streamed } => {
+            if error.engine_down() {
+                let down = Health::default();
+                shard.with_owner(|o| o.set_health(pool, down));
+            }
+            let kind = error.error_kind(streamed);
+            tracing::warn!(task_id = %id, error = %error, code = %kind, "engine call failed");
+            let how = Terminal::Failed {
+                reason: CancelReason::Engine,
+                kind,
+                message: error.to_string(),
+            };
+            shard.end(id, how);
+        }
+    }
+}
+
+/// Opens the engine's stream, retrying a retriable failure (refused connection, 5xx)
+/// with capped exponential backoff and a jitter from the task id.
+async fn open<A: EngineAdapter>(
+    engine: &A,
+    id: Uuid,
+    generation: &Generation,
+) -> Result<A::Stream, EngineError> {
+    let mut attempt = 0u32;
+    loop {
+        match engine.open(id, generation).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.retriable() && attempt < engine.retries() => {
+                attempt += 1;
+                let base = 50u64 << attempt.min(4);
+                let jitter = (id.as_u128() as u64).wrapping_mul(u64::from(attempt) + 1) % base;
+                rt::sleep(Duration::from_millis((base + jitter).min(1000))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

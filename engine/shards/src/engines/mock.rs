@@ -1,0 +1,155 @@
+//! The built-in mock engine: deterministic tokens ([`MockTokens`]) paced like a real
+//! engine (`ttft_ms` before the first, `tpot_ms` between tokens, on the shard's timer
+//! grid), faults on request, and model loads that take `load_ms` (a model named
+//! `fail:...` cannot be loaded).
+
+use std::borrow::Cow;
+use std::future::pending;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use orchd_engine::config::AdapterConfig;
+use orchd_engine::generation::Generation;
+use orchd_engine::mock::MockTokens;
+use orchd_engine::EngineError;
+
+use super::{EngineAdapter, Health, Piece, TokenStream, Usage};
+use crate::rt;
+
+/// Tokens produced back to back (tpot 0) before the stream lets the shard's other
+/// tasks run.
+const BURST: u32 = 16;
+
+pub struct MockEngine {
+    ttft: Duration,
+    tpot: Duration,
+    load: Duration,
+    /// Dies (`WORKER_RESET`) once this many tokens are out.
+    fail_after: Option<u32>,
+    /// Goes silent once this many tokens are out, until the task ends elsewhere.
+    stall_after: Option<u32>,
+}
+
+impl MockEngine {
+    pub fn new(cfg: &AdapterConfig) -> MockEngine {
+        MockEngine {
+            ttft: Duration::from_millis(cfg.ttft_ms),
+            tpot: Duration::from_millis(cfg.tpot_ms),
+            load: Duration::from_millis(cfg.load_ms),
+            fail_after: cfg.fail_after_tokens,
+            stall_after: cfg.stall_after_tokens,
+        }
+    }
+}
+
+/// One mock generation.
+pub struct MockStream {
+    tokens: MockTokens,
+    max_tokens: u32,
+    produced: u32,
+    /// When the next token is due.
+    due: Instant,
+    ttft: Duration,
+    tpot: Duration,
+    burst: u32,
+    fail_after: Option<u32>,
+    stall_after: Option<u32>,
+    prompt_tokens: u64,
+}
+
+impl EngineAdapter for MockEngine {
+    type Stream = MockStream;
+
+    async fn open(&self, _task: Uuid, g: &Generation) -> Result<MockStream, EngineError> {
+        let words = |s: &str| s.split_whitespace().count() as u64;
+        Ok(MockStream {
+            tokens: MockTokens::for_generation(g),
+            max_tokens: g.sampling.max_tokens,
+            produced: 0,
+            due: Instant::now() + self.ttft,
+            ttft: self.ttft,
+            tpot: self.tpot,
+            burst: 0,
+            fail_after: self.fail_after,
+            stall_after: self.stall_after,
+            prompt_tokens: words(&g.input.completion_text()),
+        })
+    }
+
+    fn retries(&self) -> u32 {
+        0
+    }
+
+    fn health_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    async fn health(&self) -> Health {
+        Health {
+            up: true,
+            version: None,
+            slots: None,
+        }
+    }
+
+    async fn load(&self, model: &str) -> Result<(), String> {
+        rt::sleep(self.load).await;
+        if model.starts_with("fail:") {
+            return Err(format!("the engine could not load model {model:?}"));
+        }
+        Ok(())
+    }
+}
+
+impl TokenStream for MockStream {
+    async fn next(&mut self) -> Result<Option<Piece>, EngineError> {
+        // Tokens are due at start + ttft + k * tpot, on the shard's timer grid, so that
+        // tasks due in the same millisecond share one wakeup (a running engine's decode
+        // step serves all its sequences at once, too). A shard that falls behind does
+        // not catch up in a burst: the next token is due a tpot after the late one.
+        // A zero ttft or tpot means no wait at all (not the next tick).
+        let wait = if self.produced == 0 {
+            !self.ttft.is_zero()
+        } else if self.tpot.is_zero() {
+            self.burst += 1;
+            if self.burst >= BURST {
+                self.burst = 0;
+                rt::yield_now().await;
+            }
+            false
+        } else {
+            let now = Instant::now();
+            self.due = if self.due + self.tpot > now {
+                self.due + self.tpot
+            } else {
+                now + self.tpot
+            };
+            true
+        };
+        if wait {
+            rt::sleep_until_tick(self.due).await;
+        }
+        if self.fail_after == Some(self.produced) {
+            let n = self.produced;
+            return Err(EngineError::Died(format!(
+                "mock engine failed after {n} tokens (fail_after_tokens)"
+            )));
+        }
+        if self.stall_after == Some(self.produced) {
+            // Silent until the watchdog (or a cancel, drain, deadline) ends the task,
+            // which drops this stream.
+            return pending().await;
+        }
+        if self.produced >= self.max_tokens {
+            return Ok(Some(Piece::End(Usage {
+                prompt_tokens: Some(self.prompt_tokens),
+                completion_tokens: Some(u64::from(self.produced)),
+            })));
+        }
+        self.produced += 1;
+        Ok(Some(Piece::Text(Cow::Borrowed(self.tokens.next_token()))))
+    }
+
+    async fn finish(self) {}
+}

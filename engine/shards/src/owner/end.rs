@@ -1,0 +1,164 @@
+//! Ending a task: exactly one terminal frame, its slot or queue place freed, its
+//! latencies recorded once, its pool's ETA taught, its transcript handed on, the
+//! dispatcher told, its log kept for the retention window.
+
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use orchd_engine::admission::Outcome;
+use orchd_engine::frame::{self, Event};
+
+use super::task::{State, TaskRun, Terminal};
+use super::{ms, Owner};
+use crate::commands::DispatcherCommand;
+
+impl Owner {
+    /// Ends a task with its terminal frame (once), then lets its pool move on (start
+    /// the next task, tell the queued ones their new places). Returns its token count.
+    pub(super) fn finish(&mut self, id: Uuid, how: Terminal, now: Instant) -> Option<u32> {
+        let (tokens, pool) = self.end_task(id, how, now)?;
+        if let Some(pool) = pool {
+            self.pump(pool, now);
+        }
+        Some(tokens)
+    }
+
+    /// [`Owner::finish`], from the task's driver.
+    pub(crate) fn end(&mut self, id: Uuid, how: Terminal) {
+        self.finish(id, how, Instant::now());
+    }
+
+    /// Ends several tasks, then moves each affected pool on once: a queue that loses
+    /// many tasks at once (a drain, deadlines) sends each survivor one position update,
+    /// not one per task ahead of it that ended.
+    pub(super) fn finish_all(&mut self, ending: Vec<(Uuid, Terminal)>, now: Instant) {
+        let mut pools = Vec::new();
+        for (id, how) in ending {
+            if let Some((_, Some(pool))) = self.end_task(id, how, now) {
+                if !pools.contains(&pool) {
+                    pools.push(pool);
+                }
+            }
+        }
+        for pool in pools {
+            self.pump(pool, now);
+        }
+    }
+
+    /// [`Owner::finish`] without moving the pool on. Returns the task's token count and,
+    /// when this call ended it, its pool.
+    fn end_task(&mut self, id: Uuid, how: Terminal, now: Instant) -> Option<(u32, Option<usize>)> {
+        let rc = self.tasks.get(&id).cloned()?;
+        let mut t = rc.borrow_mut();
+        if t.state == State::Done {
+            return Some((t.tokens_out, None));
+        }
+        let ran = t.state == State::Running;
+        t.state = State::Done;
+        t.stop.take();
+        let pool_index = t.admitted.pool;
+        let class = t.class();
+        let decode = match (t.first_token_at, t.last_token_at) {
+            (Some(a), Some(b)) => b - a,
+            _ => Duration::ZERO,
+        };
+        let outcome = Outcome {
+            tokens_out: t.tokens_out,
+            decode_ms: ms(decode),
+            ttft_ms: t.first_token_at.map(|f| ms(f - t.admitted_at)),
+            service_ms: t.started_at.map(|s| ms(now - s)),
+            ran,
+        };
+        let pool_name = self
+            .pools
+            .get(&pool_index)
+            .map_or("", |p| p.cfg.id.as_str());
+        let transcript = terminal_frame(&mut t, &how, &outcome, pool_name, now);
+        self.fx.transcripts.push(transcript);
+        if let Some(first) = t.first_token_at {
+            let decode = t.last_token_at.map(|last| last - first);
+            t.probe.record_task(class, first - t.admitted_at, decode);
+        }
+        if let Some(reason) = how.cut_short() {
+            t.probe.count_canceled(reason);
+        }
+        let tokens = t.tokens_out;
+        drop(t);
+        let Some(p) = self.pools.get_mut(&pool_index) else {
+            return Some((tokens, None));
+        };
+        if ran {
+            p.busy = p.busy.saturating_sub(1);
+        } else {
+            p.queue[class].retain(|q| *q != id);
+        }
+        p.eta.observe(&outcome);
+        self.fx.notices.push(DispatcherCommand::Finished {
+            task: id,
+            outcome,
+            eta: p.eta,
+        });
+        self.retained
+            .push_back((now + Duration::from_millis(self.stream.retention_ms), id));
+        Some((tokens, Some(pool_index)))
+    }
+}
+
+/// Emits the task's terminal frame (an `end` with its transcript's id, or an
+/// `error`), logs how it ended, and returns its transcript: the frames as a `trace`
+/// artifact.
+fn terminal_frame(
+    t: &mut TaskRun,
+    how: &Terminal,
+    outcome: &Outcome,
+    pool: &str,
+    now: Instant,
+) -> orchd_engine::artifact::Stored {
+    let transcript = |t: &TaskRun, summary: serde_json::Value| {
+        orchd_engine::artifact::transcript(t.spec.task_id, t.spec.session_id, &t.frames, &summary)
+    };
+    let (id, tokens_out, decode_ms) = (t.spec.task_id, t.tokens_out, outcome.decode_ms);
+    match how {
+        Terminal::Done | Terminal::Canceled(_) => {
+            let canceled = matches!(how, Terminal::Canceled(_));
+            let reason = how.cut_short().map_or("done", |r| r.as_str());
+            let summary = serde_json::json!({
+                "event": "end", "tokens_out": tokens_out, "decode_ms": decode_ms, "canceled": canceled,
+            });
+            let stored = transcript(t, summary);
+            let end = frame::End {
+                tokens_out,
+                decode_ms,
+                transcript_id: &stored.id,
+                canceled,
+            };
+            let f = frame::encode(t.next_id(), Event::End, &end);
+            t.emit(f, true, now);
+            tracing::info!(
+                correlation_id = %t.correlation_id, task_id = %id, pool = %pool,
+                queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
+                tokens_out, decode_ms, canceled, reason, transcript_id = %stored.id,
+                "{}", if canceled { "task canceled" } else { "task ended" }
+            );
+            stored
+        }
+        Terminal::Failed { kind, message, .. } => {
+            let summary = serde_json::json!({"event": "error", "code": kind, "message": message});
+            let stored = transcript(t, summary);
+            let err = frame::ErrorFrame {
+                code: *kind,
+                message,
+                engine: Some(t.spec.engine),
+            };
+            let f = frame::encode(t.next_id(), Event::Error, &err);
+            t.emit(f, true, now);
+            tracing::info!(
+                correlation_id = %t.correlation_id, task_id = %id, pool = %pool,
+                queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
+                tokens_out, code = %kind, message = %message, "task failed"
+            );
+            stored
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The owner side of tasks: each pool lives on one shard ([`crate::shard_for`]), which
+//! keeps the pool's queue, slots, ETA model and drain deadline ([`pool`]), every task's
+//! frame log and subscribers ([`task`]), and decides what happens to them: admitted
+//! tasks queue and start (`queue.rs`), tasks end with one terminal frame (`end.rs`).
+//!
+//! The owner decides and returns what to do ([`Effects`]: drivers to start, notices for
+//! the dispatcher, transcripts to store, position updates to schedule); the shard
+//! carries it out (`crate::shard`). It does no I/O and never reaches back into its
+//! shard, so nothing it calls can re-enter its `RefCell`.
+//!
+//! Everything that touches a task (tokens, cancel, deadlines, orphan checks) runs on
+//! this one thread, in order: that is what makes cancel race-free. Each frame is
+//! encoded once into `Bytes`; subscribers (on any shard) get clones over bounded
+//! channels. A subscriber whose channel is full is dropped, never waited for: it
+//! drains what it has and subscribes again from its cursor, so a slow client never
+//! blocks the shard.
+
+mod end;
+pub(crate) mod pool;
+mod queue;
+pub(crate) mod task;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use orchd_engine::artifact::Stored;
+use orchd_engine::config::{Config, StreamConfig};
+use orchd_engine::generation::Generation;
+use orchd_engine::{CancelReason, ErrorKind};
+
+use self::pool::OwnerPool;
+use self::task::{State, Step, TaskRun, Terminal};
+use crate::commands::{DispatcherCommand, FrameMsg, PoolStats, Subscribed};
+use crate::engines::{Adapter, Health};
+use crate::metrics::{PoolSample, RECENT_WINDOW};
+
+/// Frames a subscriber may have in flight before it is dropped (and resubscribes).
+pub const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// A task that got a slot: its driver is to be started.
+pub(crate) struct Start {
+    pub(crate) task: Rc<RefCell<TaskRun>>,
+    pub(crate) pool: usize,
+    pub(crate) engine: Adapter,
+    pub(crate) generation: Generation,
+    /// Fires (is dropped) when the task ends elsewhere.
+    pub(crate) stop: oneshot::Receiver<()>,
+}
+
+/// What the owner decided, for its shard to carry out.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub(crate) starts: Vec<Start>,
+    /// In order.
+    pub(crate) notices: Vec<DispatcherCommand>,
+    /// Transcripts of ended tasks, for the shards that keep their ids.
+    pub(crate) transcripts: Vec<Stored>,
+    /// Pools whose queued tasks are to hear their new places after this long.
+    pub(crate) position_updates: Vec<(usize, Duration)>,
+}
+
+/// One shard's tasks and pools. Lives on its shard; reached through its mailbox.
+pub struct Owner {
+    pools: HashMap<usize, OwnerPool>,
+    tasks: HashMap<Uuid, Rc<RefCell<TaskRun>>>,
+    retained: VecDeque<(Instant, Uuid)>,
+    rotated_at: Instant,
+    stream: StreamConfig,
+    fx: Effects,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl Owner {
+    pub(crate) fn new(config: &Config, shard: usize, shards: usize) -> Owner {
+        let pools = config
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| crate::shard_for(*i, shards).0 == shard)
+            .map(|(i, p)| (i, OwnerPool::new(p)))
+            .collect();
+        Owner {
+            pools,
+            tasks: HashMap::new(),
+            retained: VecDeque::new(),
+            rotated_at: Instant::now(),
+            stream: config.stream.clone(),
+            fx: Effects::default(),
+        }
+    }
+
+    /// What was decided since the last call, for the shard to carry out.
+    pub(crate) fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.fx)
+    }
+
+    /// Live figures of a pool this shard owns.
+    pub fn pool_stats(&self, pool: usize) -> Option<PoolStats> {
+        let p = self.pools.get(&pool)?;
+        let (first_token_ms, decode_ms) = p.probe.recent();
+        Some(PoolStats {
+            queue_depth: p.depth(),
+            slots_total: p.cfg.slots,
+            slots_busy: p.busy,
+            model_ref: p.model_ref.clone(),
+            draining: p.drain_at.is_some(),
+            reported_version: p.reported_version.clone(),
+            first_token_ms,
+            decode_ms,
+        })
+    }
+
+    /// One pool as a scrape sees it. The mock engine reports simulated device figures:
+    /// each busy slot holds its task's KV cache, so cache use and utilization are the
+    /// busy share of the slots, and device memory is the KV bytes of the running tasks.
+    pub fn pool_sample(&self, pool: usize) -> Option<PoolSample> {
+        let p = self.pools.get(&pool)?;
+        let kv_tokens: u64 = self
+            .tasks
+            .values()
+            .filter_map(|t| {
+                let t = t.borrow();
+                (t.state == State::Running && t.admitted.pool == pool)
+                    .then(|| t.spec.prompt_tokens() + u64::from(t.tokens_out))
+            })
+            .sum::<u64>();
+        let busy_share = f64::from(p.busy) / f64::from(p.cfg.slots);
+        Some(PoolSample {
+            pool,
+            queue_depth: [p.queue[0].len() as u64, p.queue[1].len() as u64],
+            slots_busy: p.busy,
+            slots_total: p.cfg.slots,
+            kv_cache_usage_ratio: busy_share,
+            gpu_utilization: busy_share,
+            vram_used_bytes: kv_tokens * orchd_engine::admission::KV_BYTES_PER_TOKEN,
+            probe: p.probe.snapshot(),
+        })
+    }
+
+    /// The pools this shard owns, by config index.
+    pub fn pool_indexes(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.pools.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The pools of this shard whose engines are probed, with their engines.
+    pub(crate) fn probed_engines(&self) -> Vec<(usize, Adapter)> {
+        self.pools
+            .iter()
+            .filter(|(_, p)| p.engine.health_interval().is_some())
+            .map(|(i, p)| (*i, p.engine.clone()))
+            .collect()
+    }
+
+    /// A pool's engine and its load time, for a reload.
+    pub(crate) fn engine(&self, pool: usize) -> Option<Adapter> {
+        self.pools.get(&pool).map(|p| p.engine.clone())
+    }
+
+    /// Records what a pool's health probe (or a failed call) learned; the dispatcher
+    /// hears of a change, so that admission routes around an engine that is down.
+    pub(crate) fn set_health(&mut self, pool: usize, health: Health) {
+        let Some(p) = self.pools.get_mut(&pool) else {
+            return;
+        };
+        if let Some(v) = health.version {
+            p.reported_version = Some(v);
+        }
+        if p.up == health.up {
+            return;
+        }
+        p.up = health.up;
+        tracing::warn!(pool = %p.cfg.id, up = health.up, slots = ?health.slots, "engine health changed");
+        self.fx.notices.push(DispatcherCommand::PoolUp {
+            pool,
+            up: health.up,
+        });
+    }
+
+    /// Ends the pool's tasks (running and queued) `deadline` from now, or at the
+    /// earlier deadline of a drain under way; returns the time left.
+    pub(crate) fn drain(&mut self, pool: usize, deadline: Duration) -> Duration {
+        match self.pools.get_mut(&pool) {
+            Some(p) => p.drain(deadline, Instant::now()),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Switches the pool to `model_ref`, once its engine has loaded it. Tasks already
+    /// running keep the model they started on; tasks started from now on use the new
+    /// one.
+    pub(crate) fn reload(&mut self, pool: usize, model_ref: String) -> Result<(), String> {
+        let p = self
+            .pools
+            .get_mut(&pool)
+            .ok_or("pool is not on this shard")?;
+        tracing::info!(pool = %p.cfg.id, from = %p.model_ref, to = %model_ref, "model switched");
+        p.model_ref = model_ref;
+        // A reload after a finished drain brings the pool back.
+        p.drain_at = None;
+        p.drained = false;
+        Ok(())
+    }
+
+    pub fn live_tasks(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| t.borrow().state != State::Done)
+            .count()
+    }
+
+    /// Hands a running task its engine's next token (see [`TaskRun::token`]).
+    pub(crate) fn token(&self, task: &RefCell<TaskRun>, text: &str, now: Instant) -> Step {
+        let mut t = task.borrow_mut();
+        let Some(pool) = self.pools.get(&t.admitted.pool) else {
+            return Step::Stopped;
+        };
+        t.token(pool, text, self.stream.metrics_every_tokens, now)
+    }
+
+    /// Cancels a task (no-op once it has ended); returns the tokens it produced.
+    pub(crate) fn cancel(&mut self, id: Uuid) -> Option<u32> {
+        self.finish(id, Terminal::Canceled(CancelReason::Client), Instant::now())
+    }
+
+    /// Sends the frames from `from` on, then keeps the subscriber until the end.
+    pub(crate) fn subscribe(
+        &mut self,
+        id: Uuid,
+        from: u64,
+        tx: flume::Sender<FrameMsg>,
+    ) -> Subscribed {
+        let Some(rc) = self.tasks.get(&id) else {
+            return Subscribed::NotFound;
+        };
+        let mut t = rc.borrow_mut();
+        let done = t.state == State::Done;
+        let total = t.frames.len();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(total);
+        if done && from == total {
+            return Subscribed::Ended;
+        }
+        for (i, f) in t.frames[from..].iter().enumerate() {
+            let terminal = done && from + i + 1 == total;
+            if tx.try_send((f.clone(), terminal)).is_err() {
+                // Buffer full during replay: the subscriber drains and comes back.
+                return Subscribed::Live;
+            }
+        }
+        if !done {
+            t.subs.push(tx);
+            t.alone_since = None;
+        }
+        Subscribed::Live
+    }
+
+    /// Periodic work: drains past their deadline, orphans, deadlines, watchdogs,
+    /// heartbeat metrics of queued tasks, retention.
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        if now - self.rotated_at >= RECENT_WINDOW {
+            self.rotated_at = now;
+            for p in self.pools.values() {
+                p.probe.rotate_recent();
+            }
+        }
+        let mut drained = Vec::new();
+        for (i, p) in &mut self.pools {
+            if p.drain_at.is_some_and(|at| now >= at) {
+                drained.push(*i);
+                if !p.drained {
+                    p.drained = true;
+                    self.fx
+                        .notices
+                        .push(DispatcherCommand::PoolDrained { pool: *i });
+                }
+            }
+        }
+        let orphan = Duration::from_millis(self.stream.orphan_timeout_ms);
+        let heartbeat = Duration::from_millis(self.stream.heartbeat_ms);
+        let mut ending = Vec::new();
+        let mut beats = Vec::new();
+        for (id, rc) in &self.tasks {
+            let mut t = rc.borrow_mut();
+            if t.state == State::Done {
+                continue;
+            }
+            t.subs.retain(|s| !s.is_disconnected());
+            if t.subs.is_empty() && t.alone_since.is_none() {
+                t.alone_since = Some(now);
+            }
+            if let Some(how) = self.overdue(&t, drained.contains(&t.admitted.pool), orphan, now) {
+                ending.push((*id, how));
+            } else if t.state == State::Queued && now - t.last_metrics_at >= heartbeat {
+                beats.push(Rc::clone(rc));
+            }
+        }
+        for rc in beats {
+            let mut t = rc.borrow_mut();
+            t.last_metrics_at = now;
+            if let Some(pool) = self.pools.get(&t.admitted.pool) {
+                let f = t.metrics_frame(pool, now);
+                t.emit(f, false, now);
+            }
+        }
+        self.finish_all(ending, now);
+        while let Some(&(at, id)) = self.retained.front() {
+            if at > now {
+                break;
+            }
+            self.retained.pop_front();
+            self.tasks.remove(&id);
+        }
+    }
+
+    /// Why a live task must end now, if it must: its pool's drain deadline passed, its
+    /// own deadline passed, its engine went silent past the watchdog, or nobody has
+    /// streamed it for the orphan timeout.
+    fn overdue(
+        &self,
+        t: &TaskRun,
+        drained: bool,
+        orphan: Duration,
+        now: Instant,
+    ) -> Option<Terminal> {
+        let pool = self.pools.get(&t.admitted.pool);
+        if drained {
+            let name = pool.map_or("", |p| p.cfg.id.as_str());
+            return Some(Terminal::Failed {
+                reason: CancelReason::Drain,
+                kind: ErrorKind::PoolUnavailable,
+                message: format!("pool {name} was drained"),
+            });
+        }
+        if now >= t.deadline_at {
+            return Some(Terminal::Failed {
+                reason: CancelReason::Deadline,
+                kind: ErrorKind::DeadlineUnmet,
+                message: "the deadline passed before the task finished".into(),
+            });
+        }
+        let watchdog = pool.map(|p| p.cfg.adapter.decode_timeout_ms);
+        if let (State::Running, Some(since), Some(limit)) =
+            (t.state, t.last_token_at.or(t.started_at), watchdog)
+        {
+            if now - since >= Duration::from_millis(limit) {
+                return Some(Terminal::Failed {
+                    reason: CancelReason::Watchdog,
+                    kind: ErrorKind::DecodeTimeout,
+                    message: format!("no token from the engine for {limit} ms"),
+                });
+            }
+        }
+        if t.alone_since.is_some_and(|s| now - s >= orphan) {
+            return Some(Terminal::Canceled(CancelReason::Orphaned));
+        }
+        None
+    }
+
+    /// Ends every live task with an error frame (shutdown past its grace period).
+    pub(crate) fn end_all(&mut self, message: &str) {
+        let now = Instant::now();
+        let ending = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.borrow().state != State::Done)
+            .map(|(id, _)| {
+                let how = Terminal::Failed {
+                    reason: CancelReason::Shutdown,
+                    kind: ErrorKind::PoolUnavailable,
+                    message: message.to_string(),
+                };
+                (*id, how)
+            })
+            .collect();
+        self.finish_all(ending, now);
+    }
+
+    /// How often [`Owner::sweep`] should run.
+    pub(crate) fn sweep_interval(&self) -> Duration {
+        let s = &self.stream;
+        let ms = (s.orphan_timeout_ms / 4).min(s.heartbeat_ms).clamp(10, 250);
+        Duration::from_millis(ms)
+    }
+}

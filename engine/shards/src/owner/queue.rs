@@ -1,0 +1,216 @@
+//! Admitted tasks join their pool's queue and start when a slot is free; queued tasks
+//! hear their places.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use orchd_engine::frame::{self, Event};
+use orchd_engine::generation::Generation;
+use orchd_engine::{CancelReason, ErrorKind};
+
+use super::task::{State, TaskRun, Terminal};
+use super::{ms, Owner, Start};
+use crate::commands::{DispatcherCommand, NewTask};
+use crate::engines::Adapter;
+use crate::metrics::bump;
+
+impl Owner {
+    /// Takes an admitted task: evicts the victim named by the dispatcher, queues the
+    /// task, starts what the slots allow.
+    pub(crate) fn enqueue(&mut self, new: NewTask) {
+        let now = Instant::now();
+        let id = new.spec.task_id;
+        if self.tasks.contains_key(&id) {
+            return;
+        }
+        if let Some(victim) = new.admitted.evict {
+            let how = Terminal::Failed {
+                reason: CancelReason::DropLru,
+                kind: ErrorKind::QueueFullDropLru,
+                message: format!("evicted from a full queue for task {id}"),
+            };
+            self.finish(victim, how, now);
+        }
+        let a = &new.admitted;
+        let pool = a.pool;
+        let mut run = TaskRun {
+            deadline_at: new.admitted_at + Duration::from_millis(new.spec.deadline_ms),
+            spec: new.spec,
+            admitted: new.admitted.clone(),
+            correlation_id: new.correlation_id,
+            state: State::Queued,
+            frames: Vec::with_capacity(8),
+            subs: Vec::new(),
+            alone_since: Some(new.admitted_at),
+            tokens_out: 0,
+            admitted_at: new.admitted_at,
+            started_at: None,
+            first_token_at: None,
+            last_token_at: None,
+            last_metrics_at: now,
+            // Positions are computed (and the first metrics frame sent) by `pump`.
+            position: u32::MAX,
+            probe: self
+                .pools
+                .get(&pool)
+                .map(|p| Rc::clone(&p.probe))
+                .unwrap_or_default(),
+            stop: None,
+        };
+        let class = run.class();
+        bump(&run.probe.enqueued[class]);
+        let started = frame::Started {
+            queue_position: new.admitted.queue_position,
+            predicted_start_ms: new.admitted.predicted_start_ms,
+        };
+        run.emit(frame::encode(0, Event::Started, &started), false, now);
+        if let Some(p) = self.pools.get_mut(&pool) {
+            p.queue[class].push_back(id);
+        }
+        let rc = Rc::new(RefCell::new(run));
+        self.tasks.insert(id, Rc::clone(&rc));
+        self.pump(pool, now);
+        // Still queued: it hears its place now (it is last of its class), whatever
+        // stream.position_update_ms holds back for the tasks already waiting.
+        let mut t = rc.borrow_mut();
+        if t.state == State::Queued && t.position == u32::MAX {
+            if let Some(p) = self.pools.get(&pool) {
+                let ahead: usize = p.queue[..=class].iter().map(VecDeque::len).sum();
+                t.position = ahead as u32;
+                t.last_metrics_at = now;
+                let f = t.metrics_frame(p, now);
+                t.emit(f, false, now);
+            }
+        }
+    }
+
+    /// Starts queued tasks while slots are free, then schedules telling every queued
+    /// task that moved its new position.
+    pub(super) fn pump(&mut self, pool_index: usize, now: Instant) {
+        let Some(pool) = self.pools.get_mut(&pool_index) else {
+            return;
+        };
+        let mut starting = Vec::new();
+        while pool.busy < pool.cfg.slots {
+            let Some(id) = pool.queue[0]
+                .pop_front()
+                .or_else(|| pool.queue[1].pop_front())
+            else {
+                break;
+            };
+            pool.busy += 1;
+            starting.push(id);
+        }
+        let mut ending = Vec::new();
+        for id in starting {
+            let Some(rc) = self.tasks.get(&id).cloned() else {
+                continue;
+            };
+            if let Adapter::Unusable(_) = &self.pools[&pool_index].engine {
+                let how = Terminal::Failed {
+                    reason: CancelReason::Engine,
+                    kind: ErrorKind::PoolUnavailable,
+                    message: "the pool's engine url is unusable".into(),
+                };
+                self.start_task(&rc, pool_index, now);
+                ending.push((id, how));
+                continue;
+            }
+            let generation = self.start_task(&rc, pool_index, now);
+            let (tx, stop) = oneshot::channel();
+            rc.borrow_mut().stop = Some(tx);
+            self.fx.starts.push(Start {
+                task: rc,
+                pool: pool_index,
+                engine: self.pools[&pool_index].engine.clone(),
+                generation,
+                stop,
+            });
+        }
+        for (id, how) in ending {
+            self.finish(id, how, now);
+        }
+        // Moves up the queue are reported together, at most every
+        // stream.position_update_ms (a new task hears its place from `enqueue`).
+        let window = self.stream.position_update_ms;
+        if window == 0 {
+            self.update_positions(pool_index, now);
+            return;
+        }
+        let Some(pool) = self.pools.get_mut(&pool_index) else {
+            return;
+        };
+        if !pool.positions_due && pool.depth() > 0 {
+            pool.positions_due = true;
+            self.fx
+                .position_updates
+                .push((pool_index, Duration::from_millis(window)));
+        }
+    }
+
+    /// A task takes its slot: counters, log line, its first metrics frame if it never
+    /// queued, the dispatcher's notice if it did. Returns what to ask its engine for.
+    fn start_task(&mut self, rc: &RefCell<TaskRun>, pool_index: usize, now: Instant) -> Generation {
+        let pool = &self.pools[&pool_index];
+        let mut t = rc.borrow_mut();
+        t.state = State::Running;
+        t.started_at = Some(now);
+        t.reserve_frames(self.stream.metrics_every_tokens);
+        let class = t.class();
+        bump(&t.probe.started[class]);
+        t.probe.queue_wait[class]
+            .borrow_mut()
+            .record(now - t.admitted_at);
+        let prompt = t.spec.prompt_tokens();
+        t.probe.tokens_in.set(t.probe.tokens_in.get() + prompt);
+        let model = if pool.model_ref == "*" {
+            &t.spec.model_ref
+        } else {
+            &pool.model_ref
+        };
+        let generation = Generation::from_spec(&t.spec, model);
+        tracing::info!(
+            correlation_id = %t.correlation_id, task_id = %t.spec.task_id, pool = %pool.cfg.id,
+            queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
+            waited_ms = ms(now - t.admitted_at), "task started"
+        );
+        if t.position != 0 {
+            // First frame after `started` for a task that never queued.
+            t.position = 0;
+            let f = t.metrics_frame(pool, now);
+            t.emit(f, false, now);
+        }
+        if t.admitted.queue_position > 0 {
+            let task = t.spec.task_id;
+            self.fx.notices.push(DispatcherCommand::Started { task });
+        }
+        generation
+    }
+
+    /// Sends a `metrics` frame to each queued task of the pool whose position changed.
+    pub(crate) fn update_positions(&mut self, pool_index: usize, now: Instant) {
+        let Some(pool) = self.pools.get_mut(&pool_index) else {
+            return;
+        };
+        pool.positions_due = false;
+        let pool = &self.pools[&pool_index];
+        let order = pool.queue[0].iter().chain(pool.queue[1].iter());
+        for (i, id) in order.enumerate() {
+            let Some(rc) = self.tasks.get(id) else {
+                continue;
+            };
+            let mut t = rc.borrow_mut();
+            let pos = i as u32 + 1;
+            if t.position != pos {
+                t.position = pos;
+                t.last_metrics_at = now;
+                let f = t.metrics_frame(pool, now);
+                t.emit(f, false, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! One shard: its mailbox and peers, its probe, its owner (the tasks and pools it
+//! keeps) and its artifacts. It serves the commands other cores send it and carries out
+//! what its owner decides ([`Effects`]): starting engine drivers, telling the
+//! dispatcher, storing transcripts, scheduling position updates.
+
+use std::cell::{Cell, Ref, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use orchd_engine::artifact::{StoreError, Stored};
+use orchd_engine::Config;
+
+use crate::commands::{DispatcherCommand, ProbeSnapshot, ShardCommand, ShardSnapshot};
+use crate::engines::Adapter;
+use crate::mesh::{self, Inbox, Mailbox, MeshError, Reply, ShardId};
+use crate::owner::task::Terminal;
+use crate::owner::{Effects, Owner};
+use crate::rt;
+
+/// Shard-local counters: plain cells, no atomics; read by a scrape on the same core.
+#[derive(Default)]
+pub struct Probe {
+    /// Admission outcomes of the requests this shard served.
+    pub admission: crate::metrics::AdmissionProbe,
+    /// HTTP responses by status class: index 0 = 1xx ... 4 = 5xx.
+    pub responses: [Cell<u64>; 5],
+    pub connections_accepted: Cell<u64>,
+    pub connections_open: Cell<u64>,
+    /// Connections answered 503 and closed: over the shard's share of max_connections.
+    pub connections_refused: Cell<u64>,
+}
+
+impl Probe {
+    pub fn count_response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].set(self.responses[class].get() + 1);
+    }
+
+    pub fn snapshot(&self, shard: ShardId) -> ProbeSnapshot {
+        ProbeSnapshot {
+            shard,
+            responses: std::array::from_fn(|i| self.responses[i].get()),
+            connections_accepted: self.connections_accepted.get(),
+            connections_open: self.connections_open.get(),
+            connections_refused: self.connections_refused.get(),
+        }
+    }
+}
+
+/// One shard's artifact backend.
+enum ArtifactStore {
+    /// Bounded to `max_memory_bytes / shards`.
+    Memory(orchd_engine::artifact::MemoryStore),
+    /// The shared directory; this shard reads and writes the ids it keeps.
+    Fs(std::path::PathBuf),
+}
+
+impl ArtifactStore {
+    fn new(config: &Config, shards: usize) -> ArtifactStore {
+        let a = &config.artifacts;
+        match a.backend {
+            orchd_engine::config::ArtifactBackend::Memory => ArtifactStore::Memory(
+                orchd_engine::artifact::MemoryStore::new(a.max_memory_bytes / shards.max(1) as u64),
+            ),
+            orchd_engine::config::ArtifactBackend::Fs => ArtifactStore::Fs(a.dir.clone()),
+        }
+    }
+}
+
+/// Replies to a store request, or for a transcript (nobody waiting) logs a failure.
+fn answer_store(reply: Option<Reply<Result<Bytes, StoreError>>>, r: Result<Bytes, StoreError>) {
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(r);
+        }
+        None => {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "transcript not stored");
+            }
+        }
+    }
+}
+
+/// The longest a stopping shard waits for the others and for its artifact writes.
+pub const QUIESCE_LIMIT: Duration = Duration::from_secs(3);
+
+/// The state of one shard. Lives on its shard's core and is not `Send`: other cores
+/// reach it only through its mailbox.
+pub struct Shard {
+    id: ShardId,
+    peers: Vec<Mailbox<ShardCommand>>,
+    dispatcher: Mailbox<DispatcherCommand>,
+    stop: watch::Receiver<bool>,
+    pub probe: Probe,
+    /// The tasks and pools this shard owns.
+    owner: RefCell<Owner>,
+    /// Notices for the dispatcher that found its mailbox full; sent first next time,
+    /// so the dispatcher's view of queues never loses an event.
+    outbox: RefCell<VecDeque<DispatcherCommand>>,
+    /// The artifacts this shard keeps.
+    artifacts: RefCell<ArtifactStore>,
+    /// Artifact writes handed to the blocking thread and not yet done: shutdown waits
+    /// for them, so an acknowledged or transcript write is never cut off.
+    writes_in_flight: Cell<usize>,
+    /// Shards that have ended their tasks during shutdown (shared by all shards; only
+    /// touched when stopping).
+    quiesced: Arc<AtomicUsize>,
+    config: Arc<Config>,
+    _not_send: PhantomData<Rc<()>>,
+}
+
+/// What a shard is built from (see [`crate::Runtime::start`]).
+pub(crate) struct ShardParts {
+    pub(crate) id: ShardId,
+    pub(crate) peers: Vec<Mailbox<ShardCommand>>,
+    pub(crate) dispatcher: Mailbox<DispatcherCommand>,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) quiesced: Arc<AtomicUsize>,
+    pub(crate) config: Arc<Config>,
+}
+
+impl Shard {
+    /// Builds the shard on its own core and starts its background work: serving
+    /// `inbox`, the owner's periodic sweep, and its engines' health probes.
+    pub(crate) fn start(parts: ShardParts, inbox: Inbox<ShardCommand>) -> Rc<Shard> {
+        let shards = parts.peers.len();
+        let shard = Rc::new(Shard {
+            owner: RefCell::new(Owner::new(&parts.config, parts.id.0, shards)),
+            artifacts: RefCell::new(ArtifactStore::new(&parts.config, shards)),
+            id: parts.id,
+            peers: parts.peers,
+            dispatcher: parts.dispatcher,
+            stop: parts.stop,
+            probe: Probe::default(),
+            outbox: RefCell::new(VecDeque::new()),
+            writes_in_flight: Cell::new(0),
+            quiesced: parts.quiesced,
+            config: parts.config,
+            _not_send: PhantomData,
+        });
+        rt::spawn(rt::Class::Latency, Rc::clone(&shard).serve_commands(inbox));
+        rt::spawn(rt::Class::Throughput, Rc::clone(&shard).sweep_forever());
+        for (pool, engine) in shard.owner().probed_engines() {
+            rt::spawn(
+                rt::Class::Throughput,
+                probe_forever(Rc::clone(&shard), pool, engine),
+            );
+        }
+        shard
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The owner, to read (or to hand a token to: see [`Owner::token`]).
+    pub(crate) fn owner(&self) -> Ref<'_, Owner> {
+        self.owner.borrow()
+    }
+
+    /// Runs a decision of the owner, then carries out what it decided, outside the
+    /// owner's borrow.
+    pub(crate) fn with_owner<R>(self: &Rc<Self>, f: impl FnOnce(&mut Owner) -> R) -> R {
+        let (r, fx) = {
+            let mut owner = self.owner.borrow_mut();
+            let r = f(&mut owner);
+            (r, owner.take_effects())
+        };
+        self.carry_out(fx);
+        r
+    }
+
+    /// Ends a task from its driver (no-op if it already ended).
+    pub(crate) fn end(self: &Rc<Self>, id: Uuid, how: Terminal) {
+        self.with_owner(|o| o.end(id, how));
+    }
+
+    fn carry_out(self: &Rc<Self>, fx: Effects) {
+        for stored in fx.transcripts {
+            self.store_transcript(stored);
+        }
+        if !fx.notices.is_empty() {
+            self.flush_outbox();
+            let mut outbox = self.outbox.borrow_mut();
+            for cmd in fx.notices {
+                if !outbox.is_empty() {
+                    outbox.push_back(cmd);
+                } else if let Err(back) = self.dispatcher.try_send(cmd) {
+                    outbox.push_back(back.command);
+                }
+            }
+        }
+        for s in fx.starts {
+            crate::driver::start(self, s);
+        }
+        for (pool, after) in fx.position_updates {
+            let shard = Rc::clone(self);
+            rt::spawn(rt::Class::Throughput, async move {
+                rt::sleep(after).await;
+                shard.with_owner(|o| o.update_positions(pool, Instant::now()));
+            });
+        }
+    }
+
+    /// Sends the notices that found the dispatcher's mailbox full, in order.
+    fn flush_outbox(&self) {
+        let mut outbox = self.outbox.borrow_mut();
+        while let Some(cmd) = outbox.pop_front() {
+            if let Err(back) = self.dispatcher.try_send(cmd) {
+                outbox.push_front(back.command);
+                return;
+            }
+        }
+    }
+
+    /// Ends every task this shard owns with an error frame (`POOL_UNAVAILABLE`).
+    pub fn end_all_tasks(self: &Rc<Self>, message: &str) {
+        self.with_owner(|o| o.end_all(message));
+    }
+
+    fn snapshot(&self) -> ShardSnapshot {
+        let owner = self.owner();
+        ShardSnapshot {
+            http: self.probe.snapshot(self.id),
+            admission: self.probe.admission.snapshot(),
+            pools: owner
+                .pool_indexes()
+                .into_iter()
+                .filter_map(|i| owner.pool_sample(i))
+                .collect(),
+            live_tasks: owner.live_tasks() as u64,
+            cpu_seconds: crate::metrics::thread_cpu_seconds(),
+        }
+    }
+
+    /// Hands a transcript to the shard that keeps its id.
+    fn store_transcript(self: &Rc<Self>, stored: Stored) {
+        let keeper = crate::shard_for_artifact(&stored.id, self.shard_count());
+        if keeper == self.id {
+            self.store_artifact(stored, true, None);
+        } else if let Err(back) = self.peers[keeper.0].try_send(ShardCommand::StoreArtifact {
+            stored,
+            evictable: true,
+            reply: None,
+        }) {
+            tracing::warn!(error = %back.error, "transcript not stored: its shard's mailbox is full");
+        }
+    }
+
+    fn get_artifact(self: &Rc<Self>, id: String, reply: Reply<Result<Option<Bytes>, StoreError>>) {
+        let dir = match &*self.artifacts.borrow() {
+            ArtifactStore::Memory(m) => {
+                let _ = reply.send(Ok(m.get(&id)));
+                return;
+            }
+            ArtifactStore::Fs(dir) => dir.clone(),
+        };
+        rt::spawn(rt::Class::Latency, async move {
+            let r = rt::blocking(move || orchd_engine::artifact::fs_store::get(&dir, &id)).await;
+            let _ = reply.send(r);
+        });
+    }
+
+    /// Stores an artifact this shard keeps (see [`crate::shard_for_artifact`]).
+    fn store_artifact(
+        self: &Rc<Self>,
+        stored: Stored,
+        evictable: bool,
+        reply: Option<Reply<Result<Bytes, StoreError>>>,
+    ) {
+        let dir = match &mut *self.artifacts.borrow_mut() {
+            ArtifactStore::Memory(m) => {
+                let r = m.put(stored, evictable);
+                answer_store(reply, r);
+                return;
+            }
+            ArtifactStore::Fs(dir) => dir.clone(),
+        };
+        self.writes_in_flight.set(self.writes_in_flight.get() + 1);
+        let shard = Rc::clone(self);
+        rt::spawn(rt::Class::Throughput, async move {
+            let r =
+                rt::blocking(move || orchd_engine::artifact::fs_store::put(&dir, &stored)).await;
+            shard.writes_in_flight.set(shard.writes_in_flight.get() - 1);
+            answer_store(reply, r)
+        });
+    }
+
+    /// The last step of a shard's shutdown, once its own tasks have ended: it keeps
+    /// serving commands until every shard has ended its tasks (their transcripts may be
+    /// kept here) and its mailbox is empty, then until its artifact writes are done.
+    /// Bounded by [`QUIESCE_LIMIT`], so a shard that never got this far cannot hang the
+    /// others.
+    pub async fn quiesce(&self) {
+        self.quiesced.fetch_add(1, Ordering::AcqRel);
+        let limit = Instant::now() + QUIESCE_LIMIT;
+        let busy = || {
+            self.quiesced.load(Ordering::Acquire) < self.peers.len()
+                || self.peers[self.id.0].queued() > 0
+                || self.writes_in_flight.get() > 0
+        };
+        while busy() && Instant::now() < limit {
+            rt::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Tasks on this shard that have not ended.
+    pub fn live_tasks(&self) -> usize {
+        self.owner().live_tasks()
+    }
+
+    /// The dispatcher, through its typed handle.
+    pub fn dispatcher(&self) -> crate::handle::Dispatcher<'_> {
+        crate::handle::Dispatcher::new(&self.dispatcher)
+    }
+
+    /// Sends a command to shard `to` (possibly this one) and waits for the reply.
+    pub(crate) async fn invoke_on<R>(
+        &self,
+        to: ShardId,
+        make: impl FnOnce(Reply<R>) -> ShardCommand,
+    ) -> Result<R, MeshError> {
+        self.peers[to.0].request(make).await
+    }
+
+    /// Sends a command to every shard and folds the replies in shard order.
+    pub(crate) async fn map_reduce<R, A>(
+        &self,
+        make: impl Fn(Reply<R>) -> ShardCommand,
+        init: A,
+        fold: impl FnMut(A, R) -> A,
+    ) -> Result<A, MeshError> {
+        mesh::map_reduce(&self.peers, make, init, fold).await
+    }
+
+    /// True once shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn stopped(&self) -> impl Future<Output = ()> + 'static {
+        let mut rx = self.stop.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    async fn serve_commands(self: Rc<Self>, inbox: Inbox<ShardCommand>) {
+        while let Some(cmd) = inbox.recv().await {
+            match cmd {
+                ShardCommand::Scrape(reply) => {
+                    let _ = reply.send(self.snapshot());
+                }
+                ShardCommand::Enqueue(new) => self.with_owner(|o| o.enqueue(*new)),
+                ShardCommand::Subscribe {
+                    task,
+                    from,
+                    tx,
+                    reply,
+                } => {
+                    let _ = reply.send(self.with_owner(|o| o.subscribe(task, from, tx)));
+                }
+                ShardCommand::Cancel { task, reply } => {
+                    let _ = reply.send(self.with_owner(|o| o.cancel(task)));
+                }
+                ShardCommand::Artifact { id, reply } => self.get_artifact(id, reply),
+                ShardCommand::StoreArtifact {
+                    stored,
+                    evictable,
+                    reply,
+                } => self.store_artifact(stored, evictable, reply),
+                ShardCommand::Drain {
+                    pool,
+                    deadline,
+                    reply,
+                } => {
+                    let _ = reply.send(self.with_owner(|o| o.drain(pool, deadline)));
+                }
+                ShardCommand::Reload {
+                    pool,
+                    model_ref,
+                    done,
+                } => {
+                    // Loading takes time; the shard serves everything else meanwhile.
+                    let shard = Rc::clone(&self);
+                    rt::spawn(rt::Class::Latency, async move {
+                        let engine = shard.owner().engine(pool);
+                        let loaded = match engine {
+                            Some(e) => e.load(&model_ref).await,
+                            None => Err("pool is not on this shard".into()),
+                        };
+                        let r =
+                            loaded.and_then(|()| shard.with_owner(|o| o.reload(pool, model_ref)));
+                        let _ = done.send(r);
+                    });
+                }
+                ShardCommand::PoolStats { pool, reply } => {
+                    let _ = reply.send(self.owner().pool_stats(pool));
+                }
+            }
+        }
+    }
+
+    async fn sweep_forever(self: Rc<Self>) {
+        let every = self.owner().sweep_interval();
+        loop {
+            rt::sleep(every).await;
+            self.flush_outbox();
+            self.with_owner(|o| o.sweep(Instant::now()));
+        }
+    }
+}
+
+/// Probes a pool's engine forever; admission routes around it while it is down.
+async fn probe_forever(shard: Rc<Shard>, pool: usize, engine: Adapter) {
+    let Some(every) = engine.health_interval() else {
+        return;
+    };
+    loop {
+        rt::sleep(every).await;
+        if shard.stopping() {
+            return;
+        }
+        let health = engine.health().await;
+        shard.with_owner(|o| o.set_health(pool, health));
+    }
+}

@@ -1,0 +1,586 @@
+//! Admission (SPEC section 2, "POST /v1/tasks"): the dispatcher's state and rules.
+//!
+//! The dispatcher owns this value; owner shards report back when a queued task starts
+//! and when any task ends, so the per-pool mirror of running and queued tasks is exact
+//! up to messages in flight, and errs only on the safe side: a slot freed by an owner is
+//! counted busy until its `finished` arrives, so a queue is never over its capacity.
+//! Times are milliseconds on a monotonic clock chosen by the caller (`now_ms`).
+//!
+//! [`Admission::admit`] is the SPEC's order as named steps: a known task first, then
+//! [`find_pool`](Admission::find_pool) (routing and validation against the pools),
+//! [`check_session`](Admission::check_session), [`check_budgets`](Admission::check_budgets),
+//! [`check_deadline`](Admission::check_deadline),
+//! [`apply_queue_policy`](Admission::apply_queue_policy), and [`commit`](Admission::commit).
+
+mod pool;
+mod session;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+
+use uuid::Uuid;
+
+pub use self::pool::{PoolMirror, PoolState, MAX_MODELS};
+use self::session::Session;
+pub use self::session::{Budget, SessionView};
+use crate::config::{Config, QueuePolicy, SessionsConfig};
+use crate::error::{ApiError, ErrorClass, ErrorKind};
+pub use crate::eta::{Eta, Outcome};
+use crate::frame::BudgetRemaining;
+use crate::task::{KvHint, TaskSpec};
+use crate::types::{ModelState, Priority};
+
+/// Bytes of KV cache the mock engine accounts per context token (a 7B-class model in
+/// fp16 holds about 0.5 MiB; the mock reports a small, stable figure).
+pub const KV_BYTES_PER_TOKEN: u64 = 1024;
+
+/// Retry advice for a pool that exists but is not ready (draining, reloading, down).
+pub const UNREADY_RETRY_MS: u64 = 1000;
+
+/// The answer to an admitted task, kept for idempotent resubmission.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admitted {
+    pub task_id: Uuid,
+    pub pool: usize,
+    pub queue_position: u32,
+    pub predicted_start_ms: u64,
+    pub backoff_ms: u64,
+    pub predicted_decode_ms: u64,
+    pub kv_warmth: bool,
+    /// Budget remainders after this task's reservation, when budgets are configured.
+    pub budgets: Option<BudgetRemaining>,
+    /// A queued task to evict for this one (drop-lru).
+    pub evict: Option<Uuid>,
+    /// True when this is a resubmission of a task already admitted.
+    pub duplicate: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    pool: usize,
+    digest: [u8; 16],
+    session: Uuid,
+    admitted: Admitted,
+    reserved: Budget,
+    /// 0 interactive, 1 batch.
+    class: usize,
+    in_queue: bool,
+    /// `Some(t)`: finished, forgotten at `t`.
+    expires_ms: Option<u64>,
+    prompt_tokens: u64,
+}
+
+/// The pool a task goes to, from [`Admission::find_pool`].
+struct Route {
+    pool: usize,
+    /// The task asked for its session's KV cache (`kv_hint` reuse or none).
+    want_warm: bool,
+    /// ... and the pool holds it.
+    kv_warmth: bool,
+    /// The session as it is before this task.
+    session: Session,
+}
+
+/// Where a task would stand in its pool's queue.
+struct Place {
+    /// 0 interactive, 1 batch.
+    class: usize,
+    /// No free slot, or tasks already waiting.
+    must_queue: bool,
+    /// 0 = a free slot, else 1 + the tasks ahead of it.
+    position: u32,
+    predicted_decode_ms: u64,
+    /// A queued task evicted for this one (drop-lru).
+    evict: Option<Uuid>,
+}
+
+/// The dispatcher's admission state.
+pub struct Admission {
+    pub pools: Vec<PoolMirror>,
+    /// `model_state{model_id, state}`: every model seen, with its current state,
+    /// oldest first (bounded by [`MAX_MODELS`]).
+    models: Vec<(String, ModelState)>,
+    /// Model verifications on reload: [engine][ok, failed].
+    pub catalog: [[u64; 2]; 4],
+    /// Bumped by every change to a pool's state, model or health, so that views of
+    /// the pools (capabilities) can be cached until it moves.
+    pub pools_version: u64,
+    sessions: HashMap<Uuid, Session>,
+    /// (time of a touch, session), oldest first: a session whose newest touch is older
+    /// than the TTL expires. A session touched again (at least `touch_granularity`
+    /// later) leaves a stale entry behind, which is skipped when it comes up; so
+    /// expiring costs O(expired), not O(sessions), and a busy session adds at most one
+    /// entry per granularity however many tasks it runs.
+    session_touches: VecDeque<(u64, Uuid)>,
+    tasks: HashMap<Uuid, Entry>,
+    expiries: VecDeque<(u64, Uuid)>,
+    scfg: SessionsConfig,
+    retention_ms: u64,
+}
+
+impl Admission {
+    pub fn new(config: &Config) -> Admission {
+        let mut models: Vec<(String, ModelState)> = Vec::new();
+        for p in &config.pools {
+            if !models.iter().any(|(m, _)| *m == p.model_ref) {
+                models.push((p.model_ref.clone(), ModelState::Ready));
+            }
+        }
+        Admission {
+            models,
+            catalog: [[0; 2]; 4],
+            pools_version: 0,
+            pools: config.pools.iter().cloned().map(PoolMirror::new).collect(),
+            sessions: HashMap::new(),
+            session_touches: VecDeque::new(),
+            tasks: HashMap::new(),
+            expiries: VecDeque::new(),
+            scfg: config.sessions.clone(),
+            retention_ms: config.stream.retention_ms,
+        }
+    }
+
+    /// Decides on a task, in SPEC order, and commits the decision.
+    pub fn admit(&mut self, spec: &TaskSpec, now_ms: u64) -> Result<Admitted, ApiError> {
+        if let Some(again) = self.known_task(spec)? {
+            return Ok(again);
+        }
+        let route = self.find_pool(spec, now_ms)?;
+        self.check_session(spec, &route, now_ms)?;
+        let reserve = self.check_budgets(spec, &route)?;
+        let place = self.check_deadline(spec, &route, reserve.time_ms)?;
+        let place = self.apply_queue_policy(spec, &route, place)?;
+        Ok(self.commit(spec, route, place, reserve, now_ms))
+    }
+
+    /// A resubmission: the same body is the same task (idempotent), another body with
+    /// the same id is a conflict. The digest (a hash of the whole request) is only
+    /// needed here and to remember an admitted task: refusals skip it.
+    fn known_task(&self, spec: &TaskSpec) -> Result<Option<Admitted>, ApiError> {
+        let Some(e) = self.tasks.get(&spec.task_id) else {
+            return Ok(None);
+        };
+        if e.digest == spec.digest() {
+            let mut again = e.admitted.clone();
+            again.duplicate = true;
+            again.evict = None;
+            return Ok(Some(again));
+        }
+        Err(ApiError::new(
+            ErrorClass::Conflict,
+            ErrorKind::InvalidParams,
+            "task_id: already used by a task with a different body",
+        ))
+    }
+
+    /// Steps 1 and 2: the pools serving engine and model, validation against them,
+    /// readiness, then KV affinity or the least occupied ready pool. Plain passes over
+    /// the (few) pools: no allocation on the refusal paths.
+    fn find_pool(&self, spec: &TaskSpec, now_ms: u64) -> Result<Route, ApiError> {
+        let n = self.pools.len();
+        let serves = |i: usize| self.pools[i].serves(spec);
+        let fits = |i: usize| {
+            let p = &self.pools[i].cfg;
+            serves(i) && p.workloads.contains(&spec.workload) && spec.ctx <= p.ctx_max
+        };
+        let candidate = |i: usize| fits(i) && self.pools[i].ready();
+        let Some(first_serving) = (0..n).find(|&i| serves(i)) else {
+            return Err(ApiError::new(
+                ErrorClass::Unavailable,
+                ErrorKind::PoolUnavailable,
+                format!(
+                    "model_ref: no pool serves model {:?} on engine {}",
+                    spec.model_ref,
+                    spec.engine.as_str()
+                ),
+            )
+            .with_engine(spec.engine));
+        };
+        let Some(first_fitting) = (0..n).find(|&i| fits(i)) else {
+            let p = &self.pools[first_serving].cfg;
+            let msg: Cow<'static, str> = if !p.workloads.contains(&spec.workload) {
+                format!(
+                    "workload: {} is not supported by the pools serving this model",
+                    spec.workload.as_str()
+                )
+                .into()
+            } else {
+                let max = (0..n)
+                    .filter(|&i| serves(i))
+                    .map(|i| self.pools[i].cfg.ctx_max)
+                    .max();
+                format!(
+                    "ctx: {} is more than ctx_max {}",
+                    spec.ctx,
+                    max.unwrap_or(0)
+                )
+                .into()
+            };
+            return Err(ApiError::invalid(msg).with_engine(spec.engine));
+        };
+        if !(0..n).any(candidate) {
+            let p = &self.pools[first_fitting];
+            return Err(ApiError::new(
+                ErrorClass::Unavailable,
+                ErrorKind::PoolUnready,
+                format!(
+                    "pool {} is not ready (draining, reloading or down)",
+                    p.cfg.id
+                ),
+            )
+            .with_engine(spec.engine)
+            .with_pool(p.cfg.id.clone())
+            .retry_after_ms(UNREADY_RETRY_MS));
+        }
+        let session = self
+            .live_session(&spec.session_id, now_ms)
+            .cloned()
+            .unwrap_or_default();
+        let want_warm = spec.kv_hint != Some(KvHint::Cold);
+        let pool = match session.kv_pool {
+            Some(p) if want_warm && p < n && candidate(p) => p,
+            _ => (0..n)
+                .filter(|&i| candidate(i))
+                .min_by(|&a, &b| {
+                    self.pools[a]
+                        .occupancy()
+                        .total_cmp(&self.pools[b].occupancy())
+                })
+                .expect("a candidate exists"),
+        };
+        Ok(Route {
+            pool,
+            want_warm,
+            kv_warmth: want_warm && session.kv_pool == Some(pool),
+            session,
+        })
+    }
+
+    /// A session-rule refusal (429, not retriable) naming the rule.
+    fn refuse(&self, spec: &TaskSpec, route: &Route, label: &'static str, msg: String) -> ApiError {
+        ApiError::new(ErrorClass::TooManyRequests, ErrorKind::AdmissionReject, msg)
+            .with_engine(spec.engine)
+            .with_pool(self.pools[route.pool].cfg.id.clone())
+            .policy(label)
+    }
+
+    /// Step 3, sessions: room for a new one (sessions are few-hundred-byte records kept
+    /// for their TTL; the bound keeps a flood of fresh session ids from growing memory
+    /// without limit), then the session's turns.
+    fn check_session(
+        &mut self,
+        spec: &TaskSpec,
+        route: &Route,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        if !self.sessions.contains_key(&spec.session_id)
+            && self.sessions.len() >= self.scfg.max_sessions
+        {
+            self.expire_sessions(now_ms);
+            if self.sessions.len() >= self.scfg.max_sessions {
+                let msg = format!(
+                    "{} sessions are live (sessions.max_sessions); a new one can start when one expires",
+                    self.sessions.len()
+                );
+                return Err(self
+                    .refuse(spec, route, "sessions-full", msg)
+                    .retriable(true)
+                    .retry_after_ms(self.next_session_expiry_ms(now_ms)));
+            }
+        }
+        if route.session.turns >= self.scfg.max_turns {
+            let msg = format!(
+                "session_id: the session has used all {} turns",
+                self.scfg.max_turns
+            );
+            return Err(self.refuse(spec, route, "session-turns", msg));
+        }
+        Ok(())
+    }
+
+    /// Step 3, budgets: the reservation this task needs (`max_tokens`, predicted time,
+    /// predicted cost) must fit beside what the session spent and has reserved.
+    fn check_budgets(&self, spec: &TaskSpec, route: &Route) -> Result<Budget, ApiError> {
+        let mirror = &self.pools[route.pool];
+        let reserve = Budget {
+            tokens: u64::from(spec.max_tokens),
+            time_ms: mirror.predicted_decode_ms(spec),
+            cost: f64::from(spec.max_tokens) * mirror.cfg.cost_per_token,
+        };
+        let c = &self.scfg;
+        let (s, r) = (&route.session.spent, &route.session.reserved);
+        let over = if c.tokens_budget > 0 && s.tokens + r.tokens + reserve.tokens > c.tokens_budget
+        {
+            Some((
+                "budget-tokens",
+                "max_tokens: the session's token budget cannot cover this task",
+            ))
+        } else if c.time_budget_ms > 0 && s.time_ms + r.time_ms + reserve.time_ms > c.time_budget_ms
+        {
+            Some((
+                "budget-time",
+                "session_id: the session's time budget cannot cover this task",
+            ))
+        } else if c.cost_budget > 0.0 && s.cost + r.cost + reserve.cost > c.cost_budget {
+            Some((
+                "budget-cost",
+                "session_id: the session's cost budget cannot cover this task",
+            ))
+        } else {
+            None
+        };
+        match over {
+            Some((label, msg)) => Err(self.refuse(spec, route, label, msg.into())),
+            None => Ok(reserve),
+        }
+    }
+
+    /// Step 4: the predicted start (at the place the task would take) plus the
+    /// predicted decode must fit in `deadline_ms`.
+    fn check_deadline(
+        &self,
+        spec: &TaskSpec,
+        route: &Route,
+        predicted_decode_ms: u64,
+    ) -> Result<Place, ApiError> {
+        let mirror = &self.pools[route.pool];
+        let class = usize::from(spec.priority == Priority::Batch);
+        let queued_total = mirror.queued_len();
+        let must_queue = mirror.running >= mirror.cfg.slots || queued_total > 0;
+        let position = if !must_queue {
+            0
+        } else if class == 0 {
+            mirror.queued[0].len() as u32 + 1
+        } else {
+            queued_total as u32 + 1
+        };
+        let predicted_start_ms = mirror.predicted_start_ms(position);
+        if predicted_start_ms + predicted_decode_ms > spec.deadline_ms {
+            return Err(ApiError::new(
+                ErrorClass::BadRequest,
+                ErrorKind::DeadlineUnmet,
+                format!(
+                    "deadline_ms: predicted start {predicted_start_ms} ms + decode {predicted_decode_ms} ms exceeds {} ms",
+                    spec.deadline_ms
+                ),
+            )
+            .with_engine(spec.engine)
+            .with_pool(mirror.cfg.id.clone()));
+        }
+        Ok(Place {
+            class,
+            must_queue,
+            position,
+            predicted_decode_ms,
+            evict: None,
+        })
+    }
+
+    /// Step 5: a full queue refuses (`reject`) or evicts its oldest batch task, else
+    /// its oldest task (`drop-lru`); every refusal's retry advice is the pool's
+    /// predicted drain time.
+    fn apply_queue_policy(
+        &self,
+        spec: &TaskSpec,
+        route: &Route,
+        mut place: Place,
+    ) -> Result<Place, ApiError> {
+        let mirror = &self.pools[route.pool];
+        let queued_total = mirror.queued_len();
+        if !place.must_queue || queued_total < mirror.cfg.queue_capacity as usize {
+            return Ok(place);
+        }
+        let full = |kind, label: &'static str, msg: String| {
+            ApiError::new(ErrorClass::TooManyRequests, kind, msg)
+                .with_engine(spec.engine)
+                .with_pool(mirror.cfg.id.clone())
+                .policy(label)
+                .retry_after_ms(mirror.predicted_drain_ms())
+        };
+        match mirror.cfg.policy {
+            QueuePolicy::Reject => Err(full(
+                ErrorKind::AdmissionReject,
+                "reject",
+                format!(
+                    "pool {} queue is full ({} queued)",
+                    mirror.cfg.id, queued_total
+                ),
+            )),
+            QueuePolicy::DropLru => {
+                let victim_class = if mirror.queued[1].is_empty() { 0 } else { 1 };
+                let Some(victim) = mirror.queued[victim_class].front() else {
+                    return Err(full(
+                        ErrorKind::QueueFullDropLru,
+                        "drop-lru",
+                        format!(
+                            "pool {} queue is full and nothing can be evicted",
+                            mirror.cfg.id
+                        ),
+                    ));
+                };
+                place.evict = Some(*victim);
+                // The victim leaves; positions behind it move up by one.
+                if place.class >= victim_class {
+                    place.position -= 1;
+                }
+                Ok(place)
+            }
+        }
+    }
+
+    /// Commits an admission: the evicted task leaves the queue, the task takes its
+    /// slot or place, its session counts the turn and holds the reservation.
+    fn commit(
+        &mut self,
+        spec: &TaskSpec,
+        route: Route,
+        place: Place,
+        reserve: Budget,
+        now_ms: u64,
+    ) -> Admitted {
+        let pool = route.pool;
+        if let Some(v) = place.evict {
+            self.pools[pool]
+                .queued
+                .iter_mut()
+                .for_each(|q| q.retain(|t| *t != v));
+            if let Some(e) = self.tasks.get_mut(&v) {
+                e.in_queue = false;
+            }
+        }
+        let predicted_start_ms = self.pools[pool].predicted_start_ms(place.position);
+        let m = &mut self.pools[pool];
+        if place.position == 0 && !place.must_queue {
+            m.running += 1;
+        } else {
+            m.queued[place.class].push_back(spec.task_id);
+        }
+        let budgets = self.touch_session(spec.session_id, pool, route.want_warm, &reserve, now_ms);
+        let admitted = Admitted {
+            task_id: spec.task_id,
+            pool,
+            queue_position: place.position,
+            predicted_start_ms,
+            backoff_ms: predicted_start_ms,
+            predicted_decode_ms: place.predicted_decode_ms,
+            kv_warmth: route.kv_warmth,
+            budgets,
+            evict: place.evict,
+            duplicate: false,
+        };
+        self.tasks.insert(
+            spec.task_id,
+            Entry {
+                pool,
+                digest: spec.digest(),
+                session: spec.session_id,
+                admitted: admitted.clone(),
+                reserved: reserve,
+                class: place.class,
+                in_queue: place.must_queue,
+                expires_ms: None,
+                prompt_tokens: spec.prompt_tokens(),
+            },
+        );
+        admitted
+    }
+
+    /// Undoes an admission whose task could not be handed to its owner shard.
+    pub fn rollback(&mut self, admitted: &Admitted) {
+        let Some(e) = self.tasks.remove(&admitted.task_id) else {
+            return;
+        };
+        let m = &mut self.pools[e.pool];
+        if e.in_queue {
+            m.queued
+                .iter_mut()
+                .for_each(|q| q.retain(|t| *t != admitted.task_id));
+        } else {
+            m.running = m.running.saturating_sub(1);
+        }
+        if let Some(v) = admitted.evict {
+            if let Some(ve) = self.tasks.get_mut(&v) {
+                ve.in_queue = true;
+                self.pools[e.pool].queued[ve.class].push_front(v);
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&e.session) {
+            s.turns = s.turns.saturating_sub(1);
+            s.reserved.release(&e.reserved);
+        }
+    }
+
+    /// A queued task started on its owner shard.
+    pub fn on_started(&mut self, task: Uuid) {
+        let Some(e) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        let m = &mut self.pools[e.pool];
+        if e.in_queue {
+            m.queued.iter_mut().for_each(|q| q.retain(|t| *t != task));
+            e.in_queue = false;
+        }
+        m.running += 1;
+    }
+
+    /// A task ended (any way); settles its session and starts its retention window.
+    /// `eta` is its pool's ETA model as the owner shard updated it with this outcome.
+    pub fn on_finished(&mut self, task: Uuid, outcome: Outcome, eta: Eta, now_ms: u64) {
+        let Some(e) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if e.expires_ms.is_some() {
+            return;
+        }
+        let m = &mut self.pools[e.pool];
+        if e.in_queue {
+            m.queued.iter_mut().for_each(|q| q.retain(|t| *t != task));
+            e.in_queue = false;
+        } else if outcome.ran {
+            m.running = m.running.saturating_sub(1);
+        }
+        m.eta = eta;
+        let cost = f64::from(outcome.tokens_out) * m.cfg.cost_per_token;
+        let expires = now_ms + self.retention_ms;
+        e.expires_ms = Some(expires);
+        let (pool, session, reserved, prompt) = (e.pool, e.session, e.reserved, e.prompt_tokens);
+        self.expiries.push_back((expires, task));
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.reserved.release(&reserved);
+            s.spent.tokens += u64::from(outcome.tokens_out);
+            s.spent.time_ms += outcome.decode_ms;
+            s.spent.cost += cost;
+            if s.kv_pool == Some(pool) {
+                s.kv_tokens += prompt + u64::from(outcome.tokens_out);
+            }
+        }
+    }
+
+    /// The pool of a known task (live or within retention).
+    pub fn locate(&self, task: &Uuid) -> Option<usize> {
+        self.tasks.get(task).map(|e| e.pool)
+    }
+
+    /// Forgets finished tasks past retention and sessions past their TTL.
+    pub fn sweep(&mut self, now_ms: u64) {
+        while let Some(&(t, id)) = self.expiries.front() {
+            if t > now_ms {
+                break;
+            }
+            self.expiries.pop_front();
+            if self.tasks.get(&id).is_some_and(|e| e.expires_ms == Some(t)) {
+                self.tasks.remove(&id);
+            }
+        }
+        self.expire_sessions(now_ms);
+    }
+
+    pub fn live_tasks(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|e| e.expires_ms.is_none())
+            .count()
+    }
+}
