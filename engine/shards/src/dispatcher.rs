@@ -36,7 +36,7 @@ impl Dispatcher {
     }
 
     fn owner_of(&self, pool: usize) -> &Mailbox<ShardCommand> {
-        &self.peers[crate::shard_for(pool, self.peers.len()).0]
+        &self.peers[crate::placement::shard_for(pool, self.peers.len()).0]
     }
 
     fn find_pool(&self, id: &str) -> Result<usize, ApiError> {
@@ -60,7 +60,7 @@ impl Dispatcher {
             }
             DispatcherCommand::Locate { task, reply } => {
                 let pool = self.admission.borrow().locate(&task);
-                let _ = reply.send(pool.map(|p| crate::shard_for(p, self.peers.len())));
+                let _ = reply.send(pool.map(|p| crate::placement::shard_for(p, self.peers.len())));
             }
             DispatcherCommand::Started { task } => self.admission.borrow_mut().on_started(task),
             DispatcherCommand::PoolUp { pool, up } => self.admission.borrow_mut().set_up(pool, up),
@@ -199,7 +199,7 @@ impl Dispatcher {
         if admitted.duplicate {
             return Ok(admitted);
         }
-        let owner = crate::shard_for(admitted.pool, self.peers.len());
+        let owner = crate::placement::shard_for(admitted.pool, self.peers.len());
         let new = NewTask {
             spec: *spec,
             admitted: admitted.clone(),

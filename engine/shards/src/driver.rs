@@ -19,11 +19,21 @@ use crate::engines::{Adapter, EngineAdapter, Health, Piece, TokenStream};
 use crate::owner::task::{Step, TaskRun, Terminal};
 use crate::owner::Start;
 use crate::rt;
-use crate::shard::Shard;
+
+/// Where a driver's task lives: its owner shard (the one implementation), seen only
+/// through what a driver needs of it.
+pub(crate) trait Home: 'static {
+    /// Hands the owner a token of a running task.
+    fn token(&self, task: &RefCell<TaskRun>, text: &str, now: Instant) -> Step;
+    /// Ends the task (no-op if it already ended elsewhere).
+    fn end(this: &Rc<Self>, id: Uuid, how: Terminal);
+    /// The pool's engine answered like one that is down.
+    fn engine_down(this: &Rc<Self>, pool: usize, health: Health);
+}
 
 /// Spawns the driver of a task that got its slot, for its pool's kind of engine.
-pub(crate) fn start(shard: &Rc<Shard>, s: Start) {
-    let shard = Rc::clone(shard);
+pub(crate) fn start<H: Home>(home: &Rc<H>, s: Start) {
+    let shard = Rc::clone(home);
     let Start {
         task,
         pool,
@@ -62,8 +72,8 @@ enum Ended<S> {
     },
 }
 
-async fn drive<A: EngineAdapter>(
-    shard: Rc<Shard>,
+async fn drive<H: Home, A: EngineAdapter>(
+    shard: Rc<H>,
     task: Rc<RefCell<TaskRun>>,
     pool: usize,
     engine: Rc<A>,
@@ -84,7 +94,7 @@ async fn drive<A: EngineAdapter>(
         loop {
             match stream.next().await {
                 Ok(Some(Piece::Text(text))) => {
-                    let step = shard.owner().token(&task, &text, Instant::now());
+                    let step = shard.token(&task, &text, Instant::now());
                     match step {
                         Step::More => {}
                         Step::Done => return Ended::Complete(None),
@@ -121,17 +131,16 @@ async fn drive<A: EngineAdapter>(
     .await;
     match ended {
         Ended::Stopped => {}
-        Ended::Deadline => shard.end(id, Terminal::deadline_in_decode()),
+        Ended::Deadline => H::end(&shard, id, Terminal::deadline_in_decode()),
         Ended::Complete(stream) => {
-            shard.end(id, Terminal::Done);
+            H::end(&shard, id, Terminal::Done);
             if let Some(stream) = stream {
                 stream.finish().await;
             }
         }
         Ended::Failed { error, streamed } => {
             if error.engine_down() {
-                let down = Health::default();
-                shard.with_owner(|o| o.set_health(pool, down));
+                H::engine_down(&shard, pool, Health::default());
             }
             let kind = error.error_kind(streamed);
             tracing::warn!(task_id = %id, error = %error, code = %kind, "engine call failed");
@@ -140,7 +149,7 @@ async fn drive<A: EngineAdapter>(
                 kind,
                 message: error.to_string(),
             };
-            shard.end(id, how);
+            H::end(&shard, id, how);
         }
     }
 }

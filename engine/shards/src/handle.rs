@@ -1,22 +1,17 @@
-//! What the front end asks of the dispatcher and of the shards, as typed calls: each
-//! builds its command, sends it, and turns a message that did not get through into the
-//! client-facing refusal ([`crate::unavailable`]). The http crate never builds a
-//! command itself.
+//! What the front end asks of the dispatcher, as typed calls: each builds its command,
+//! sends it, and turns a message that did not get through into the client-facing
+//! refusal ([`crate::unavailable`]). (What it asks of shards is the same, as methods of
+//! [`crate::Shard`].) The http crate never builds a command itself.
 
 use bytes::Bytes;
 use uuid::Uuid;
 
 use orchd_engine::admission::{Admitted, PoolState, SessionView};
-use orchd_engine::artifact::{StoreError, Stored};
 use orchd_engine::task::TaskSpec;
 use orchd_engine::ApiError;
 
-use crate::commands::{
-    DispatcherCommand, DispatcherSnapshot, FrameMsg, PoolStats, ShardCommand, ShardSnapshot,
-    Subscribed,
-};
+use crate::commands::{DispatcherCommand, DispatcherSnapshot};
 use crate::mesh::{unavailable, Mailbox, ShardId};
-use crate::shard::Shard;
 
 /// The dispatcher, as a shard's front end reaches it.
 pub struct Dispatcher<'a> {
@@ -127,77 +122,5 @@ impl<'a> Dispatcher<'a> {
             })
             .await
             .map_err(unavailable)?
-    }
-}
-
-/// What the front end asks of shards (this one or a peer).
-impl Shard {
-    /// Streams task `task`'s frames from `from` on into `tx`, from its owner shard.
-    pub async fn subscribe(
-        &self,
-        owner: ShardId,
-        task: Uuid,
-        from: u64,
-        tx: flume::Sender<FrameMsg>,
-    ) -> Result<Subscribed, ApiError> {
-        self.invoke_on(owner, |reply| ShardCommand::Subscribe {
-            task,
-            from,
-            tx,
-            reply,
-        })
-        .await
-        .map_err(unavailable)
-    }
-
-    /// Cancels a task on its owner shard: the tokens it produced, `None` if unknown.
-    pub async fn cancel(&self, owner: ShardId, task: Uuid) -> Result<Option<u32>, ApiError> {
-        self.invoke_on(owner, |reply| ShardCommand::Cancel { task, reply })
-            .await
-            .map_err(unavailable)
-    }
-
-    /// A stored artifact's document, from the shard that keeps it.
-    pub async fn artifact(&self, id: &str) -> Result<Result<Option<Bytes>, StoreError>, ApiError> {
-        let keeper = crate::shard_for_artifact(id, self.shard_count());
-        self.invoke_on(keeper, |reply| ShardCommand::Artifact {
-            id: id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(unavailable)
-    }
-
-    /// Stores a client's artifact on the shard that keeps it; the stored document.
-    pub async fn put_artifact(
-        &self,
-        stored: Stored,
-    ) -> Result<Result<Bytes, StoreError>, ApiError> {
-        let keeper = crate::shard_for_artifact(&stored.id, self.shard_count());
-        self.invoke_on(keeper, |reply| ShardCommand::StoreArtifact {
-            stored,
-            evictable: false,
-            reply: Some(reply),
-        })
-        .await
-        .map_err(unavailable)
-    }
-
-    /// Live figures of pool `pool` (its config index), from its owner shard.
-    pub async fn pool_stats(&self, pool: usize) -> Result<Option<PoolStats>, ApiError> {
-        let owner = crate::shard_for(pool, self.shard_count());
-        self.invoke_on(owner, |reply| ShardCommand::PoolStats { pool, reply })
-            .await
-            .map_err(unavailable)
-    }
-
-    /// Every shard's probes, in shard order (for `/metrics`).
-    pub async fn scrape_all(&self) -> Result<Vec<ShardSnapshot>, ApiError> {
-        self.map_reduce(ShardCommand::Scrape, Vec::new(), |mut v, s| {
-            v.push(s);
-            v
-        })
-        .await
-        .map_err(unavailable)
     }
 }

@@ -18,29 +18,16 @@ pub mod handle;
 pub mod mesh;
 pub mod metrics;
 pub mod owner;
+mod placement;
 pub mod rt;
 mod runtime;
 mod shard;
-
-/// The shard that keeps the artifact `id` (a content address, so its digest spreads
-/// artifacts evenly).
-pub fn shard_for_artifact(id: &str, shards: usize) -> ShardId {
-    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    ShardId((h % shards.max(1) as u64) as usize)
-}
-
-/// The shard that owns pool number `pool` (its index in the config): the one place
-/// that decides where a pool lives.
-pub fn shard_for(pool: usize, shards: usize) -> ShardId {
-    ShardId(pool % shards.max(1))
-}
 
 pub use commands::{
     DispatcherSnapshot, FrameMsg, PoolStats, ProbeSnapshot, ShardSnapshot, Subscribed,
 };
 pub use mesh::{unavailable, Mailbox, MeshError, Reply, ShardId};
 pub use owner::SUBSCRIBER_BUFFER;
+pub use placement::{shard_for, shard_for_artifact};
 pub use runtime::{resolve_shards, Ready, Runtime, RuntimeOptions, StartError};
 pub use shard::{Probe, Shard, QUIESCE_LIMIT};

@@ -19,10 +19,14 @@ use uuid::Uuid;
 use orchd_engine::artifact::{StoreError, Stored};
 use orchd_engine::Config;
 
-use crate::commands::{DispatcherCommand, ProbeSnapshot, ShardCommand, ShardSnapshot};
+use orchd_engine::ApiError;
+
+use crate::commands::{
+    DispatcherCommand, FrameMsg, PoolStats, ProbeSnapshot, ShardCommand, ShardSnapshot, Subscribed,
+};
 use crate::engines::Adapter;
-use crate::mesh::{self, Inbox, Mailbox, MeshError, Reply, ShardId};
-use crate::owner::task::Terminal;
+use crate::mesh::{self, unavailable, Inbox, Mailbox, MeshError, Reply, ShardId};
+use crate::owner::task::{Step, TaskRun, Terminal};
 use crate::owner::{Effects, Owner};
 use crate::rt;
 
@@ -187,11 +191,6 @@ impl Shard {
         r
     }
 
-    /// Ends a task from its driver (no-op if it already ended).
-    pub(crate) fn end(self: &Rc<Self>, id: Uuid, how: Terminal) {
-        self.with_owner(|o| o.end(id, how));
-    }
-
     fn carry_out(self: &Rc<Self>, fx: Effects) {
         for stored in fx.transcripts {
             self.store_transcript(stored);
@@ -252,7 +251,7 @@ impl Shard {
 
     /// Hands a transcript to the shard that keeps its id.
     fn store_transcript(self: &Rc<Self>, stored: Stored) {
-        let keeper = crate::shard_for_artifact(&stored.id, self.shard_count());
+        let keeper = crate::placement::shard_for_artifact(&stored.id, self.shard_count());
         if keeper == self.id {
             self.store_artifact(stored, true, None);
         } else if let Err(back) = self.peers[keeper.0].try_send(ShardCommand::StoreArtifact {
@@ -278,7 +277,7 @@ impl Shard {
         });
     }
 
-    /// Stores an artifact this shard keeps (see [`crate::shard_for_artifact`]).
+    /// Stores an artifact this shard keeps (see [`crate::placement::shard_for_artifact`]).
     fn store_artifact(
         self: &Rc<Self>,
         stored: Stored,
@@ -429,6 +428,20 @@ impl Shard {
     }
 }
 
+impl crate::driver::Home for Shard {
+    fn token(&self, task: &RefCell<TaskRun>, text: &str, now: Instant) -> Step {
+        self.owner().token(task, text, now)
+    }
+
+    fn end(this: &Rc<Self>, id: Uuid, how: Terminal) {
+        this.with_owner(|o| o.end(id, how));
+    }
+
+    fn engine_down(this: &Rc<Self>, pool: usize, health: crate::engines::Health) {
+        this.with_owner(|o| o.set_health(pool, health));
+    }
+}
+
 /// Probes a pool's engine forever; admission routes around it while it is down.
 async fn probe_forever(shard: Rc<Shard>, pool: usize, engine: Adapter) {
     let Some(every) = engine.health_interval() else {
@@ -441,5 +454,77 @@ async fn probe_forever(shard: Rc<Shard>, pool: usize, engine: Adapter) {
         }
         let health = engine.health().await;
         shard.with_owner(|o| o.set_health(pool, health));
+    }
+}
+
+/// What the front end asks of shards (this one or a peer).
+impl Shard {
+    /// Streams task `task`'s frames from `from` on into `tx`, from its owner shard.
+    pub async fn subscribe(
+        &self,
+        owner: ShardId,
+        task: Uuid,
+        from: u64,
+        tx: flume::Sender<FrameMsg>,
+    ) -> Result<Subscribed, ApiError> {
+        self.invoke_on(owner, |reply| ShardCommand::Subscribe {
+            task,
+            from,
+            tx,
+            reply,
+        })
+        .await
+        .map_err(unavailable)
+    }
+
+    /// Cancels a task on its owner shard: the tokens it produced, `None` if unknown.
+    pub async fn cancel(&self, owner: ShardId, task: Uuid) -> Result<Option<u32>, ApiError> {
+        self.invoke_on(owner, |reply| ShardCommand::Cancel { task, reply })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// A stored artifact's document, from the shard that keeps it.
+    pub async fn artifact(&self, id: &str) -> Result<Result<Option<Bytes>, StoreError>, ApiError> {
+        let keeper = crate::placement::shard_for_artifact(id, self.shard_count());
+        self.invoke_on(keeper, |reply| ShardCommand::Artifact {
+            id: id.to_string(),
+            reply,
+        })
+        .await
+        .map_err(unavailable)
+    }
+
+    /// Stores a client's artifact on the shard that keeps it; the stored document.
+    pub async fn put_artifact(
+        &self,
+        stored: Stored,
+    ) -> Result<Result<Bytes, StoreError>, ApiError> {
+        let keeper = crate::placement::shard_for_artifact(&stored.id, self.shard_count());
+        self.invoke_on(keeper, |reply| ShardCommand::StoreArtifact {
+            stored,
+            evictable: false,
+            reply: Some(reply),
+        })
+        .await
+        .map_err(unavailable)
+    }
+
+    /// Live figures of pool `pool` (its config index), from its owner shard.
+    pub async fn pool_stats(&self, pool: usize) -> Result<Option<PoolStats>, ApiError> {
+        let owner = crate::placement::shard_for(pool, self.shard_count());
+        self.invoke_on(owner, |reply| ShardCommand::PoolStats { pool, reply })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Every shard's probes, in shard order (for `/metrics`).
+    pub async fn scrape_all(&self) -> Result<Vec<ShardSnapshot>, ApiError> {
+        self.map_reduce(ShardCommand::Scrape, Vec::new(), |mut v, s| {
+            v.push(s);
+            v
+        })
+        .await
+        .map_err(unavailable)
     }
 }

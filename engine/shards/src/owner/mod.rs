@@ -1,4 +1,4 @@
-//! The owner side of tasks: each pool lives on one shard ([`crate::shard_for`]), which
+//! The owner side of tasks: each pool lives on one shard ([`crate::placement::shard_for`]), which
 //! keeps the pool's queue, slots, ETA model and drain deadline ([`pool`]), every task's
 //! frame log and subscribers ([`task`]), and decides what happens to them: admitted
 //! tasks queue and start (`queue.rs`), tasks end with one terminal frame (`end.rs`).
@@ -84,7 +84,7 @@ impl Owner {
             .pools
             .iter()
             .enumerate()
-            .filter(|(i, _)| crate::shard_for(*i, shards).0 == shard)
+            .filter(|(i, _)| crate::placement::shard_for(*i, shards).0 == shard)
             .map(|(i, p)| (i, OwnerPool::new(p)))
             .collect();
         Owner {
