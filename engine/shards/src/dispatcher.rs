@@ -15,7 +15,7 @@ use orchd_engine::task::TaskSpec;
 use orchd_engine::{ApiError, Config, ErrorClass, ErrorKind};
 
 use crate::commands::{DispatcherCommand, DispatcherSnapshot, NewTask, ShardCommand};
-use crate::mesh::{Inbox, Mailbox};
+use crate::mesh::{Inbox, Mailbox, Reply};
 use crate::rt;
 
 /// Retry advice when an owner shard's mailbox is full.
@@ -44,6 +44,27 @@ impl Dispatcher {
             .borrow()
             .pool_index(id)
             .ok_or_else(|| ApiError::not_found(format!("pool {id} is not known")))
+    }
+
+    /// Starts an operation on the pool named `name` (`start` changes its admission
+    /// state); a refusal is answered on `reply` at once, else the pool's index and the
+    /// reply come back for the rest of the work.
+    fn begin<T>(
+        &self,
+        name: &str,
+        reply: Reply<Result<T, ApiError>>,
+        start: impl FnOnce(&mut Admission, usize) -> Result<(), ApiError>,
+    ) -> Option<(usize, Reply<Result<T, ApiError>>)> {
+        let begun = self
+            .find_pool(name)
+            .and_then(|i| start(&mut self.admission.borrow_mut(), i).map(|()| i));
+        match begun {
+            Ok(i) => Some((i, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                None
+            }
+        }
     }
 
     fn handle(self: &Rc<Self>, cmd: DispatcherCommand) {
@@ -110,15 +131,8 @@ impl Dispatcher {
                 deadline_ms,
                 reply,
             } => {
-                let started = self
-                    .find_pool(&pool)
-                    .and_then(|i| self.admission.borrow_mut().drain(i).map(|()| i));
-                let i = match started {
-                    Ok(i) => i,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
+                let Some((i, reply)) = self.begin(&pool, reply, |a, i| a.drain(i)) else {
+                    return;
                 };
                 // The owner shard holds the deadline (it keeps the earlier one of a
                 // drain under way) and says how long is left.
@@ -141,18 +155,9 @@ impl Dispatcher {
                 model_ref,
                 reply,
             } => {
-                let started = self.find_pool(&pool).and_then(|i| {
-                    self.admission
-                        .borrow_mut()
-                        .begin_reload(i, &model_ref)
-                        .map(|()| i)
-                });
-                let i = match started {
-                    Ok(i) => i,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
+                let begun = self.begin(&pool, reply, |a, i| a.begin_reload(i, &model_ref));
+                let Some((i, reply)) = begun else {
+                    return;
                 };
                 let owner = self.owner_of(i).clone();
                 let d = Rc::clone(self);

@@ -51,8 +51,9 @@ pub struct Admitted {
     pub kv_warmth: bool,
     /// Budget remainders after this task's reservation, when budgets are configured.
     pub budgets: Option<BudgetRemaining>,
-    /// A queued task to evict for this one (drop-lru).
-    pub evict: Option<Uuid>,
+    /// A queued task is to be evicted for this one (drop-lru): its owner shard evicts
+    /// the oldest queued batch task, else the oldest queued task (it knows the queue).
+    pub evict: bool,
     /// True when this is a resubmission of a task already admitted.
     pub duplicate: bool,
 }
@@ -92,8 +93,8 @@ struct Place {
     /// 0 = a free slot, else 1 + the tasks ahead of it.
     position: u32,
     predicted_decode_ms: u64,
-    /// A queued task evicted for this one (drop-lru).
-    evict: Option<Uuid>,
+    /// A queued task is evicted for this one (drop-lru).
+    evict: bool,
 }
 
 /// The dispatcher's admission state.
@@ -165,7 +166,7 @@ impl Admission {
         if e.digest == spec.digest() {
             let mut again = e.admitted.clone();
             again.duplicate = true;
-            again.evict = None;
+            again.evict = false;
             return Ok(Some(again));
         }
         Err(ApiError::new(
@@ -352,7 +353,7 @@ impl Admission {
         let position = if !must_queue {
             0
         } else if class == 0 {
-            mirror.queued[0].len() as u32 + 1
+            mirror.queued[0] + 1
         } else {
             queued_total as u32 + 1
         };
@@ -374,7 +375,7 @@ impl Admission {
             must_queue,
             position,
             predicted_decode_ms,
-            evict: None,
+            evict: false,
         })
     }
 
@@ -409,8 +410,8 @@ impl Admission {
                 ),
             )),
             QueuePolicy::DropLru => {
-                let victim_class = if mirror.queued[1].is_empty() { 0 } else { 1 };
-                let Some(victim) = mirror.queued[victim_class].front() else {
+                let victim_class = if mirror.queued[1] == 0 { 0 } else { 1 };
+                if mirror.queued[victim_class] == 0 {
                     return Err(full(
                         ErrorKind::QueueFullDropLru,
                         "drop-lru",
@@ -419,8 +420,8 @@ impl Admission {
                             mirror.cfg.id
                         ),
                     ));
-                };
-                place.evict = Some(*victim);
+                }
+                place.evict = true;
                 // The victim leaves; positions behind it move up by one.
                 if place.class >= victim_class {
                     place.position -= 1;
@@ -440,22 +441,14 @@ impl Admission {
         reserve: Budget,
         now_ms: u64,
     ) -> Admitted {
+        // An evicted task leaves the count when its owner reports its end.
         let pool = route.pool;
-        if let Some(v) = place.evict {
-            self.pools[pool]
-                .queued
-                .iter_mut()
-                .for_each(|q| q.retain(|t| *t != v));
-            if let Some(e) = self.tasks.get_mut(&v) {
-                e.in_queue = false;
-            }
-        }
         let predicted_start_ms = self.pools[pool].predicted_start_ms(place.position);
         let m = &mut self.pools[pool];
         if place.position == 0 && !place.must_queue {
             m.running += 1;
         } else {
-            m.queued[place.class].push_back(spec.task_id);
+            m.queued[place.class] += 1;
         }
         let budgets = self.touch_session(spec.session_id, pool, route.want_warm, &reserve, now_ms);
         let admitted = Admitted {
@@ -492,19 +485,12 @@ impl Admission {
         let Some(e) = self.tasks.remove(&admitted.task_id) else {
             return;
         };
+        // Nothing was evicted: that happens on the owner shard, which never got it.
         let m = &mut self.pools[e.pool];
         if e.in_queue {
-            m.queued
-                .iter_mut()
-                .for_each(|q| q.retain(|t| *t != admitted.task_id));
+            m.queued[e.class] = m.queued[e.class].saturating_sub(1);
         } else {
             m.running = m.running.saturating_sub(1);
-        }
-        if let Some(v) = admitted.evict {
-            if let Some(ve) = self.tasks.get_mut(&v) {
-                ve.in_queue = true;
-                self.pools[e.pool].queued[ve.class].push_front(v);
-            }
         }
         if let Some(s) = self.sessions.get_mut(&e.session) {
             s.turns = s.turns.saturating_sub(1);
@@ -519,7 +505,7 @@ impl Admission {
         };
         let m = &mut self.pools[e.pool];
         if e.in_queue {
-            m.queued.iter_mut().for_each(|q| q.retain(|t| *t != task));
+            m.queued[e.class] = m.queued[e.class].saturating_sub(1);
             e.in_queue = false;
         }
         m.running += 1;
@@ -536,7 +522,7 @@ impl Admission {
         }
         let m = &mut self.pools[e.pool];
         if e.in_queue {
-            m.queued.iter_mut().for_each(|q| q.retain(|t| *t != task));
+            m.queued[e.class] = m.queued[e.class].saturating_sub(1);
             e.in_queue = false;
         } else if outcome.ran {
             m.running = m.running.saturating_sub(1);

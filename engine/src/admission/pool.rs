@@ -2,10 +2,6 @@
 //! reported), the pool lifecycle (drain, reload) and the model catalogue
 //! (`model_state`), and the capabilities document built from them.
 
-use std::collections::VecDeque;
-
-use uuid::Uuid;
-
 use super::Admission;
 use crate::config::PoolConfig;
 use crate::error::{ApiError, ErrorClass, ErrorKind};
@@ -53,8 +49,9 @@ pub struct PoolMirror {
     /// The engine answers its health probe.
     pub up: bool,
     pub(super) running: u32,
-    /// Queued task ids by class (0 interactive, 1 batch), oldest first.
-    pub(super) queued: [VecDeque<Uuid>; 2],
+    /// Tasks waiting, by class (0 interactive, 1 batch). The queue itself (which task,
+    /// in which order) is the owner shard's; this count is what admission needs.
+    pub(super) queued: [u32; 2],
     /// The pool's ETA model as its owner shard last reported it.
     pub(super) eta: Eta,
 }
@@ -66,14 +63,14 @@ impl PoolMirror {
             state: PoolState::Ready,
             up: true,
             running: 0,
-            queued: [VecDeque::new(), VecDeque::new()],
+            queued: [0, 0],
             eta: Eta::new(cfg.adapter.ttft_ms, cfg.adapter.tpot_ms),
             cfg,
         }
     }
 
     pub fn queued_len(&self) -> usize {
-        self.queued[0].len() + self.queued[1].len()
+        (self.queued[0] + self.queued[1]) as usize
     }
 
     pub fn running(&self) -> u32 {

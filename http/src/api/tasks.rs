@@ -49,7 +49,7 @@ pub(crate) async fn create(
         .admit(spec, correlation_id.clone())
         .await
         .inspect_err(|e| count_refusal(app, e))?;
-    if admitted.evict.is_some() {
+    if admitted.evict {
         bump(&app.shard.probe.admission.backpressure[engine_index(engine)][1]);
     }
     app.remember_owner(
@@ -60,7 +60,7 @@ pub(crate) async fn create(
     tracing::info!(
         correlation_id = %correlation_id, task_id = %admitted.task_id, pool = %pool,
         queue_position = admitted.queue_position, predicted_start_ms = admitted.predicted_start_ms,
-        duplicate = admitted.duplicate, evicted = ?admitted.evict, "task admitted"
+        duplicate = admitted.duplicate, evicted = admitted.evict, "task admitted"
     );
     let body = Accepted {
         task_id: admitted.task_id,

@@ -391,3 +391,6 @@ impl Owner {
         Duration::from_millis(ms)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,15 +19,20 @@ use crate::engines::Adapter;
 use crate::metrics::bump;
 
 impl Owner {
-    /// Takes an admitted task: evicts the victim named by the dispatcher, queues the
-    /// task, starts what the slots allow.
+    /// Takes an admitted task: makes room in a full drop-lru queue if admission said so
+    /// (the oldest queued batch task, else the oldest queued task, is evicted), queues
+    /// the task, starts what the slots allow.
     pub(crate) fn enqueue(&mut self, new: NewTask) {
         let now = Instant::now();
         let id = new.spec.task_id;
         if self.tasks.contains_key(&id) {
             return;
         }
-        if let Some(victim) = new.admitted.evict {
+        let victim = match self.pools.get(&new.admitted.pool) {
+            Some(p) if new.admitted.evict => p.queue[1].front().or(p.queue[0].front()).copied(),
+            _ => None,
+        };
+        if let Some(victim) = victim {
             let how = Terminal::Failed {
                 reason: CancelReason::DropLru,
                 kind: ErrorKind::QueueFullDropLru,
