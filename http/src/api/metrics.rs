@@ -2,16 +2,23 @@
 //! from every shard's probes (a map-reduce over shards) and the dispatcher's model
 //! states. Every contracted series is present from startup, with zero samples for
 //! every configured pool, engine, priority and reason.
-
-use std::fmt::Write;
+//!
+//! The probes stay plain shard-local cells and HDR histograms (no collector of the
+//! `prometheus` crate on the hot path); only here, once per scrape, do their snapshots
+//! become the crate's metric families, which its `TextEncoder` writes, escaping
+//! included. No registry: the values are already merged.
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::Response;
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::TextEncoder;
 
+use orchd_engine::admission::PoolState;
 use orchd_engine::config::PoolConfig;
-use orchd_engine::{ApiError, Config, Engine, ErrorKind};
-use orchd_engine::{CancelReason, ModelState};
-use orchd_shards::metrics::{LatencySnapshot, BUCKETS_MS};
+use orchd_engine::{ApiError, CancelReason, Config, Engine, ErrorKind, ModelState};
+use orchd_shards::metrics::{LatencySnapshot, PoolSample, BUCKETS_MS};
 use orchd_shards::{rt, DispatcherSnapshot, ShardSnapshot};
 
 use crate::app::ShardApp;
@@ -20,8 +27,31 @@ use crate::body::Body;
 const PRIORITIES: [&str; 2] = ["interactive", "batch"];
 const POLICIES: [&str; 2] = ["reject", "drop-lru"];
 const RESULTS: [&str; 2] = ["ok", "failed"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// The mock engine's one simulated device.
-const DEVICE: &str = "mock0";
+const DEVICE: [&str; 1] = ["mock0"];
+/// Histogram scales: the contracted histograms are in ms, the others in seconds.
+const MS: f64 = 1.0;
+const SECONDS: f64 = 0.001;
+
+/// `tasks_canceled_total{reason}` values, in the order of the probe's `canceled` cells.
+fn cancel_reasons() -> Vec<&'static str> {
+    CancelReason::ALL.iter().map(|r| r.as_str()).collect()
+}
+
+/// `model_state{state}` of a model in state `now`: every state's label value, and
+/// whether it is `now`.
+fn model_states(now: ModelState) -> impl Iterator<Item = (&'static str, bool)> {
+    ModelState::ALL.iter().map(move |s| (s.as_str(), *s == now))
+}
+
+/// `pool_ready`: the pool admits tasks.
+fn admits(s: &PoolState) -> bool {
+    matches!(
+        s,
+        PoolState::Ready | PoolState::Reloading { was_drained: false }
+    )
+}
 
 pub(crate) async fn get(app: &ShardApp) -> Result<Response<Body>, ApiError> {
     let shards = app.shard.scrape_all().await?;
@@ -35,462 +65,495 @@ pub(crate) async fn get(app: &ShardApp) -> Result<Response<Body>, ApiError> {
     Ok(r)
 }
 
-/// A label value, escaped per the text format.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_owned());
+    l.set_value(value.to_owned());
+    l
 }
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+fn counter(v: f64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(v);
+    let mut m = Metric::default();
+    m.set_counter(c);
+    m
 }
 
-fn pool_labels(p: &PoolConfig) -> String {
-    format!(
-        "engine=\"{}\",engine_version=\"{}\",pool_id=\"{}\"",
-        p.engine.as_str(),
-        esc(&p.engine_version),
-        p.id
-    )
+fn gauge(v: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(v);
+    Metric::from_gauge(g)
 }
 
-/// Writes a histogram in ms (`scale` 1) or in seconds (`scale` 0.001).
-fn histogram(out: &mut String, name: &str, labels: &str, h: &LatencySnapshot, scale: f64) {
-    for (le, n) in BUCKETS_MS.iter().zip(h.cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {n}", le * scale);
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_ms * scale);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+/// A latency histogram in ms (`scale` [`MS`]) or in seconds ([`SECONDS`]); the
+/// encoder adds the `+Inf` bucket from the count.
+fn histogram(h: &LatencySnapshot, scale: f64) -> Metric {
+    let buckets = BUCKETS_MS
+        .iter()
+        .zip(h.cumulative)
+        .map(|(le, n)| {
+            let mut b = Bucket::default();
+            b.set_upper_bound(le * scale);
+            b.set_cumulative_count(n);
+            b
+        })
+        .collect();
+    let mut x = Histogram::default();
+    x.set_bucket(buckets);
+    x.set_sample_count(h.count);
+    x.set_sample_sum(h.sum_ms * scale);
+    let mut m = Metric::default();
+    m.set_histogram(x);
+    m
 }
 
-/// A pool's label strings, built once per scrape.
-struct Row<'a> {
-    labels: String,
-    replica: String,
+fn labeled(mut m: Metric, labels: Vec<LabelPair>) -> Metric {
+    m.set_label(labels);
+    m
+}
+
+/// A configured pool and its sample from the shard that owns it.
+struct Pool<'a> {
     cfg: &'a PoolConfig,
+    /// `replica_id`: the owner shard.
+    replica: String,
+    sample: &'a PoolSample,
 }
 
-/// Renders the exposition, yielding to the shard's other tasks (streams) between
-/// metric families: a scrape never holds this core for more than one family.
+impl Pool<'_> {
+    /// engine, engine_version, pool_id, then replica_id if asked for, then `extra`.
+    fn labels(&self, replica: bool, extra: Option<(&str, &str)>) -> Vec<LabelPair> {
+        let mut l = Vec::with_capacity(5);
+        l.push(label("engine", self.cfg.engine.as_str()));
+        l.push(label("engine_version", &self.cfg.engine_version));
+        l.push(label("pool_id", &self.cfg.id));
+        if replica {
+            l.push(label("replica_id", &self.replica));
+        }
+        if let Some((k, v)) = extra {
+            l.push(label(k, v));
+        }
+        l
+    }
+}
+
+/// One sample per pool.
+fn per_pool(pools: &[Pool<'_>], replica: bool, f: impl Fn(&PoolSample) -> Metric) -> Vec<Metric> {
+    pools
+        .iter()
+        .map(|p| labeled(f(p.sample), p.labels(replica, None)))
+        .collect()
+}
+
+/// One sample per pool and value of label `name`; `f` gets the value's index.
+fn per_pool_by(
+    pools: &[Pool<'_>],
+    replica: bool,
+    (name, values): (&str, &[&str]),
+    f: impl Fn(&PoolSample, usize) -> Metric,
+) -> Vec<Metric> {
+    let mut out = Vec::with_capacity(pools.len() * values.len());
+    for p in pools {
+        for (i, v) in values.iter().enumerate() {
+            out.push(labeled(f(p.sample, i), p.labels(replica, Some((name, v)))));
+        }
+    }
+    out
+}
+
+/// One counter per engine and value of label `name`: `f(engine index, value index)`.
+fn per_engine(name: &str, values: &[&str], f: impl Fn(usize, usize) -> u64) -> Vec<Metric> {
+    let mut out = Vec::with_capacity(Engine::ALL.len() * values.len());
+    for (e, engine) in Engine::ALL.iter().enumerate() {
+        for (i, v) in values.iter().enumerate() {
+            let labels = vec![label("engine", engine.as_str()), label(name, v)];
+            out.push(labeled(counter(f(e, i) as f64), labels));
+        }
+    }
+    out
+}
+
+/// One sample per shard, labeled `shard`.
+fn per_shard(shards: &[ShardSnapshot], f: impl Fn(&ShardSnapshot) -> Metric) -> Vec<Metric> {
+    shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| labeled(f(s), vec![label("shard", &i.to_string())]))
+        .collect()
+}
+
+/// The exposition being written, one family at a time.
+struct Exposition {
+    text: String,
+    encoder: TextEncoder,
+}
+
+impl Exposition {
+    /// Encodes one family, then lets the shard's other tasks (streams) run: a scrape
+    /// never holds this core for more than one family.
+    async fn family(&mut self, name: &str, kind: MetricType, help: &str, metrics: Vec<Metric>) {
+        // The encoder refuses a family without samples (no pools or no models
+        // configured): there is nothing to say about it.
+        if !metrics.is_empty() {
+            let mut f = MetricFamily::default();
+            f.set_name(name.to_owned());
+            f.set_help(help.to_owned());
+            f.set_field_type(kind);
+            f.set_metric(metrics);
+            self.encoder
+                .encode_utf8(std::slice::from_ref(&f), &mut self.text)
+                .expect("a named family with samples encodes into a String");
+        }
+        rt::yield_now().await;
+    }
+}
+
+/// Renders the exposition, yielding to the shard's other tasks between families.
 pub(crate) async fn render(
     config: &Config,
     shards: &[ShardSnapshot],
     d: &DispatcherSnapshot,
 ) -> String {
-    let mut out = String::with_capacity(64 * 1024);
+    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
     // Each pool lives on exactly one shard: pair every configured pool with its sample.
-    let mut pools = Vec::new();
-    for (shard, snap) in shards.iter().enumerate() {
-        for sample in &snap.pools {
-            let cfg = &config.pools[sample.pool];
-            let labels = pool_labels(cfg);
-            let replica = format!("replica_id=\"shard-{shard}\"");
-            pools.push((
-                shard,
-                Row {
-                    labels,
-                    replica,
-                    cfg,
-                },
+    let mut pools: Vec<Pool<'_>> = shards
+        .iter()
+        .enumerate()
+        .flat_map(|(shard, snap)| {
+            snap.pools.iter().map(move |sample| Pool {
+                cfg: &config.pools[sample.pool],
+                replica: format!("shard-{shard}"),
                 sample,
-            ));
-        }
-    }
-    pools.sort_by(|a, b| a.1.cfg.id.cmp(&b.1.cfg.id));
+            })
+        })
+        .collect();
+    pools.sort_by(|a, b| a.cfg.id.cmp(&b.cfg.id));
+    let p = &pools[..];
+    let prio = ("priority", &PRIORITIES[..]);
+    let device = ("device", &DEVICE[..]);
+    let reasons = cancel_reasons();
+    let kinds = ErrorKind::ALL.map(ErrorKind::as_str);
+    let mut x = Exposition {
+        text: String::with_capacity(64 * 1024),
+        encoder: TextEncoder::new(),
+    };
 
-    head(
-        &mut out,
+    x.family(
         "tasks_enqueued_total",
-        "counter",
+        COUNTER,
         "Tasks admitted into a pool's queue.",
-    );
-    for (_, p, x) in &pools {
-        for (i, prio) in PRIORITIES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tasks_enqueued_total{{{},{},priority=\"{prio}\"}} {}",
-                p.labels, p.replica, x.probe.enqueued[i]
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool_by(p, true, prio, |s, i| counter(s.probe.enqueued[i] as f64)),
+    )
+    .await;
+    x.family(
         "tasks_started_total",
-        "counter",
+        COUNTER,
         "Tasks that got a slot and began running.",
-    );
-    for (_, p, x) in &pools {
-        for (i, prio) in PRIORITIES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tasks_started_total{{{},{},priority=\"{prio}\"}} {}",
-                p.labels, p.replica, x.probe.started[i]
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(&mut out, "tasks_canceled_total", "counter", "Tasks ended before completion, by reason (client, orphaned, deadline, drop-lru, drain, shutdown, watchdog).");
-    for (_, p, x) in &pools {
-        for reason in CancelReason::ALL {
-            let _ = writeln!(
-                out,
-                "tasks_canceled_total{{{},{},reason=\"{}\"}} {}",
-                p.labels,
-                p.replica,
-                reason.as_str(),
-                x.probe.canceled[reason.index()]
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool_by(p, true, prio, |s, i| counter(s.probe.started[i] as f64)),
+    )
+    .await;
+    x.family(
+        "tasks_canceled_total",
+        COUNTER,
+        "Tasks ended before completion, by reason (client, orphaned, deadline, drop-lru, drain, shutdown, watchdog).",
+        per_pool_by(p, true, ("reason", &reasons), |s, i| counter(s.probe.canceled[i] as f64)),
+    )
+    .await;
+    x.family(
         "tasks_rejected_total",
-        "counter",
+        COUNTER,
         "Task submissions refused, by engine asked for and error kind.",
-    );
-    for (e, engine) in Engine::ALL.iter().enumerate() {
-        for (k, kind) in ErrorKind::ALL.iter().enumerate() {
-            let n: u64 = shards.iter().map(|s| s.admission.rejected[e][k]).sum();
-            let _ = writeln!(
-                out,
-                "tasks_rejected_total{{engine=\"{}\",reason=\"{}\"}} {n}",
-                engine.as_str(),
-                kind.as_str()
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_engine("reason", &kinds, |e, k| {
+            shards.iter().map(|s| s.admission.rejected[e][k]).sum()
+        }),
+    )
+    .await;
+    x.family(
         "queue_depth",
-        "gauge",
+        GAUGE,
         "Tasks waiting in a pool's queue.",
-    );
-    for (_, p, x) in &pools {
-        for (i, prio) in PRIORITIES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "queue_depth{{{},priority=\"{prio}\"}} {}",
-                p.labels, x.queue_depth[i]
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool_by(p, false, prio, |s, i| gauge(s.queue_depth[i] as f64)),
+    )
+    .await;
+    x.family(
         "kv_cache_usage_ratio",
-        "gauge",
+        GAUGE,
         "Share of the engine's KV cache in use (mock: busy slots / slots).",
-    );
-    for (_, p, x) in &pools {
-        let _ = writeln!(
-            out,
-            "kv_cache_usage_ratio{{{},{}}} {}",
-            p.labels, p.replica, x.kv_cache_usage_ratio
-        );
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool(p, true, |s| gauge(s.kv_cache_usage_ratio)),
+    )
+    .await;
+    x.family(
         "gpu_utilization",
-        "gauge",
+        GAUGE,
         "Device utilization reported by the engine (mock: busy slots / slots).",
-    );
-    for (_, p, x) in &pools {
-        let _ = writeln!(
-            out,
-            "gpu_utilization{{{},{},device=\"{DEVICE}\"}} {}",
-            p.labels, p.replica, x.gpu_utilization
-        );
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool_by(p, true, device, |s, _| gauge(s.gpu_utilization)),
+    )
+    .await;
+    x.family(
         "vram_used_bytes",
-        "gauge",
+        GAUGE,
         "Device memory in use reported by the engine (mock: KV bytes of running tasks).",
-    );
-    for (_, p, x) in &pools {
-        let _ = writeln!(
-            out,
-            "vram_used_bytes{{{},{},device=\"{DEVICE}\"}} {}",
-            p.labels, p.replica, x.vram_used_bytes
-        );
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool_by(p, true, device, |s, _| gauge(s.vram_used_bytes as f64)),
+    )
+    .await;
+    x.family(
         "latency_first_token_ms",
-        "histogram",
+        HISTOGRAM,
         "Admission to first token, ms.",
-    );
-    for (_, p, x) in &pools {
-        for (i, prio) in PRIORITIES.iter().enumerate() {
-            histogram(
-                &mut out,
-                "latency_first_token_ms",
-                &format!("{},priority=\"{prio}\"", p.labels),
-                &x.probe.first_token[i],
-                1.0,
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool_by(p, false, prio, |s, i| {
+            histogram(&s.probe.first_token[i], MS)
+        }),
+    )
+    .await;
+    x.family(
         "latency_decode_ms",
-        "histogram",
+        HISTOGRAM,
         "First to last token, ms.",
-    );
-    for (_, p, x) in &pools {
-        for (i, prio) in PRIORITIES.iter().enumerate() {
-            histogram(
-                &mut out,
-                "latency_decode_ms",
-                &format!("{},priority=\"{prio}\"", p.labels),
-                &x.probe.decode[i],
-                1.0,
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool_by(p, false, prio, |s, i| histogram(&s.probe.decode[i], MS)),
+    )
+    .await;
+    x.family(
         "tokens_in_total",
-        "counter",
+        COUNTER,
         "Prompt tokens of started tasks (whitespace words for the mock).",
-    );
-    for (_, p, x) in &pools {
-        let _ = writeln!(
-            out,
-            "tokens_in_total{{{},{}}} {}",
-            p.labels, p.replica, x.probe.tokens_in
-        );
-    }
-    rt::yield_now().await;
-    head(&mut out, "tokens_out_total", "counter", "Tokens streamed.");
-    for (_, p, x) in &pools {
-        let _ = writeln!(
-            out,
-            "tokens_out_total{{{},{}}} {}",
-            p.labels, p.replica, x.probe.tokens_out
-        );
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool(p, true, |s| counter(s.probe.tokens_in as f64)),
+    )
+    .await;
+    x.family(
+        "tokens_out_total",
+        COUNTER,
+        "Tokens streamed.",
+        per_pool(p, true, |s| counter(s.probe.tokens_out as f64)),
+    )
+    .await;
+    x.family(
         "admission_backpressure_events_total",
-        "counter",
+        COUNTER,
         "Queue-full events: refusals (reject) and evictions or refusals (drop-lru).",
-    );
-    for (e, engine) in Engine::ALL.iter().enumerate() {
-        for (i, policy) in POLICIES.iter().enumerate() {
-            let n: u64 = shards.iter().map(|s| s.admission.backpressure[e][i]).sum();
-            let _ = writeln!(
-                out,
-                "admission_backpressure_events_total{{engine=\"{}\",policy=\"{policy}\"}} {n}",
-                engine.as_str()
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
-        "catalog_verifications_total",
-        "counter",
-        "Model verifications: engines loading a model on reload.",
-    );
+        per_engine("policy", &POLICIES, |e, i| {
+            shards.iter().map(|s| s.admission.backpressure[e][i]).sum()
+        }),
+    )
+    .await;
+    let mut verifications = Vec::new();
     for (e, engine) in Engine::ALL.iter().enumerate() {
         for (i, result) in RESULTS.iter().enumerate() {
-            let _ = writeln!(out, "catalog_verifications_total{{result=\"{result}\",reason=\"reload\",engine=\"{}\"}} {}", engine.as_str(), d.catalog[e][i]);
+            let labels = vec![
+                label("result", result),
+                label("reason", "reload"),
+                label("engine", engine.as_str()),
+            ];
+            verifications.push(labeled(counter(d.catalog[e][i] as f64), labels));
         }
     }
-    rt::yield_now().await;
-    head(
-        &mut out,
+    x.family(
+        "catalog_verifications_total",
+        COUNTER,
+        "Model verifications: engines loading a model on reload.",
+        verifications,
+    )
+    .await;
+    let mut models = Vec::new();
+    for &(ref model, now) in &d.models {
+        for (state, is) in model_states(now) {
+            let labels = vec![label("model_id", model), label("state", state)];
+            models.push(labeled(gauge(f64::from(u8::from(is))), labels));
+        }
+    }
+    x.family(
         "model_state",
-        "gauge",
+        GAUGE,
         "1 for the state each model is in (ready, loading, draining, drained, failed, retired).",
-    );
-    for (model, state) in &d.models {
-        for s in ModelState::ALL {
-            let _ = writeln!(
-                out,
-                "model_state{{model_id=\"{}\",state=\"{}\"}} {}",
-                esc(model),
-                s.as_str(),
-                u8::from(*state == s)
-            );
-        }
-    }
+        models,
+    )
+    .await;
 
     // Beyond the contract, in Prometheus base units.
-    rt::yield_now().await;
-    head(
-        &mut out,
+    x.family(
         "queue_wait_seconds",
-        "histogram",
+        HISTOGRAM,
         "Admission to start of execution.",
-    );
-    for (_, p, x) in &pools {
-        for (i, prio) in PRIORITIES.iter().enumerate() {
-            histogram(
-                &mut out,
-                "queue_wait_seconds",
-                &format!("{},priority=\"{prio}\"", p.labels),
-                &x.probe.queue_wait[i],
-                0.001,
-            );
-        }
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool_by(p, false, prio, |s, i| {
+            histogram(&s.probe.queue_wait[i], SECONDS)
+        }),
+    )
+    .await;
+    x.family(
         "inter_token_seconds",
-        "histogram",
+        HISTOGRAM,
         "Time between consecutive tokens of a task.",
-    );
-    for (_, p, x) in &pools {
-        histogram(
-            &mut out,
-            "inter_token_seconds",
-            &p.labels,
-            &x.probe.inter_token,
-            0.001,
-        );
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool(p, false, |s| histogram(&s.probe.inter_token, SECONDS)),
+    )
+    .await;
+    x.family(
         "pool_slots_busy",
-        "gauge",
+        GAUGE,
         "Slots running a task.",
-    );
-    for (_, p, x) in &pools {
-        let _ = writeln!(out, "pool_slots_busy{{{}}} {}", p.labels, x.slots_busy);
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool(p, false, |s| gauge(s.slots_busy.into())),
+    )
+    .await;
+    x.family(
         "pool_ready",
-        "gauge",
+        GAUGE,
         "1 if the pool admits tasks.",
-    );
-    for (_, p, _) in &pools {
-        let i = config
-            .pools
-            .iter()
-            .position(|c| c.id == p.cfg.id)
-            .unwrap_or(0);
-        let ready = d.pool_states.get(i).is_some_and(|s| {
-            matches!(
-                s,
-                orchd_engine::admission::PoolState::Ready
-                    | orchd_engine::admission::PoolState::Reloading { was_drained: false }
-            )
-        });
-        let _ = writeln!(out, "pool_ready{{{}}} {}", p.labels, u8::from(ready));
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_pool(p, false, |s| {
+            gauge(f64::from(u8::from(
+                d.pool_states.get(s.pool).is_some_and(admits),
+            )))
+        }),
+    )
+    .await;
+    x.family(
         "active_streams",
-        "gauge",
+        GAUGE,
         "SSE responses being streamed, by the shard serving them.",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "active_streams{{shard=\"{i}\"}} {}",
-            s.admission.active_streams
-        );
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_shard(shards, |s| gauge(s.admission.active_streams as f64)),
+    )
+    .await;
+    x.family(
         "shard_tasks",
-        "gauge",
+        GAUGE,
         "Live tasks owned by each shard.",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(out, "shard_tasks{{shard=\"{i}\"}} {}", s.live_tasks);
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_shard(shards, |s| gauge(s.live_tasks as f64)),
+    )
+    .await;
+    x.family(
         "shard_cpu_seconds_total",
-        "counter",
+        COUNTER,
         "CPU time of each shard's thread; its rate is the shard's busy ratio.",
-    );
+        per_shard(shards, |s| counter(s.cpu_seconds)),
+    )
+    .await;
+    let mut responses = Vec::new();
     for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "shard_cpu_seconds_total{{shard=\"{i}\"}} {}",
-            s.cpu_seconds
-        );
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
-        "http_responses_total",
-        "counter",
-        "HTTP responses sent, by shard and status class.",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .zip(s.http.responses)
-        {
-            let _ = writeln!(
-                out,
-                "http_responses_total{{shard=\"{i}\",class=\"{class}\"}} {n}"
-            );
+        for (class, n) in STATUS_CLASSES.iter().zip(s.http.responses) {
+            let labels = vec![label("shard", &i.to_string()), label("class", class)];
+            responses.push(labeled(counter(n as f64), labels));
         }
     }
-    rt::yield_now().await;
-    head(
-        &mut out,
+    x.family(
+        "http_responses_total",
+        COUNTER,
+        "HTTP responses sent, by shard and status class.",
+        responses,
+    )
+    .await;
+    x.family(
         "connections_accepted_total",
-        "counter",
+        COUNTER,
         "TCP connections accepted, by shard.",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "connections_accepted_total{{shard=\"{i}\"}} {}",
-            s.http.connections_accepted
-        );
-    }
-    rt::yield_now().await;
-    head(
-        &mut out,
+        per_shard(shards, |s| counter(s.http.connections_accepted as f64)),
+    )
+    .await;
+    x.family(
         "connections_open",
-        "gauge",
+        GAUGE,
         "Open TCP connections, by shard.",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "connections_open{{shard=\"{i}\"}} {}",
-            s.http.connections_open
-        );
-    }
-    head(
-        &mut out,
+        per_shard(shards, |s| gauge(s.http.connections_open as f64)),
+    )
+    .await;
+    x.family(
         "connections_refused_total",
-        "counter",
+        COUNTER,
         "TCP connections answered 503 and closed: over server.max_connections, by shard.",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "connections_refused_total{{shard=\"{i}\"}} {}",
-            s.http.connections_refused
-        );
+        per_shard(shards, |s| counter(s.http.connections_refused as f64)),
+    )
+    .await;
+    x.text
+}
+
+#[cfg(test)]
+mod tests {
+    use orchd_shards::metrics::{AdmissionSnapshot, PoolProbeSnapshot};
+    use orchd_shards::{ProbeSnapshot, ShardId};
+
+    use super::*;
+
+    fn one_pool(engine_version: &str) -> (Config, Vec<ShardSnapshot>, DispatcherSnapshot) {
+        let mut config = Config::default();
+        config.pools[0].engine_version = engine_version.into();
+        let mut probe = PoolProbeSnapshot::default();
+        probe.first_token[0].cumulative[0] = 1;
+        probe.first_token[0].cumulative[1..].fill(2);
+        probe.first_token[0].count = 3;
+        probe.first_token[0].sum_ms = 1000.5;
+        let sample = PoolSample {
+            pool: 0,
+            queue_depth: [4, 0],
+            slots_busy: 1,
+            slots_total: 2,
+            kv_cache_usage_ratio: 0.5,
+            gpu_utilization: 0.5,
+            vram_used_bytes: 1 << 33,
+            probe,
+        };
+        let shard = ShardSnapshot {
+            http: ProbeSnapshot {
+                shard: ShardId(0),
+                responses: [0, 7, 0, 1, 0],
+                connections_accepted: 2,
+                connections_open: 1,
+                connections_refused: 0,
+            },
+            admission: AdmissionSnapshot::default(),
+            pools: vec![sample],
+            live_tasks: 1,
+            cpu_seconds: 0.25,
+        };
+        let d = DispatcherSnapshot {
+            models: Vec::new(),
+            catalog: [[0; 2]; 4],
+            pool_states: vec![PoolState::Ready],
+        };
+        (config, vec![shard], d)
     }
-    out
+
+    #[test]
+    fn histograms_counters_and_escaping_in_the_text_format() {
+        let (config, shards, d) = one_pool("v\"1\\");
+        let text = futures_lite::future::block_on(render(&config, &shards, &d));
+        let pool = r#"engine="llamacpp",engine_version="v\"1\\",pool_id="default""#;
+        let ttft = |rest: &str| format!("latency_first_token_ms{rest}");
+        let block = [
+            "# HELP latency_first_token_ms Admission to first token, ms.".to_string(),
+            "# TYPE latency_first_token_ms histogram".into(),
+            ttft(&format!(
+                "_bucket{{{pool},priority=\"interactive\",le=\"0.25\"}} 1"
+            )),
+            ttft(&format!(
+                "_bucket{{{pool},priority=\"interactive\",le=\"0.5\"}} 2"
+            )),
+        ]
+        .join("\n");
+        assert!(text.contains(&block), "{text}");
+        let tail = [
+            ttft(&format!(
+                "_bucket{{{pool},priority=\"interactive\",le=\"131072\"}} 2"
+            )),
+            ttft(&format!(
+                "_bucket{{{pool},priority=\"interactive\",le=\"+Inf\"}} 3"
+            )),
+            ttft(&format!("_sum{{{pool},priority=\"interactive\"}} 1000.5")),
+            ttft(&format!("_count{{{pool},priority=\"interactive\"}} 3")),
+            ttft(&format!(
+                "_bucket{{{pool},priority=\"batch\",le=\"0.25\"}} 0"
+            )),
+        ]
+        .join("\n");
+        assert!(text.contains(&tail), "{text}");
+        for line in [
+            format!("queue_wait_seconds_bucket{{{pool},priority=\"batch\",le=\"0.00025\"}} 0"),
+            format!("queue_depth{{{pool},priority=\"interactive\"}} 4"),
+            format!("vram_used_bytes{{{pool},replica_id=\"shard-0\",device=\"mock0\"}} 8589934592"),
+            format!("pool_ready{{{pool}}} 1"),
+            "tasks_rejected_total{engine=\"triton\",reason=\"INTERNAL\"} 0".into(),
+            "http_responses_total{shard=\"0\",class=\"2xx\"} 7".into(),
+            "shard_cpu_seconds_total{shard=\"0\"} 0.25".into(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        // No models yet: the family has no samples, so it is not written at all.
+        assert!(!text.contains("model_state"), "{text}");
+    }
 }
