@@ -1,15 +1,17 @@
 //! An HTTP/1.1 client for the suites: hyper over tokio, one connection per request (as
-//! a curl user would), and an incremental Server-Sent Events reader.
+//! a curl user would), and its event streams read through the shared SSE parser of
+//! `orchd_testkit` (the blocking client of the `orchd-http` tests feeds the same one).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use orchd_testkit::sse::{Event, Parser};
 use tokio::net::TcpStream;
 
 /// How long any single read may take before the suite calls it a hang.
@@ -118,9 +120,8 @@ impl Client {
                     body: Bytes::new(),
                 },
                 body: incoming,
-                buf: BytesMut::new(),
+                parser: Parser::new(),
                 done: false,
-                comments: Vec::new(),
             }));
         }
         let body = tokio::time::timeout(READ_TIMEOUT, incoming.collect())
@@ -179,120 +180,69 @@ pub enum Opened {
     Refused(Response),
 }
 
-/// One Server-Sent Event as it came off the wire.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SseEvent {
-    pub id: Option<u64>,
-    pub event: String,
-    pub data: String,
-}
-
-impl SseEvent {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-/// An open event stream, parsed as bytes arrive (frames may span reads and reads may
-/// hold many frames).
+/// An open event stream, parsed as bytes arrive by the shared parser
+/// ([`orchd_testkit::sse::Parser`]: frames may span reads and reads may hold many
+/// frames).
 pub struct SseStream {
     /// The 200 head (status and headers; empty body).
     pub head: Response,
     body: Incoming,
-    buf: BytesMut,
+    parser: Parser,
     done: bool,
-    /// Comment lines seen so far (`: hb` heartbeats), without the colon.
-    pub comments: Vec<String>,
 }
 
 impl SseStream {
     /// The next event, or `None` once the server has closed the stream. Errors when the
-    /// server sends nothing for `READ_TIMEOUT`.
-    pub async fn next(&mut self) -> Result<Option<SseEvent>, String> {
+    /// server sends nothing for `READ_TIMEOUT`, or a frame the parser refuses.
+    pub async fn next(&mut self) -> Result<Option<Event>, String> {
         self.next_within(READ_TIMEOUT).await
     }
 
-    pub async fn next_within(&mut self, limit: Duration) -> Result<Option<SseEvent>, String> {
+    pub async fn next_within(&mut self, limit: Duration) -> Result<Option<Event>, String> {
         loop {
-            if let Some(block) = self.take_block() {
-                if let Some(ev) = self.parse_block(&block)? {
-                    return Ok(Some(ev));
-                }
-                continue;
+            let path = &self.head.path;
+            if let Some(ev) = self
+                .parser
+                .next_event()
+                .map_err(|e| format!("stream {path}: {e}"))?
+            {
+                return Ok(Some(ev));
             }
             if self.done {
+                if !self.parser.pending().is_empty() {
+                    return Err(format!(
+                        "stream {path} ended inside a frame: {:?}",
+                        String::from_utf8_lossy(self.parser.pending())
+                    ));
+                }
                 return Ok(None);
             }
             let frame = tokio::time::timeout(limit, self.body.frame())
                 .await
-                .map_err(|_| format!("stream {}: nothing for {limit:?}", self.head.path))?;
+                .map_err(|_| format!("stream {path}: nothing for {limit:?}"))?;
             match frame {
                 None => self.done = true,
-                Some(Err(e)) => return Err(format!("stream {}: {e}", self.head.path)),
+                Some(Err(e)) => return Err(format!("stream {path}: {e}")),
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        self.parser.push(&data);
                     }
                 }
             }
         }
     }
 
+    /// Comment lines seen so far (`: hb` heartbeats), without the colon.
+    pub fn comments(&self) -> &[String] {
+        self.parser.comments()
+    }
+
     /// Every remaining event, up to the server's close.
-    pub async fn collect(mut self) -> Result<Vec<SseEvent>, String> {
+    pub async fn collect(mut self) -> Result<Vec<Event>, String> {
         let mut out = Vec::new();
         while let Some(ev) = self.next().await? {
             out.push(ev);
         }
         Ok(out)
-    }
-
-    /// One block (up to a blank line), normalizing CRLF and CR line ends.
-    fn take_block(&mut self) -> Option<Vec<String>> {
-        let text = std::str::from_utf8(&self.buf).ok()?;
-        let text = text.replace("\r\n", "\n").replace('\r', "\n");
-        let end = text.find("\n\n")?;
-        let block: Vec<String> = text[..end].split('\n').map(str::to_string).collect();
-        let rest = text[end + 2..].to_string();
-        self.buf = BytesMut::from(rest.as_bytes());
-        Some(block)
-    }
-
-    fn parse_block(&mut self, lines: &[String]) -> Result<Option<SseEvent>, String> {
-        let mut ev = SseEvent {
-            id: None,
-            event: "message".to_string(),
-            data: String::new(),
-        };
-        let mut has_field = false;
-        for line in lines {
-            if let Some(comment) = line.strip_prefix(':') {
-                self.comments.push(comment.trim_start().to_string());
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_str(), ""),
-            };
-            has_field = true;
-            match field {
-                "id" => {
-                    ev.id = Some(
-                        value
-                            .parse()
-                            .map_err(|_| format!("frame id {value:?} is not a sequence number"))?,
-                    )
-                }
-                "event" => ev.event = value.to_string(),
-                "data" => {
-                    if !ev.data.is_empty() {
-                        ev.data.push('\n');
-                    }
-                    ev.data.push_str(value);
-                }
-                other => return Err(format!("unexpected SSE field {other:?}")),
-            }
-        }
-        Ok(has_field.then_some(ev))
     }
 }

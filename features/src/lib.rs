@@ -2,10 +2,12 @@
 //! `tests/features/`) and the provider verification of `contracts/openapi/*.yaml`, both
 //! run against a real orchd on an ephemeral port.
 //!
-//! This library is what both suites share: a server started in-process through
-//! `orchd_http::serve` ([`Orchd`]), an HTTP/1.1 client that also reads Server-Sent Events
-//! incrementally ([`Client`], [`SseStream`]), and the OpenAPI documents loaded as
-//! validators ([`Contract`]), through which every response the suites see is checked.
+//! This library is what both suites share beyond the test support of every orchd test
+//! (`orchd_testkit`: the SSE parser, the frame rules, `wait_until`, task bodies): a
+//! server started in-process through `orchd_http::serve` ([`Orchd`]), an async
+//! HTTP/1.1 client whose streams feed the shared SSE parser ([`Client`], [`SseStream`]),
+//! and the OpenAPI documents loaded as validators ([`Contract`]), through which every
+//! response the suites see is checked.
 //!
 //! Must not depend on orchd internals beyond `orchd_http::serve` and its config: the
 //! suites talk HTTP like a user.
@@ -14,11 +16,7 @@ mod client;
 mod contract;
 mod server;
 
-pub use client::{Client, Opened, Response, SseEvent, SseStream};
+pub use client::{Client, Opened, Response, SseStream};
 pub use contract::{Contract, Violation};
+pub use orchd_testkit::{uuid, Event};
 pub use server::{temp_dir, Orchd};
-
-/// A fresh random UUIDv4 as text, for task and session ids.
-pub fn uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}

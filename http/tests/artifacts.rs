@@ -4,10 +4,13 @@ mod support;
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use orchd_engine::config::ArtifactBackend;
 use orchd_engine::Config;
+use orchd_testkit::{submit_and_stream, uuid, wait_until, Response};
 use serde_json::json;
-use support::{submit_and_stream, task_body, uuid, Response, TestServer};
+use support::TestServer;
 
 fn post(s: &TestServer, body: &serde_json::Value) -> Response {
     s.client().send(
@@ -149,7 +152,7 @@ fn memory_backend_refuses_user_artifacts_with_507_when_full_after_evicting_trans
     c.pools[0].adapter.ttft_ms = 0;
     c.pools[0].adapter.tpot_ms = 0;
     let s = TestServer::start(c);
-    let events = submit_and_stream(s.addr, json!({"max_tokens": 4}));
+    let (_, events) = submit_and_stream(s.addr, json!({"max_tokens": 4}));
     let transcript = events.last().unwrap().data["transcript_id"]
         .as_str()
         .unwrap()
@@ -189,30 +192,17 @@ fn fs_backend_round_trip_survives_restart_and_keeps_transcripts() {
         .as_str()
         .unwrap()
         .to_string();
-    let task = uuid();
-    s.client().send(
-        "POST",
-        "/v1/tasks",
-        &[],
-        &task_body(&task, &uuid(), json!({"max_tokens": 3})),
-    );
-    let events = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
-        .collect();
+    let (_, events) = submit_and_stream(s.addr, json!({"max_tokens": 3}));
     let transcript = events.last().unwrap().data["transcript_id"]
         .as_str()
         .unwrap()
         .to_string();
     // The transcript is written after the end frame is sent: wait until it is readable.
-    let readable = (0..250).any(|_| {
-        let ok = s.get(&format!("/v1/artifacts/{transcript}"), &[]).status == 200;
-        if !ok {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        ok
-    });
-    assert!(readable, "transcript never stored");
+    wait_until(
+        Duration::from_secs(5),
+        "the transcript to be stored",
+        || s.get(&format!("/v1/artifacts/{transcript}"), &[]).status == 200,
+    );
     s.shutdown();
 
     let s = TestServer::start(fs_config(&dir));
@@ -250,7 +240,7 @@ fn an_unusable_artifact_directory_gives_500_while_streams_keep_working() {
     let missing = format!("sha256:{}", "1".repeat(64));
     assert_eq!(s.get(&format!("/v1/artifacts/{missing}"), &[]).status, 500);
     for _ in 0..3 {
-        let events = submit_and_stream(s.addr, json!({"max_tokens": 5}));
+        let (_, events) = submit_and_stream(s.addr, json!({"max_tokens": 5}));
         assert_eq!(events.last().unwrap().event, "end");
     }
     drop(s);

@@ -5,7 +5,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::process::{orchd, run_to_end, start_ready, start_ready_with, temp_file, wait_bounded};
+use orchd_testkit::{assert_well_formed, open_stream, submit, task_body, uuid, Client};
+use support::process::{
+    fresh_dir, orchd, run_to_end, start_ready, start_ready_with, temp_file, wait_bounded,
+};
 
 #[test]
 fn bad_config_names_every_offending_key() {
@@ -117,24 +120,19 @@ fn sigterm_ends_live_streams_with_a_terminal_frame_and_exits_0() {
     let (mut child, addr, _err) =
         start_ready_with(&[], &[std::ffi::OsStr::new("--config"), p.as_os_str()]);
     let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let task = support::uuid();
-    let body = support::task_body(
-        &task,
-        &support::uuid(),
-        serde_json::json!({"max_tokens": 1000}),
-    );
-    let r = support::Client::connect(addr).send("POST", "/v1/tasks", &[], &body);
-    assert_eq!(r.status, 202);
-    let mut stream =
-        support::Client::connect(addr).open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
-    assert_eq!(stream.next_event().unwrap().event, "started");
+    let task = uuid();
+    let body = task_body(&task, &uuid(), serde_json::json!({"max_tokens": 1000}));
+    assert_eq!(submit(addr, &[], &body).status, 202);
+    let mut stream = open_stream(addr, &[], &task);
+    let started = stream.next_event().unwrap();
+    assert_eq!(started.event, "started");
     // SAFETY: plain kill(2) on our child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut last = None;
-    while let Some(e) = stream.next_event() {
-        last = Some(e);
-    }
-    let last = last.expect("frames after SIGTERM");
+    let mut all = vec![started];
+    all.extend(stream.collect());
+    assert!(all.len() > 1, "frames after SIGTERM");
+    assert_well_formed(&all);
+    let last = all.last().unwrap();
     assert_eq!(last.event, "error");
     assert_eq!(last.data["code"], "POOL_UNAVAILABLE");
     let status = wait_bounded(&mut child, Duration::from_secs(15));
@@ -143,8 +141,7 @@ fn sigterm_ends_live_streams_with_a_terminal_frame_and_exits_0() {
 
 #[test]
 fn acknowledged_artifacts_survive_kill_9() {
-    let dir = std::env::temp_dir().join(format!("orchd-kill9-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("kill9");
     let cfg = temp_file(
         "kill9",
         &format!(
@@ -156,7 +153,7 @@ fn acknowledged_artifacts_survive_kill_9() {
     let (mut child, addr, _err) = start_ready_with(&[], &args);
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let mut acked = Vec::new();
-    let mut client = support::Client::connect(addr);
+    let mut client = Client::connect(addr);
     for i in 0..50 {
         let body =
             serde_json::json!({"kind": "other", "content": {"i": i, "pad": "z".repeat(4000)}});
@@ -178,7 +175,7 @@ fn acknowledged_artifacts_survive_kill_9() {
 
     let (mut child, addr, _err) = start_ready_with(&[], &args);
     let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let mut client = support::Client::connect(addr);
+    let mut client = Client::connect(addr);
     for (id, content) in &acked {
         let r = client.send("GET", &format!("/v1/artifacts/{id}"), &[], b"");
         assert_eq!(r.status, 200, "{id} lost");

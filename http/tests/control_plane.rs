@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use orchd_engine::config::PoolConfig;
 use orchd_engine::Config;
+use orchd_testkit::{
+    assert_well_formed, open_stream, submit_and_stream, task_body, tokens, uuid, wait_until, Event,
+    Response,
+};
 use serde_json::json;
-use support::{task_body, uuid, Event, Response, TestServer};
+use support::TestServer;
 
 fn submit(s: &TestServer, body: &[u8]) -> Response {
-    s.client().send("POST", "/v1/tasks", &[], body)
+    orchd_testkit::submit(s.addr, &[], body)
 }
 
 fn post(s: &TestServer, path: &str, body: serde_json::Value) -> Response {
@@ -18,18 +22,14 @@ fn post(s: &TestServer, path: &str, body: serde_json::Value) -> Response {
         .send("POST", path, &[], &serde_json::to_vec(&body).unwrap())
 }
 
+/// The whole stream of `task`, held to the frame rules.
 fn stream(s: &TestServer, task: &str) -> Vec<Event> {
-    s.client()
-        .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
-        .collect()
+    orchd_testkit::stream(s.addr, &[], task)
 }
 
-fn tokens(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| e.data["t"].as_str().unwrap().to_string())
-        .collect()
+/// A new task for `model`, submitted (202) and streamed to its end.
+fn run(s: &TestServer, model: &str) -> Vec<Event> {
+    submit_and_stream(s.addr, json!({"model_ref": model})).1
 }
 
 fn pool(id: &str, model: &str, tpot: u64) -> PoolConfig {
@@ -53,9 +53,7 @@ fn with_pools(pools: Vec<PoolConfig>) -> Config {
 #[test]
 fn health_has_its_shape_and_unknown_pools_are_404() {
     let s = TestServer::start(with_pools(vec![pool("a", "m1", 0)]));
-    let task = uuid();
-    submit(&s, &task_body(&task, &uuid(), json!({"model_ref": "m1"})));
-    stream(&s, &task);
+    run(&s, "m1");
     let h = s.get("/v1/pools/a/health", &[]);
     assert_eq!(h.status, 200);
     let h = h.json();
@@ -102,10 +100,9 @@ fn drain_closes_admission_and_ends_tasks_at_the_deadline() {
         .status,
         202
     );
-    let mut live = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{running}/stream"), &[]);
-    assert_eq!(live.next_event().unwrap().event, "started");
+    let mut live = open_stream(s.addr, &[], &running);
+    let started = live.next_event().unwrap();
+    assert_eq!(started.event, "started");
 
     let r = post(&s, "/v1/pools/a/drain", json!({"deadline_ms": 400}));
     assert_eq!(r.status, 202);
@@ -125,13 +122,15 @@ fn drain_closes_admission_and_ends_tasks_at_the_deadline() {
     assert_eq!(caps["engines"][0]["concurrency"], 0);
     assert_eq!(caps["engines"][0]["pools"][0]["state"], "draining");
     // The running stream goes on until the deadline, then ends with POOL_UNAVAILABLE.
-    let rest = live.collect();
-    let tokens_before_end = rest.iter().filter(|e| e.event == "token").count();
+    let mut all = vec![started];
+    all.extend(live.collect());
+    assert_well_formed(&all);
+    let tokens_before_end = tokens(&all).len();
     assert!(
         tokens_before_end > 3,
         "tokens kept coming during the drain: {tokens_before_end}"
     );
-    let last = rest.last().unwrap();
+    let last = all.last().unwrap();
     assert_eq!(last.event, "error");
     assert_eq!(last.data["code"], "POOL_UNAVAILABLE");
     // Bad bodies.
@@ -157,12 +156,7 @@ fn a_drained_pool_hands_new_tasks_to_another_pool_of_the_model() {
         202
     );
     for _ in 0..4 {
-        let task = uuid();
-        assert_eq!(
-            submit(&s, &task_body(&task, &uuid(), json!({"model_ref": "m1"}))).status,
-            202
-        );
-        assert_eq!(stream(&s, &task).last().unwrap().event, "end");
+        assert_eq!(run(&s, "m1").last().unwrap().event, "end");
     }
     let b = s.get("/v1/pools/b/health", &[]).json();
     assert_eq!(b["metrics"]["latency_first_token_ms"]["count"], 4);
@@ -192,10 +186,8 @@ fn reload_switches_models_atomically_and_running_tasks_keep_theirs() {
     let s = TestServer::start(cfg);
     let long = uuid();
     assert_eq!(submit(&s, &body(&long, "m1")).status, 202);
-    let mut live = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{long}/stream"), &[]);
-    while live.next_event().unwrap().event != "token" {}
+    let mut live = open_stream(s.addr, &[], &long);
+    live.read_until("token");
     let r = post(&s, "/v1/pools/a/reload", json!({"new_model_ref": "m2"}));
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!({"pool_id": "a", "model_ref": "m2"}));
@@ -240,12 +232,7 @@ fn a_model_that_fails_to_load_rolls_back_with_409() {
         (h["ready"].clone(), h["metrics"]["model_ref"].clone()),
         (json!(true), json!("m1"))
     );
-    let task = uuid();
-    assert_eq!(
-        submit(&s, &task_body(&task, &uuid(), json!({"model_ref": "m1"}))).status,
-        202
-    );
-    assert_eq!(stream(&s, &task).last().unwrap().event, "end");
+    assert_eq!(run(&s, "m1").last().unwrap().event, "end");
     // Bad bodies and unknown pools.
     assert_eq!(
         post(&s, "/v1/pools/a/reload", json!({"model": "x"})).status,
@@ -322,19 +309,16 @@ fn a_reload_brings_a_drained_pool_back() {
         post(&s, "/v1/pools/a/drain", json!({"deadline_ms": 1})).status,
         202
     );
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(
-        s.get("/v1/pools/a/health", &[]).json()["metrics"]["state"],
-        "drained"
-    );
+    wait_until(Duration::from_millis(400), "pool a to be drained", || {
+        let h = s.get("/v1/pools/a/health", &[]).json();
+        match h["metrics"]["state"] == "drained" {
+            true => Ok(()),
+            false => Err(format!("state {}", h["metrics"]["state"])),
+        }
+    });
     assert_eq!(
         post(&s, "/v1/pools/a/reload", json!({"new_model_ref": "m9"})).status,
         200
     );
-    let task = uuid();
-    assert_eq!(
-        submit(&s, &task_body(&task, &uuid(), json!({"model_ref": "m9"}))).status,
-        202
-    );
-    assert_eq!(stream(&s, &task).last().unwrap().event, "end");
+    assert_eq!(run(&s, "m9").last().unwrap().event, "end");
 }

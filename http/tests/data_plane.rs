@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use orchd_engine::config::QueuePolicy;
 use orchd_engine::Config;
+use orchd_testkit::{
+    assert_well_formed, cancel, open_stream, stream, submit_and_stream, task_body, token_text,
+    tokens, uuid, Event, Response,
+};
 use serde_json::json;
-use support::{task_body, uuid, Event, Response, TestServer};
+use support::TestServer;
 
 /// A config whose mock engine runs as fast as it can.
 fn fast(shards: usize) -> Config {
@@ -30,77 +34,17 @@ fn slow_one_slot(queue: u32, policy: QueuePolicy) -> Config {
 }
 
 fn submit(s: &TestServer, body: &[u8]) -> Response {
-    s.client().send(
-        "POST",
-        "/v1/tasks",
-        &[("Content-Type", "application/json")],
-        body,
-    )
+    orchd_testkit::submit(s.addr, &[], body)
 }
 
-fn stream(s: &TestServer, task: &str) -> Vec<Event> {
-    let r = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
-    assert_eq!(r.status, 200);
-    r.collect()
+/// The whole stream of `task`, held to the frame rules.
+fn stream_of(s: &TestServer, task: &str) -> Vec<Event> {
+    stream(s.addr, &[], task)
 }
 
-/// Submits a task of `max_tokens` and streams it to its end, checking the frames are
-/// well formed: its id and frames.
+/// Submits a task of `max_tokens` and streams it to its end: its id and frames.
 fn run_to_end(s: &TestServer, max_tokens: u64) -> (String, Vec<Event>) {
-    let task = uuid();
-    assert_eq!(
-        submit(
-            s,
-            &task_body(&task, &uuid(), json!({"max_tokens": max_tokens}))
-        )
-        .status,
-        202
-    );
-    let full = stream(s, &task);
-    assert_well_formed(&full);
-    (task, full)
-}
-
-fn tokens(events: &[Event]) -> String {
-    events
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| e.data["t"].as_str().unwrap())
-        .collect()
-}
-
-/// The frame rules every stream must follow (SPEC section 2).
-fn assert_well_formed(events: &[Event]) {
-    assert!(!events.is_empty());
-    assert_eq!(events[0].event, "started");
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.id, events[0].id + i as u64, "ids are consecutive");
-    }
-    let idx: Vec<u64> = events
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| e.data["i"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        idx,
-        (0..idx.len() as u64).collect::<Vec<_>>(),
-        "token indexes have no gaps"
-    );
-    assert!(
-        events.iter().any(|e| e.event == "metrics"),
-        "at least one metrics frame"
-    );
-    let terminal: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.event == "end" || e.event == "error")
-        .collect();
-    assert_eq!(terminal.len(), 1, "exactly one terminal frame");
-    assert!(
-        std::ptr::eq(terminal[0], events.last().unwrap()),
-        "terminal frame is last"
-    );
+    submit_and_stream(s.addr, json!({"max_tokens": max_tokens}))
 }
 
 #[test]
@@ -117,12 +61,11 @@ fn exact_bytes_of_a_short_deterministic_stream() {
         json!({"task_id": task, "queue_position": 0, "predicted_start_ms": 0, "backoff_ms": 0})
     );
 
-    let resp = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
+    let resp = open_stream(s.addr, &[], task);
     assert_eq!(resp.header("content-type"), Some("text/event-stream"));
     assert_eq!(resp.header("cache-control"), Some("no-cache"));
     let events = resp.collect();
+    assert_well_formed(&events);
     let raw: String = events[..events.len() - 1]
         .iter()
         .map(|e| e.raw.as_str())
@@ -167,29 +110,20 @@ fn replay_from_zero_and_last_event_id_resume() {
     let s = TestServer::start(fast(2));
     let (task, full) = run_to_end(&s, 20);
     // A late second subscriber gets the whole stream from frame 0, byte for byte.
-    let again = stream(&s, &task);
+    let again = stream_of(&s, &task);
     assert_eq!(full, again);
     // Resume after frame 5.
-    let r = s.client().open_stream(
-        &format!("/v1/tasks/{task}/stream"),
-        &[("Last-Event-ID", "5")],
-    );
+    let r = open_stream(s.addr, &[("Last-Event-ID", "5")], &task);
     let rest = r.collect();
     assert_eq!(rest[0].id, 6);
     assert_eq!(rest, full[6..]);
     // Resume after the last frame: nothing more.
     let last = full.last().unwrap().id.to_string();
-    let r = s.client().open_stream(
-        &format!("/v1/tasks/{task}/stream"),
-        &[("Last-Event-ID", &last)],
-    );
+    let r = open_stream(s.addr, &[("Last-Event-ID", &last)], &task);
     assert_eq!(r.status, 200);
     assert!(r.collect().is_empty());
     // A malformed Last-Event-ID is a 400.
-    let r = s.client().open_stream(
-        &format!("/v1/tasks/{task}/stream"),
-        &[("Last-Event-ID", "x")],
-    );
+    let r = open_stream(s.addr, &[("Last-Event-ID", "x")], &task);
     assert_eq!(r.status, 400);
 }
 
@@ -201,9 +135,7 @@ fn a_replayed_backlog_is_sent_in_a_few_large_chunks() {
     let s = TestServer::start(fast(2));
     let (task, full) = run_to_end(&s, 256);
     assert!(full.len() > 256);
-    let mut r = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
+    let mut r = open_stream(s.addr, &[], &task);
     let mut again = Vec::new();
     while let Some(e) = r.next_event() {
         again.push(e);
@@ -232,11 +164,10 @@ fn resuming_a_live_task_past_its_frames_sends_none_it_claims_to_have() {
         submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 10}))).status,
         202
     );
-    let path = format!("/v1/tasks/{task}/stream");
     // While the task runs (about 200 ms of tokens): ids after 8 only, up to the end.
-    let tail = s.client().open_stream(&path, &[("Last-Event-ID", "8")]);
-    let beyond = s.client().open_stream(&path, &[("Last-Event-ID", "1921")]);
-    let full = s.client().open_stream(&path, &[]).collect();
+    let tail = open_stream(s.addr, &[("Last-Event-ID", "8")], &task);
+    let beyond = open_stream(s.addr, &[("Last-Event-ID", "1921")], &task);
+    let full = stream_of(&s, &task);
     assert_eq!(full.last().unwrap().event, "end");
     assert_eq!(tail.collect(), full[9..]);
     // Past the end: nothing, and the stream ends with the task.
@@ -257,9 +188,7 @@ fn subscribers_on_different_shards_get_identical_frames() {
     );
     let mut by_shard = std::collections::HashMap::new();
     for _ in 0..64 {
-        let r = s
-            .client()
-            .open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
+        let r = open_stream(s.addr, &[], &task);
         let shard = r.header("x-orchd-shard").unwrap().to_string();
         by_shard.entry(shard).or_insert(r);
         if by_shard.len() == 2 {
@@ -300,11 +229,8 @@ fn queue_positions_are_0_1_2_and_429_carries_retry_advice() {
     assert!(backoff > 0);
     assert_eq!(retry_after, backoff.div_ceil(1000).max(1));
     // The queued task's stream says where it stands, and moves up when the first ends.
-    s.client()
-        .send("POST", &format!("/v1/tasks/{}/cancel", ids[0]), &[], b"");
-    let mut r = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{}/stream", ids[2]), &[]);
+    cancel(s.addr, &ids[0]);
+    let mut r = open_stream(s.addr, &[], &ids[2]);
     let started = r.next_event().unwrap();
     assert_eq!(
         started.data,
@@ -359,49 +285,32 @@ fn drop_lru_evicts_the_oldest_batch_task_with_an_error_frame() {
     );
     let r = submit(&s, &task_body(&uuid(), &uuid(), json!({"max_tokens": 100})));
     assert_eq!(r.status, 202, "admitted by evicting");
-    let victim = stream(&s, &batch);
-    assert_well_formed(&victim);
+    let victim = stream_of(&s, &batch);
     let last = victim.last().unwrap();
     assert_eq!(last.event, "error");
     assert_eq!(last.data["code"], "QUEUE_FULL_DROP_LRU");
     // Interactive tasks are not evicted while a batch task was there to take.
-    let mut r = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{inter}/stream"), &[]);
+    let mut r = open_stream(s.addr, &[], &inter);
     assert_eq!(r.next_event().unwrap().event, "started");
 }
 
 #[test]
 fn tokens_are_the_same_on_every_shard_and_every_run() {
-    let body = |task: &str| {
-        task_body(
-            task,
-            &uuid(),
-            json!({"max_tokens": 16, "seed": 99, "prompt": "determinism"}),
-        )
+    let text = |s: &TestServer, seed: u64| {
+        let extra = json!({"max_tokens": 16, "seed": seed, "prompt": "determinism"});
+        token_text(&submit_and_stream(s.addr, extra).1)
     };
     let mut texts = HashSet::new();
     for _ in 0..2 {
         let s = TestServer::start(fast(2));
         for _ in 0..4 {
-            let task = uuid();
-            assert_eq!(submit(&s, &body(&task)).status, 202);
-            texts.insert(tokens(&stream(&s, &task)));
+            texts.insert(text(&s, 99));
         }
     }
     assert_eq!(texts.len(), 1, "{texts:?}");
     // Another seed gives another text.
     let s = TestServer::start(fast(2));
-    let task = uuid();
-    submit(
-        &s,
-        &task_body(
-            &task,
-            &uuid(),
-            json!({"max_tokens": 16, "seed": 100, "prompt": "determinism"}),
-        ),
-    );
-    assert!(!texts.contains(&tokens(&stream(&s, &task))));
+    assert!(!texts.contains(&text(&s, 100)));
 }
 
 #[test]
@@ -415,25 +324,20 @@ fn cancel_racing_token_production_never_leaks_a_token() {
         let task = uuid();
         let r = submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 32})));
         assert_eq!(r.status, 202);
-        let mut reader = s
-            .client()
-            .open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
+        let mut reader = open_stream(s.addr, &[], &task);
         // Read a varying number of frames before canceling.
         for _ in 0..(round % 7) {
             reader.next_event();
         }
-        let r = s
-            .client()
-            .send("POST", &format!("/v1/tasks/{task}/cancel"), &[], b"");
+        let r = cancel(s.addr, &task);
         assert_eq!(r.status, 204);
         let n: u64 = r.header("x-tokens-out").unwrap().parse().unwrap();
         let mut rest = Vec::new();
         while let Some(e) = reader.next_event() {
             rest.push(e);
         }
-        let all_tokens = stream(&s, &task);
-        assert_well_formed(&all_tokens);
-        let produced = all_tokens.iter().filter(|e| e.event == "token").count() as u64;
+        let all_tokens = stream_of(&s, &task);
+        let produced = tokens(&all_tokens).len() as u64;
         assert_eq!(
             produced, n,
             "round {round}: X-Tokens-Out is the exact count"
@@ -446,9 +350,7 @@ fn cancel_racing_token_production_never_leaks_a_token() {
             assert_eq!(n, 32, "only a finished task ends without canceled");
         }
         // Canceling again is a no-op with the same count.
-        let again = s
-            .client()
-            .send("POST", &format!("/v1/tasks/{task}/cancel"), &[], b"");
+        let again = cancel(s.addr, &task);
         assert_eq!(again.status, 204);
         assert_eq!(
             again
@@ -481,23 +383,15 @@ fn a_client_that_stops_reading_does_not_hold_up_others() {
         202
     );
     // This client opens the stream and never reads it.
-    let stalled = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{big}/stream"), &[]);
+    let stalled = open_stream(s.addr, &[], &big);
     for _ in 0..5 {
-        let task = uuid();
-        assert_eq!(
-            submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 200}))).status,
-            202
-        );
-        let events = stream(&s, &task);
-        assert_well_formed(&events);
+        let (_, events) = run_to_end(&s, 200);
         assert_eq!(events.last().unwrap().event, "end");
     }
     // The stalled client, once it reads, still gets a complete, gap-free stream.
     let events = stalled.collect();
     assert_well_formed(&events);
-    assert_eq!(events.iter().filter(|e| e.event == "token").count(), 4000);
+    assert_eq!(tokens(&events).len(), 4000);
 }
 
 #[test]
@@ -555,7 +449,7 @@ fn sessions_turns_defaults_and_delete() {
         let task = uuid();
         let r = submit(&s, &task_body(&task, &session, json!({})));
         assert_eq!(r.status, 202, "turn {i}");
-        stream(&s, &task);
+        stream_of(&s, &task);
     }
     let r = submit(&s, &task_body(&uuid(), &session, json!({})));
     assert_eq!(r.status, 429);
@@ -721,20 +615,15 @@ fn orphaned_tasks_are_canceled_and_idle_streams_get_heartbeats() {
         202
     );
     std::thread::sleep(Duration::from_millis(900));
-    let events = stream(&s, &lonely);
-    assert_well_formed(&events);
+    let events = stream_of(&s, &lonely);
     assert_eq!(events.last().unwrap().data["canceled"], true);
     // A queued task with a subscriber is kept, gets heartbeats and queued metrics.
     let first = uuid();
     let second = uuid();
     submit(&s, &task_body(&first, &uuid(), json!({"max_tokens": 20})));
     submit(&s, &task_body(&second, &uuid(), json!({"max_tokens": 2})));
-    let mut keep = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{first}/stream"), &[]);
-    let mut r = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{second}/stream"), &[]);
+    let mut keep = open_stream(s.addr, &[], &first);
+    let mut r = open_stream(s.addr, &[], &second);
     let mut queued_metrics = 0;
     let mut rest = Vec::new();
     while let Some(e) = r.next_event() {
@@ -743,11 +632,12 @@ fn orphaned_tasks_are_canceled_and_idle_streams_get_heartbeats() {
         }
         rest.push(e);
     }
-    assert!(r.heartbeats > 0, "no heartbeat while queued for ~1s");
+    assert!(r.heartbeats() > 0, "no heartbeat while queued for ~1s");
     assert!(
         queued_metrics >= 2,
         "metrics while queued: {queued_metrics}"
     );
+    assert_well_formed(&rest);
     assert_eq!(rest.last().unwrap().event, "end");
     while keep.next_event().is_some() {}
 }
@@ -757,19 +647,11 @@ fn a_deadline_that_passes_during_decode_ends_the_stream_with_an_error() {
     let mut c = fast(2);
     c.pools[0].adapter.tpot_ms = 20;
     let s = TestServer::start(c);
-    let task = uuid();
     // The prediction (5 expected tokens, ~100 ms) fits; the real run (100 tokens) does not.
-    let r = submit(
-        &s,
-        &task_body(
-            &task,
-            &uuid(),
-            json!({"max_tokens": 100, "expected_tokens": 5, "deadline_ms": 400}),
-        ),
+    let (_, events) = submit_and_stream(
+        s.addr,
+        json!({"max_tokens": 100, "expected_tokens": 5, "deadline_ms": 400}),
     );
-    assert_eq!(r.status, 202);
-    let events = stream(&s, &task);
-    assert_well_formed(&events);
     let last = events.last().unwrap();
     assert_eq!(last.event, "error");
     assert_eq!(last.data["code"], "DEADLINE_UNMET");
@@ -782,15 +664,9 @@ fn an_engine_slower_than_the_watchdog_ends_with_decode_timeout() {
     c.pools[0].adapter.ttft_ms = 600;
     c.pools[0].adapter.decode_timeout_ms = 150;
     let s = TestServer::start(c);
-    let task = uuid();
-    assert_eq!(
-        submit(&s, &task_body(&task, &uuid(), json!({"max_tokens": 4}))).status,
-        202
-    );
-    let events = stream(&s, &task);
-    assert_well_formed(&events);
+    let (_, events) = run_to_end(&s, 4);
     let last = events.last().unwrap();
     assert_eq!(last.event, "error");
     assert_eq!(last.data["code"], "DECODE_TIMEOUT");
-    assert_eq!(events.iter().filter(|e| e.event == "token").count(), 0);
+    assert!(tokens(&events).is_empty());
 }

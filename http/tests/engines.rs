@@ -4,12 +4,16 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orchd_engine::config::{AdapterKind, ApiKey, PoolConfig};
+use orchd_testkit::fake_engine::{self, FakeEngine, Mode};
+use orchd_testkit::{
+    cancel, open_stream, stream, submit, submit_and_stream, task_body, tokens, uuid, wait_until,
+    Event,
+};
 use serde_json::json;
-use support::fake_engine::{token_text, FakeEngine, Mode};
-use support::{task_body, uuid, Event, TestServer};
+use support::TestServer;
 
 fn server(kind: AdapterKind, url: &str, tweak: impl FnOnce(&mut PoolConfig)) -> TestServer {
     let mut c = TestServer::config(2);
@@ -27,49 +31,13 @@ fn server(kind: AdapterKind, url: &str, tweak: impl FnOnce(&mut PoolConfig)) -> 
     TestServer::start(c)
 }
 
-fn run(s: &TestServer, extra: serde_json::Value) -> (String, Vec<Event>) {
-    let task = uuid();
-    let r = s
-        .client()
-        .send("POST", "/v1/tasks", &[], &task_body(&task, &uuid(), extra));
-    assert_eq!(r.status, 202, "{:?}", String::from_utf8_lossy(&r.body));
-    let events = s
-        .client()
-        .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
-        .collect();
-    (task, events)
+fn run(s: &TestServer, extra: serde_json::Value) -> Vec<Event> {
+    submit_and_stream(s.addr, extra).1
 }
 
-fn texts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| e.data["t"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn assert_well_formed(events: &[Event]) {
-    assert_eq!(events[0].event, "started");
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.id, i as u64);
-    }
-    let idx: Vec<u64> = events
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| e.data["i"].as_u64().unwrap())
-        .collect();
-    assert_eq!(idx, (0..idx.len() as u64).collect::<Vec<_>>());
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.event == "end" || e.event == "error")
-            .count(),
-        1
-    );
-    assert!(matches!(
-        events.last().unwrap().event.as_str(),
-        "end" | "error"
-    ));
+/// The tokens the fake engine sends first, `n` of them.
+fn engine_tokens(n: usize) -> Vec<String> {
+    (0..n).map(fake_engine::token).collect()
 }
 
 fn both_protocols(check: impl Fn(AdapterKind, &FakeEngine)) {
@@ -83,16 +51,11 @@ fn both_protocols(check: impl Fn(AdapterKind, &FakeEngine)) {
 fn streams_through_both_adapters_match_the_engine_token_for_token() {
     both_protocols(|kind, engine| {
         let s = server(kind, &engine.url(), |_| {});
-        let (_, events) = run(
+        let events = run(
             &s,
             json!({"max_tokens": 12, "seed": 5, "determinism": "strict", "model_ref": "llama-x"}),
         );
-        assert_well_formed(&events);
-        assert_eq!(
-            texts(&events),
-            (0..12).map(token_text).collect::<Vec<_>>(),
-            "{kind:?}"
-        );
+        assert_eq!(tokens(&events), engine_tokens(12), "{kind:?}");
         let end = events.last().unwrap();
         assert_eq!(end.event, "end");
         assert_eq!(end.data["tokens_out"], 12);
@@ -120,7 +83,7 @@ fn streams_through_both_adapters_match_the_engine_token_for_token() {
         assert!(headers.contains(&("authorization".into(), "Bearer sk-upstream".into())));
         // Keep-alive: more tasks, few connections.
         for _ in 0..5 {
-            let (_, ev) = run(&s, json!({"max_tokens": 3}));
+            let ev = run(&s, json!({"max_tokens": 3}));
             assert_eq!(ev.last().unwrap().event, "end");
         }
         let conns = engine.connections.load(Ordering::Relaxed);
@@ -134,46 +97,27 @@ fn cancel_closes_the_upstream_request() {
         engine.set_tpot(Duration::from_millis(10));
         let s = server(kind, &engine.url(), |_| {});
         let task = uuid();
-        assert_eq!(
-            s.client()
-                .send(
-                    "POST",
-                    "/v1/tasks",
-                    &[],
-                    &task_body(&task, &uuid(), json!({"max_tokens": 2000}))
-                )
-                .status,
-            202
-        );
-        let mut r = s
-            .client()
-            .open_stream(&format!("/v1/tasks/{task}/stream"), &[]);
+        let body = task_body(&task, &uuid(), json!({"max_tokens": 2000}));
+        assert_eq!(submit(s.addr, &[], &body).status, 202);
+        let mut r = open_stream(s.addr, &[], &task);
         let mut seen = 0;
         while seen < 5 {
             if r.next_event().unwrap().event == "token" {
                 seen += 1;
             }
         }
-        let c = s
-            .client()
-            .send("POST", &format!("/v1/tasks/{task}/cancel"), &[], b"");
+        let c = cancel(s.addr, &task);
         assert_eq!(c.status, 204);
         let n: usize = c.header("x-tokens-out").unwrap().parse().unwrap();
         let rest = r.collect();
         assert_eq!(rest.last().unwrap().data["canceled"], true);
-        let all = s
-            .client()
-            .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
-            .collect();
-        assert_eq!(texts(&all).len(), n, "no token after the cancel");
-        let t = Instant::now();
-        while !engine.client_went_away.load(Ordering::Relaxed) {
-            assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "the engine kept streaming to nobody"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let all = stream(s.addr, &[], &task);
+        assert_eq!(tokens(&all).len(), n, "no token after the cancel");
+        wait_until(
+            Duration::from_secs(5),
+            "the engine to see its client go away (not stream to nobody)",
+            || engine.client_went_away.load(Ordering::Relaxed),
+        );
     });
 }
 
@@ -182,9 +126,8 @@ fn a_connection_lost_mid_stream_is_worker_reset() {
     both_protocols(|kind, engine| {
         engine.set_mode(Mode::DieAfter(3));
         let s = server(kind, &engine.url(), |_| {});
-        let (_, events) = run(&s, json!({"max_tokens": 10}));
-        assert_well_formed(&events);
-        assert_eq!(texts(&events).len(), 3);
+        let events = run(&s, json!({"max_tokens": 10}));
+        assert_eq!(tokens(&events).len(), 3);
         assert_eq!(events.last().unwrap().data["code"], "WORKER_RESET");
         assert_eq!(
             engine.generations().len(),
@@ -199,9 +142,8 @@ fn a_stalled_engine_is_decode_timeout() {
     both_protocols(|kind, engine| {
         engine.set_mode(Mode::StallAfter(2));
         let s = server(kind, &engine.url(), |p| p.adapter.decode_timeout_ms = 300);
-        let (_, events) = run(&s, json!({"max_tokens": 10}));
-        assert_well_formed(&events);
-        assert_eq!(texts(&events).len(), 2);
+        let events = run(&s, json!({"max_tokens": 10}));
+        assert_eq!(tokens(&events).len(), 2);
         assert_eq!(events.last().unwrap().data["code"], "DECODE_TIMEOUT");
     });
 }
@@ -211,8 +153,7 @@ fn garbage_from_the_engine_is_worker_reset() {
     both_protocols(|kind, engine| {
         engine.set_mode(Mode::Garbage);
         let s = server(kind, &engine.url(), |_| {});
-        let (_, events) = run(&s, json!({"max_tokens": 10}));
-        assert_well_formed(&events);
+        let events = run(&s, json!({"max_tokens": 10}));
         assert_eq!(events.last().unwrap().data["code"], "WORKER_RESET");
         assert!(events.last().unwrap().data["message"]
             .as_str()
@@ -226,14 +167,13 @@ fn server_errors_are_retried_before_the_first_token_then_pool_unavailable() {
     both_protocols(|kind, engine| {
         engine.set_mode(Mode::Status(503));
         let s = server(kind, &engine.url(), |p| p.adapter.retries = 2);
-        let (_, events) = run(&s, json!({"max_tokens": 5}));
-        assert_well_formed(&events);
+        let events = run(&s, json!({"max_tokens": 5}));
         assert_eq!(events.last().unwrap().data["code"], "POOL_UNAVAILABLE");
         assert_eq!(engine.generations().len(), 3, "one try and two retries");
         // A 4xx is the task's fault, not the engine's: no retry.
         engine.set_mode(Mode::Status(400));
         let before = engine.generations().len();
-        let (_, events) = run(&s, json!({"max_tokens": 5}));
+        let events = run(&s, json!({"max_tokens": 5}));
         assert_eq!(events.last().unwrap().data["code"], "INVALID_PARAMS");
         assert_eq!(engine.generations().len(), before + 1);
     });
@@ -252,29 +192,19 @@ fn a_refused_engine_makes_the_pool_unready_until_it_answers_again() {
         &format!("http://127.0.0.1:{port}"),
         |p| p.adapter.retries = 1,
     );
-    let (_, events) = run(&s, json!({"max_tokens": 5}));
+    let events = run(&s, json!({"max_tokens": 5}));
     assert_eq!(events.last().unwrap().data["code"], "POOL_UNAVAILABLE");
     let h = s.get("/v1/pools/real/health", &[]).json();
     assert_eq!(h["ready"], false);
-    let r = s.client().send(
-        "POST",
-        "/v1/tasks",
-        &[],
-        &task_body(&uuid(), &uuid(), json!({})),
-    );
+    let r = submit(s.addr, &[], &task_body(&uuid(), &uuid(), json!({})));
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["code"], "POOL_UNREADY");
     assert!(r.header("retry-after").is_some());
     // The engine comes back: the health probe notices and admission resumes.
     let _engine = FakeEngine::start_on(port);
-    let t = Instant::now();
-    while s.get("/v1/pools/real/health", &[]).json()["ready"] != true {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the pool never became ready again"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (_, events) = run(&s, json!({"max_tokens": 4}));
-    assert_eq!(texts(&events), (0..4).map(token_text).collect::<Vec<_>>());
+    wait_until(Duration::from_secs(5), "the pool to be ready again", || {
+        s.get("/v1/pools/real/health", &[]).json()["ready"] == true
+    });
+    let events = run(&s, json!({"max_tokens": 4}));
+    assert_eq!(tokens(&events), engine_tokens(4));
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use orchd_engine::config::{ApiKey, PoolConfig, QueuePolicy};
 use orchd_engine::{Engine, Workload};
-use support::{is_uuid_v4, TestServer};
+use orchd_testkit::is_uuid_v4;
+use support::TestServer;
 
 fn keyed() -> TestServer {
     let mut c = TestServer::config(2);

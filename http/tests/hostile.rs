@@ -8,22 +8,19 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use orchd_testkit::{submit, submit_and_stream, task_body, tokens, uuid, wait_until, Client};
 use serde_json::json;
 use support::process::{start_ready_with, temp_file, wait_bounded, KillOnDrop};
-use support::{submit_and_stream, task_body, uuid, Client, TestServer};
+use support::TestServer;
 
 fn config(toml: &str) -> orchd_http::Config {
     orchd_http::Config::from_toml_str(toml).unwrap()
 }
 
-/// Streams one task to its end and checks its frames are whole and contiguous.
+/// Streams one task to its end (held to the frame rules): every token, then `end`.
 fn stream_whole(addr: SocketAddr, max_tokens: u64) {
-    let events = submit_and_stream(addr, json!({"max_tokens": max_tokens, "engine": "vllm"}));
-    let tokens: Vec<_> = events.iter().filter(|e| e.event == "token").collect();
-    assert_eq!(tokens.len() as u64, max_tokens);
-    for (i, t) in tokens.iter().enumerate() {
-        assert_eq!(t.data["i"], json!(i));
-    }
+    let (_, events) = submit_and_stream(addr, json!({"max_tokens": max_tokens, "engine": "vllm"}));
+    assert_eq!(tokens(&events).len() as u64, max_tokens);
     assert_eq!(events.last().unwrap().event, "end");
 }
 
@@ -66,12 +63,7 @@ fn a_thousand_clients_that_never_read_do_not_hold_up_others() {
     for _ in 0..1000 {
         let task = uuid();
         let body = task_body(&task, &uuid(), json!({"max_tokens": 400}));
-        assert_eq!(
-            Client::connect(s.addr)
-                .send("POST", "/v1/tasks", &[], &body)
-                .status,
-            202
-        );
+        assert_eq!(submit(s.addr, &[], &body).status, 202);
         let mut c = TcpStream::connect(s.addr).unwrap();
         write!(
             c,
@@ -152,12 +144,7 @@ fn half_closed_clients_get_their_answer_and_their_connection_back() {
     ));
     let task = uuid();
     let body = task_body(&task, &uuid(), json!({"max_tokens": 20}));
-    assert_eq!(
-        Client::connect(s.addr)
-            .send("POST", "/v1/tasks", &[], &body)
-            .status,
-        202
-    );
+    assert_eq!(submit(s.addr, &[], &body).status, 202);
     for path in [
         "/v1/capabilities".to_string(),
         format!("/v1/tasks/{task}/stream"),
@@ -174,23 +161,23 @@ fn half_closed_clients_get_their_answer_and_their_connection_back() {
         }
     }
     // Both connections are gone from the server's books.
-    let t = Instant::now();
-    loop {
-        let m = String::from_utf8(s.get("/metrics", &[]).body).unwrap();
-        let open: u64 = m
-            .lines()
-            .filter(|l| l.starts_with("connections_open{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum();
-        if open <= 1 {
-            break; // the scrape's own connection
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{open} connections still open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "both connections to be closed",
+        || {
+            let m = String::from_utf8(s.get("/metrics", &[]).body).unwrap();
+            let open: u64 = m
+                .lines()
+                .filter(|l| l.starts_with("connections_open{"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum();
+            // The scrape's own connection is open.
+            match open <= 1 {
+                true => Ok(()),
+                false => Err(format!("{open} connections open")),
+            }
+        },
+    );
 }
 
 #[test]
@@ -228,11 +215,17 @@ fn the_connection_limit_holds_and_refusals_are_well_formed() {
     assert!(refused >= 200 - 64, "{refused} refused");
     drop(conns);
     // Once they are closed, new connections are served again.
-    let t = Instant::now();
-    while s.client().send("GET", "/livez", &[], b"").status != 200 {
-        assert!(t.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "new connections to be served",
+        || {
+            let status = s.client().send("GET", "/livez", &[], b"").status;
+            match status {
+                200 => Ok(()),
+                other => Err(format!("status {other}")),
+            }
+        },
+    );
 }
 
 /// `n` answers in a row on a raw socket (each a head and its `Content-Length` body),

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orchd_testkit::{stream, submit, task_body, tokens, uuid, Client};
 use serde_json::json;
-use support::{task_body, uuid, Client, TestServer};
+use support::TestServer;
 
 #[test]
 fn twice_the_capacity_is_served_or_refused_well_and_the_queue_stays_bounded() {
@@ -46,20 +47,12 @@ fn twice_the_capacity_is_served_or_refused_well_and_the_queue_stays_bounded() {
         arrivals.push(std::thread::spawn(move || {
             let task = uuid();
             let body = task_body(&task, &uuid(), json!({"max_tokens": 20}));
-            let r = Client::connect(addr).send("POST", "/v1/tasks", &[], &body);
+            let r = submit(addr, &[], &body);
             match r.status {
                 202 => {
-                    let events = Client::connect(addr)
-                        .open_stream(&format!("/v1/tasks/{task}/stream"), &[])
-                        .collect();
-                    for (i, e) in events.iter().enumerate() {
-                        assert_eq!(e.id, i as u64, "frame ids are consecutive");
-                    }
-                    let tokens: Vec<_> = events.iter().filter(|e| e.event == "token").collect();
-                    assert_eq!(tokens.len(), 20, "an admitted task streams all its tokens");
-                    for (i, t) in tokens.iter().enumerate() {
-                        assert_eq!(t.data["i"], json!(i));
-                    }
+                    let events = stream(addr, &[], &task);
+                    let n = tokens(&events).len();
+                    assert_eq!(n, 20, "an admitted task streams all its tokens");
                     assert_eq!(events.last().unwrap().event, "end");
                     true
                 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 use cucumber::gherkin::Step;
 use cucumber::{given, then, when};
 use hyper::Method;
+use orchd_testkit::{assert_well_formed, tokens, wait_until_async};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::world::{check_event, OrchWorld};
+use crate::world::{check_event, check_response, OrchWorld};
 
 /// A JSON literal in a step: a number, true/false/null, a quoted string or an array
 /// (the steps that take one match exactly these forms).
@@ -186,6 +187,7 @@ async fn stream_to_end(w: &mut OrchWorld, name: String) {
     let s = w.open_stream(&path, &[]).await.expect("the task streams");
     let mut frames = Vec::new();
     let comments = OrchWorld::drain_stream(&path, s, &mut frames).await;
+    assert_well_formed(&frames);
     w.streams.insert(name.clone(), frames);
     w.comments.insert(name, comments);
 }
@@ -219,6 +221,7 @@ async fn read_rest(w: &mut OrchWorld, name: String) {
         .expect("the stream was opened by an earlier step");
     let mut frames = w.streams.remove(&name).unwrap_or_default();
     OrchWorld::drain_stream(&path, s, &mut frames).await;
+    assert_well_formed(&frames);
     w.streams.insert(name, frames);
 }
 
@@ -228,6 +231,7 @@ async fn stream_again(w: &mut OrchWorld, name: String) {
     let s = w.open_stream(&path, &[]).await.expect("the task streams");
     let mut frames = Vec::new();
     OrchWorld::drain_stream(&path, s, &mut frames).await;
+    assert_well_formed(&frames);
     w.replays.insert(name, frames);
 }
 
@@ -317,15 +321,18 @@ async fn reload(w: &mut OrchWorld, pool: String, model: String) {
 
 #[when(regex = r#"^pool "([^"]+)" has finished draining$"#)]
 async fn drained(w: &mut OrchWorld, pool: String) {
-    for _ in 0..100 {
-        w.send(Method::GET, &format!("/v1/pools/{pool}/health"), &[], b"")
-            .await;
-        if w.last_json()["metrics"]["state"] == "drained" {
-            return;
+    let (client, path) = (&w.client(), &format!("/v1/pools/{pool}/health"));
+    let what = format!("pool {pool} to finish draining");
+    let r = wait_until_async(Duration::from_secs(5), &what, || async move {
+        let r = client.get(path).await?;
+        check_response(&r);
+        match r.json()["metrics"]["state"] == "drained" {
+            true => Ok(r),
+            false => Err(r.text()),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("pool {pool} still not drained: {}", w.last().text());
+    })
+    .await;
+    w.keep(r);
 }
 
 #[when(regex = r#"^I start reloading pool "([^"]+)" with model "([^"]+)"$"#)]
@@ -385,7 +392,7 @@ async fn fetch_artifact(w: &mut OrchWorld) {
 
 #[when(regex = r"^I fetch the transcript of task (\w+)$")]
 async fn fetch_transcript(w: &mut OrchWorld, name: String) {
-    let end = w.frames(&name).last().expect("frames").json();
+    let end = &w.frames(&name).last().expect("frames").data;
     let id = end["transcript_id"]
         .as_str()
         .expect("transcript_id")
@@ -532,32 +539,23 @@ async fn retry_advice(w: &mut OrchWorld) {
 
 // ---- Then: streams ----------------------------------------------------------------
 
-fn tokens(w: &OrchWorld, name: &str) -> usize {
-    w.frames(name).iter().filter(|e| e.event == "token").count()
-}
-
 #[then(regex = r"^task (\w+) streamed (\d+) tokens$")]
 async fn streamed_tokens(w: &mut OrchWorld, name: String, n: usize) {
-    assert_eq!(tokens(w, &name), n);
+    assert_eq!(tokens(w.frames(&name)).len(), n);
 }
 
 #[then(regex = r"^task (\w+) streamed exactly the number of tokens in X-Tokens-Out$")]
 async fn streamed_tokens_out(w: &mut OrchWorld, name: String) {
     let n = *w.tokens_out.get(&name).expect("the task was canceled");
-    assert_eq!(tokens(w, &name) as u64, n);
-    let end = w.frames(&name).last().expect("frames").json();
+    assert_eq!(tokens(w.frames(&name)).len() as u64, n);
+    let end = &w.frames(&name).last().expect("frames").data;
     assert_eq!(end["tokens_out"], json!(n));
 }
 
 #[then(regex = r#"^the stream of task (\w+) ends with "(end|error)"$"#)]
 async fn ends_with(w: &mut OrchWorld, name: String, kind: String) {
     let frames = w.frames(&name);
-    let terminal: Vec<&str> = frames
-        .iter()
-        .filter(|e| e.event == "end" || e.event == "error")
-        .map(|e| e.event.as_str())
-        .collect();
-    assert_eq!(terminal, [kind.as_str()], "exactly one terminal frame");
+    assert_well_formed(frames);
     assert_eq!(frames.last().map(|e| e.event.as_str()), Some(kind.as_str()));
 }
 
@@ -570,7 +568,7 @@ async fn frame_field(w: &mut OrchWorld, event: String, name: String, key: String
         .iter()
         .find(|e| e.event == event)
         .expect("such a frame");
-    assert_eq!(ev.json()[key.as_str()], literal(&value), "{}", ev.data);
+    assert_eq!(ev.data[key.as_str()], literal(&value), "{}", ev.data);
 }
 
 #[then(
@@ -596,20 +594,7 @@ async fn first_frame(w: &mut OrchWorld, name: String, event: String) {
 
 #[then(regex = r"^the frames of task (\w+) are in order$")]
 async fn in_order(w: &mut OrchWorld, name: String) {
-    let frames = w.frames(&name);
-    for (i, ev) in frames.iter().enumerate() {
-        assert_eq!(ev.id, Some(i as u64), "frame ids count from 0 with no gaps");
-    }
-    assert_eq!(frames[0].event, "started");
-    let token_frames = frames.iter().filter(|e| e.event == "token");
-    for (next, ev) in token_frames.enumerate() {
-        assert_eq!(ev.json()["i"], json!(next), "token indexes are contiguous");
-    }
-    let last = frames.len() - 1;
-    for (i, ev) in frames.iter().enumerate() {
-        let terminal = ev.event == "end" || ev.event == "error";
-        assert_eq!(terminal, i == last, "one terminal frame, last");
-    }
+    assert_well_formed(w.frames(&name));
 }
 
 #[then(regex = r#"^task (\w+) has at least (\d+) "(\w+)" frames$"#)]
@@ -628,7 +613,7 @@ async fn every_between(
     hi: f64,
 ) {
     for ev in w.frames(&name).iter().filter(|e| e.event == event) {
-        let v = ev.json()[key.as_str()].as_f64().unwrap_or(f64::NAN);
+        let v = ev.data[key.as_str()].as_f64().unwrap_or(f64::NAN);
         assert!((lo..=hi).contains(&v), "{}", ev.data);
     }
 }
@@ -636,7 +621,7 @@ async fn every_between(
 #[then(regex = r#"^every "(\w+)" frame of task (\w+) has "(\w+)"$"#)]
 async fn every_has(w: &mut OrchWorld, event: String, name: String, key: String) {
     for ev in w.frames(&name).iter().filter(|e| e.event == event) {
-        assert!(ev.json().get(key.as_str()).is_some(), "{}", ev.data);
+        assert!(ev.data.get(key.as_str()).is_some(), "{}", ev.data);
     }
 }
 
@@ -647,7 +632,7 @@ async fn identical(w: &mut OrchWorld, name: String) {
 
 #[then(regex = r"^the resumed stream of task (\w+) starts at frame (\d+)$")]
 async fn resumed_starts(w: &mut OrchWorld, name: String, n: u64) {
-    assert_eq!(w.resumed[&name].first().and_then(|e| e.id), Some(n));
+    assert_eq!(w.resumed[&name].first().map(|e| e.id), Some(n));
 }
 
 #[then(regex = r"^the resumed stream of task (\w+) matches the full stream from frame (\d+)$")]

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use hyper::Method;
-use orchd_features::{Client, Contract, Opened, Orchd, Response, SseEvent, SseStream};
+use orchd_features::{Client, Contract, Event, Opened, Orchd, Response, SseStream};
+use orchd_testkit::task_request;
 use serde_json::{json, Value};
 
 /// Loaded once: the documents every response is checked against.
@@ -23,15 +24,15 @@ pub struct OrchWorld {
     /// Sessions by name: their UUID.
     pub sessions: HashMap<String, String>,
     /// The first stream read of each task (complete, or as far as read).
-    pub streams: HashMap<String, Vec<SseEvent>>,
+    pub streams: HashMap<String, Vec<Event>>,
     /// Comments (heartbeats) seen on that stream.
     pub comments: HashMap<String, Vec<String>>,
     /// Streams still open (read partly).
     pub open: HashMap<String, SseStream>,
     /// A second full stream of a task (replay).
-    pub replays: HashMap<String, Vec<SseEvent>>,
+    pub replays: HashMap<String, Vec<Event>>,
     /// A stream resumed with Last-Event-ID.
-    pub resumed: HashMap<String, Vec<SseEvent>>,
+    pub resumed: HashMap<String, Vec<Event>>,
     /// X-Tokens-Out of the first cancel of each task.
     pub tokens_out: HashMap<String, u64>,
     /// 201 answers of stored artifacts, in order.
@@ -113,16 +114,9 @@ impl OrchWorld {
         })
     }
 
-    /// Checks a response against the contract and keeps it as the last one. A path
-    /// the documents do not have may only be a 404 or 405.
+    /// Checks a response against the contract and keeps it as the last one.
     pub fn keep(&mut self, r: Response) {
-        if let Err(v) = CONTRACT.check(&r) {
-            let undocumented_path = v.0.contains("no documented operation");
-            let refused = matches!(r.status.as_u16(), 404 | 405);
-            if !(undocumented_path && refused) {
-                panic!("contract: {v}");
-            }
-        }
+        check_response(&r);
         self.last = Some(r);
     }
 
@@ -159,18 +153,14 @@ impl OrchWorld {
             .clone()
     }
 
-    /// The body of a new task with sensible defaults; `fields` override them.
+    /// The body of a new task with the shared defaults (`orchd_testkit::task_request`,
+    /// seed 1); `fields` override them.
     pub fn task_body(&mut self, session: Option<&str>, fields: &[(String, Value)]) -> Value {
         let session = match session {
             Some(name) => self.session(name),
             None => orchd_features::uuid(),
         };
-        let mut body = json!({
-            "task_id": orchd_features::uuid(), "session_id": session,
-            "workload": "completion", "model_ref": "m", "engine": "llamacpp", "ctx": 4096,
-            "priority": "interactive", "max_tokens": 8, "deadline_ms": 60000,
-            "prompt": "hello", "seed": 1,
-        });
+        let mut body = task_request(&orchd_features::uuid(), &session, json!({"seed": 1}));
         for (k, v) in fields {
             body[k.as_str()] = v.clone();
         }
@@ -212,26 +202,34 @@ impl OrchWorld {
     }
 
     /// Reads a stream to its end, checking each frame against the contract.
-    pub async fn drain_stream(
-        path: &str,
-        mut s: SseStream,
-        into: &mut Vec<SseEvent>,
-    ) -> Vec<String> {
+    pub async fn drain_stream(path: &str, mut s: SseStream, into: &mut Vec<Event>) -> Vec<String> {
         while let Some(ev) = s.next().await.unwrap_or_else(|e| panic!("{e}")) {
             check_event(path, &ev);
             into.push(ev);
         }
-        s.comments.clone()
+        s.comments().to_vec()
     }
 
-    pub fn frames(&self, name: &str) -> &[SseEvent] {
+    pub fn frames(&self, name: &str) -> &[Event] {
         self.streams
             .get(name)
             .unwrap_or_else(|| panic!("task {name} was not streamed"))
     }
 }
 
-pub fn check_event(path: &str, ev: &SseEvent) {
+/// Checks a response against the contract. A path the documents do not have may only
+/// be a 404 or 405.
+pub fn check_response(r: &Response) {
+    if let Err(v) = CONTRACT.check(r) {
+        let undocumented_path = v.0.contains("no documented operation");
+        let refused = matches!(r.status.as_u16(), 404 | 405);
+        if !(undocumented_path && refused) {
+            panic!("contract: {v}");
+        }
+    }
+}
+
+pub fn check_event(path: &str, ev: &Event) {
     if let Err(v) = CONTRACT.check_event(path, ev) {
         panic!("contract: {v}");
     }

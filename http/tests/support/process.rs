@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use orchd_testkit::try_wait_until;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_orchd");
 
 pub fn orchd() -> Command {
@@ -31,17 +33,18 @@ pub fn run_to_end(cmd: &mut Command) -> (i32, String) {
 
 /// Waits for the child to exit; kills it and fails after `limit`.
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            panic!("orchd did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    try_wait_until(limit, "orchd to exit", || child.try_wait().unwrap()).unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("{e}")
+    })
+}
+
+/// An empty directory for this process under the system temp dir (what a run before
+/// left there is removed).
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("orchd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {

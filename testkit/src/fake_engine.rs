@@ -4,8 +4,6 @@
 //! across TCP writes, keep-alive, `data: [DONE]` (OpenAI), plus the faults a real
 //! engine shows: refusing, dying mid-stream, stalling, sending garbage, 5xx, 4xx.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -119,8 +117,8 @@ impl Drop for FakeEngine {
     }
 }
 
-/// The text of token `i`.
-pub fn token_text(i: usize) -> String {
+/// The text of token `i` of every stream the engine sends.
+pub fn token(i: usize) -> String {
     format!(" tok{i}")
 }
 
@@ -239,7 +237,7 @@ fn stream(
             }
             _ => {}
         }
-        let t = token_text(i);
+        let t = token(i);
         let event = if openai {
             format!(
                 "data: {{\"id\":\"cmpl-fake\",\"object\":\"text_completion\",\"created\":1,\"model\":\"fake\",\"choices\":[{{\"text\":{},\"index\":0,\"logprobs\":null,\"finish_reason\":null}}]}}\n\n",
