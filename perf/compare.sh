@@ -12,26 +12,22 @@
 # With `perf` on the PATH (and perf_event_paranoid <= 2), the server's system calls are
 # counted during each run (tracepoint raw_syscalls:sys_enter, all its threads) and
 # reported per delivered token.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/scripts/lib.sh"
 ulimit -n "$(ulimit -Hn)"
-cargo build --release -q -p orchd-http -p orchd-perf
-ORCHD=${ORCHD_BIN:-target/release/orchd}
-DIR=$(mktemp -d); OP=18781; BP=18782
+build
+OP=$(free_port 18781); BP=$(free_port $((OP + 1)))
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_orchd() { # tpot_ms slots_per_pool
   printf '[server]\ndispatcher = "%s"\n' "${DISPATCHER:-shard0}" > "$DIR/orchd.toml"
   printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$2" "$1" "$2" "$1" >> "$DIR/orchd.toml"
-  ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr 127.0.0.1:$OP 2>/dev/null & echo $! > "$DIR/pid"
-  wait_up $OP
+  PORT=$OP orchd_start "$DIR/orchd.toml"; echo "$PID" > "$DIR/pid"
 }
 start_baseline() { # tpot_ms slots
-  target/release/baseline-axum 127.0.0.1:$BP --slots "$2" --queue 8192 --tpot-ms "$1" 2>/dev/null & echo $! > "$DIR/pid"
-  wait_up $BP
+  "$BASE" 127.0.0.1:$BP --slots "$2" --queue 8192 --tpot-ms "$1" 2>/dev/null & echo $! > "$DIR/pid"
+  track "$(cat "$DIR/pid")"; wait_ready $BP /livez
 }
-wait_up() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/livez" >/dev/null && return 0; sleep 0.05; done; echo "server on $1 did not start"; exit 1; }
-stop() { kill "$(cat "$DIR/pid")" 2>/dev/null || true; wait "$(cat "$DIR/pid")" 2>/dev/null || true; }
+stop_server() { stop "$(cat "$DIR/pid")"; }
 
 measure() { # name port conc tokens tasks [extra orchd-load args] -> json file with cpu (and syscalls) added
   local pid; pid=$(cat "$DIR/pid"); local c0 t0 c1 t1 sp=""
@@ -40,7 +36,7 @@ measure() { # name port conc tokens tasks [extra orchd-load args] -> json file w
     sleep 0.2
   fi
   c0=$(cpu_ticks "$pid"); t0=$(date +%s%N)
-  target/release/orchd-load --addr "127.0.0.1:$2" --concurrency "$3" --max-tokens "$4" --tasks "$5" ${6:-} --duration 120 --json 2>/dev/null > "$DIR/$1.json"
+  "$LOAD" --addr "127.0.0.1:$2" --concurrency "$3" --max-tokens "$4" --tasks "$5" ${6:-} --duration 120 --json 2>/dev/null > "$DIR/$1.json"
   c1=$(cpu_ticks "$pid"); t1=$(date +%s%N)
   if [[ -n $sp ]]; then kill -INT "$sp"; wait "$sp" 2>/dev/null || true; fi
   python3 - "$DIR/$1.json" $((c1 - c0)) $((t1 - t0)) "$(getconf CLK_TCK)" "$DIR/$1.perf" <<'PY'
@@ -60,8 +56,8 @@ PY
 scenario() { # label conc tokens tasks tpot [slots, of each of orchd's 2 pools; 256] [orchd-load args]
   [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]] || return 0
   local slots=${6:-256}
-  start_orchd "$5" "$slots"; measure "orchd-$1" $OP "$2" "$3" "$4" "${7:-}"; stop
-  start_baseline "$5" $((2 * slots)); measure "base-$1" $BP "$2" "$3" "$4" "${7:-}"; stop
+  start_orchd "$5" "$slots"; measure "orchd-$1" $OP "$2" "$3" "$4" "${7:-}"; stop_server
+  start_baseline "$5" $((2 * slots)); measure "base-$1" $BP "$2" "$3" "$4" "${7:-}"; stop_server
 }
 
 echo "orchd dispatcher: ${DISPATCHER:-shard0}"

@@ -13,19 +13,12 @@
 # Loopback only; bounded by DURATION.
 #
 #   bash perf/scripts/admission.sh [DURATION_S] [CONNECTIONS] [ROUNDS]
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 DUR=${1:-5}; CONNS=${2:-64}; ROUNDS=${3:-3}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
-cargo build --release -q -p orchd-http -p orchd-perf
-ORCHD=${ORCHD_BIN:-target/release/orchd}; BASE=target/release/baseline-axum; HELLO=target/release/hello-hyper
+build
 LUA=perf/scripts/submit.lua
-DIR=$(mktemp -d); P=18191
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
-
-wait_port() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$P$1" >/dev/null && return 0; sleep 0.05; done; echo "no server on $P"; exit 1; }
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+PORT=$(free_port 18191); P=$PORT
 # wrk [extra args] URL -> "req/s non-2xx total"
 load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "$@" > "$DIR/wrk.txt"
   awk '/Requests\/sec/ {r=$2} /Non-2xx/ {n=$5} /requests in/ {t=$1} END {printf "%s %d %d\n", r, n, t}' "$DIR/wrk.txt"; }
@@ -52,14 +45,13 @@ ttft_ms = $3
 tpot_ms = 0
 decode_timeout_ms = 3600000
 TOML
-  ORCHD_LOG=warn taskset -c 0 "$ORCHD" --config "$DIR/orchd.toml" --addr 127.0.0.1:$P --shards 1 2>"$DIR/orchd.log" &
-  S=$!; PIDS+=("$S"); wait_port /livez
+  CPUS=0 orchd_start "$DIR/orchd.toml" --shards 1; S=$PID
 }
 baseline() { # slots queue ttft_ms
   taskset -c 0 "$BASE" 127.0.0.1:$P --slots "$1" --queue "$2" --ttft-ms "$3" 2>/dev/null &
-  S=$!; PIDS+=("$S"); wait_port /livez
+  S=$!; track "$S"; wait_ready $P /livez
 }
-hello() { taskset -c 0 "$HELLO" 127.0.0.1:$P 2>/dev/null & S=$!; PIDS+=("$S"); wait_port /; }
+hello() { taskset -c 0 "$HELLO" 127.0.0.1:$P 2>/dev/null & S=$!; track "$S"; wait_ready $P /; }
 
 echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
 echo "wrk -t1 -c$CONNS -d${DUR}s; servers on core 0, wrk on core 1"

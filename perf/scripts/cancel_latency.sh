@@ -6,12 +6,10 @@
 # true). Runs at 1 and 256 concurrent streams, closed loop. Loopback only; bounded.
 #
 #   bash perf/scripts/cancel_latency.sh [TASKS]
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 TASKS=${1:-2000}
-cargo build --release -q -p orchd-http -p orchd-perf
-ORCHD=${ORCHD_BIN:-target/release/orchd}; LOAD=target/release/orchd-load
-DIR=$(mktemp -d); PORT=18331; ADDR=127.0.0.1:$PORT
+build
+PORT=$(free_port 18331); ADDR=127.0.0.1:$PORT
 cat > "$DIR/orchd.toml" <<TOML
 [sessions]
 max_turns = 1000000
@@ -25,10 +23,7 @@ queue_capacity = 1024
 ttft_ms = 0
 tpot_ms = 5
 TOML
-ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr $ADDR 2>"$DIR/orchd.log" &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fs http://$ADDR/livez >/dev/null && break; sleep 0.05; done
+orchd_start "$DIR/orchd.toml"
 for RUN in "1 keep" "1 fresh" "256 keep" "256 fresh"; do
   read -r CONC MODE <<<"$RUN"
   echo "== $CONC concurrent streams, cancel after 10 tokens, cancel connection: $MODE"

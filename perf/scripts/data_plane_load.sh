@@ -7,12 +7,10 @@
 # Loopback only; bounded by TASKS and 120 s.
 #
 #   bash perf/scripts/data_plane_load.sh [CONC] [TOKENS] [TASKS]
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 CONC=${1:-256}; TOKENS=${2:-256}; TASKS=${3:-4096}
-cargo build --release -q -p orchd-http -p orchd-perf
-ORCHD=target/release/orchd; LOAD=target/release/orchd-load
-DIR=$(mktemp -d); PORT=18281
+build
+PORT=$(free_port 18281)
 cat > "$DIR/orchd.toml" <<TOML
 [sessions]
 max_turns = 1000000
@@ -39,9 +37,8 @@ TOML
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {
   local label=$1 shards=$2 server_cpus=$3 load_cpus=$4
-  ORCHD_LOG=warn taskset -c "$server_cpus" "$ORCHD" --config "$DIR/orchd.toml" --addr 127.0.0.1:$PORT --shards "$shards" 2>"$DIR/orchd.log" &
-  local pid=$!
-  for _ in $(seq 100); do curl -fs http://127.0.0.1:$PORT/livez >/dev/null && break; sleep 0.05; done
+  CPUS=$server_cpus orchd_start "$DIR/orchd.toml" --shards "$shards"
+  local pid=$PID
   local t0 c0 t1 c1
   t0=$(date +%s%N); c0=$(cpu_ticks $pid)
   echo "== $label: orchd --shards $shards on cpus $server_cpus, orchd-load on cpus $load_cpus"
@@ -50,7 +47,7 @@ run() {
   awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf "orchd CPU: %.2f cores (%.1f s CPU over %.1f s)\n", (c/hz)/(t/1e9), c/hz, t/1e9 }'
   echo "orchd RSS at end: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
-  kill $pid; wait $pid 2>/dev/null || true
+  stop "$pid"
 }
 run "A" 1 0 1
 run "B" 2 0-1 0-1

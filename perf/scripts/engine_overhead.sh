@@ -5,17 +5,16 @@
 # pool pointing at it). Alternating rounds in one run. Loopback only, bounded.
 #
 #   bash perf/scripts/engine_overhead.sh [CONCURRENCY] [TOKENS] [TASKS]
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 CONC=${1:-1}; TOKENS=${2:-32}; TASKS=${3:-2000}
-cargo build --release -q -p orchd-http -p orchd-perf
-DIR=$(mktemp -d); EP=18591; OP=18592
-target/release/fake-engine 127.0.0.1:$EP 2>/dev/null & fe=$!
+build
+EP=$(free_port 18591)
+"$FAKE" 127.0.0.1:$EP 2>/dev/null & track $!
+wait_ready "$EP" /v1/models
 printf '[sessions]\nmax_turns = 1000000\n[[pools]]\nid = "engine"\nslots = 256\nqueue_capacity = 4096\n[pools.adapter]\nkind = "openai"\nurl = "http://127.0.0.1:%s"\n' $EP > "$DIR/c.toml"
-ORCHD_LOG=warn target/release/orchd --config "$DIR/c.toml" --addr 127.0.0.1:$OP 2>/dev/null & or=$!
-trap 'kill $fe $or 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fs http://127.0.0.1:$OP/livez >/dev/null && break; sleep 0.05; done
-run() { target/release/orchd-load --concurrency "$CONC" --max-tokens "$TOKENS" --tasks "$TASKS" --duration 60 "$@" 2>/dev/null | grep -E "tasks |first token|inter-token"; }
+PORT=$(free_port $((EP + 1))); OP=$PORT
+orchd_start "$DIR/c.toml"
+run() { "$LOAD" --concurrency "$CONC" --max-tokens "$TOKENS" --tasks "$TASKS" --duration 60 "$@" 2>/dev/null | grep -E "tasks |first token|inter-token"; }
 for round in 1 2; do
   echo "== round $round: direct to the engine ($CONC concurrent, $TOKENS tokens, $TASKS completions)"
   run --addr 127.0.0.1:$EP --target openai

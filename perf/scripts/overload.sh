@@ -7,12 +7,10 @@
 # peak RSS (VmHWM). Loopback only; bounded by SECS per rate.
 #
 #   [QUEUE=16] bash perf/scripts/overload.sh [SECS]     # QUEUE: the pool's queue_capacity
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 SECS=${1:-20}; QUEUE=${QUEUE:-16}
-cargo build --release -q -p orchd-http -p orchd-perf
-ORCHD=target/release/orchd; LOAD=target/release/orchd-load
-DIR=$(mktemp -d); PORT=18291
+build
+PORT=$(free_port 18291)
 cat > "$DIR/orchd.toml" <<TOML
 [sessions]
 max_turns = 1000000
@@ -27,10 +25,7 @@ policy = "reject"
 ttft_ms = 0
 tpot_ms = 5
 TOML
-ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr 127.0.0.1:$PORT 2>"$DIR/orchd.log" &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fs http://127.0.0.1:$PORT/livez >/dev/null && break; sleep 0.05; done
+orchd_start "$DIR/orchd.toml"
 
 depth_watch() {
   local max=0 d

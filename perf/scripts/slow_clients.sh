@@ -8,12 +8,10 @@
 # orchd's RSS. Loopback only; every run bounded.
 #
 #   bash perf/scripts/slow_clients.sh [SLOW] [USERS] [ROUNDS]
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 SLOW=${1:-1000}; USERS=${2:-32}; ROUNDS=${3:-2}
-cargo build --release -q -p orchd-http -p orchd-perf
-ORCHD=target/release/orchd; LOAD=target/release/orchd-load
-DIR=$(mktemp -d); PORT=18311; ADDR=127.0.0.1:$PORT
+build
+PORT=$(free_port 18311); ADDR=127.0.0.1:$PORT
 cat > "$DIR/orchd.toml" <<TOML
 [sessions]
 max_turns = 1000000
@@ -35,10 +33,7 @@ slots = 64
 ttft_ms = 0
 tpot_ms = 5
 TOML
-ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr $ADDR 2>"$DIR/orchd.log" &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fs http://$ADDR/livez >/dev/null && break; sleep 0.05; done
+orchd_start "$DIR/orchd.toml"
 
 reference() {
   "$LOAD" --addr $ADDR --engine vllm --concurrency "$USERS" --tasks $((USERS * 4)) --max-tokens 256 --duration 60 --json 2>/dev/null \

@@ -13,13 +13,11 @@
 # Loopback only; every part stops by itself.
 #
 #   bash perf/scripts/soak.sh [MINUTES]
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 MINUTES=${1:-10}
 HALF=$((MINUTES * 30))
-cargo build --release -q -p orchd-http -p orchd-perf
-ORCHD=target/release/orchd; LOAD=target/release/orchd-load
-DIR=$(mktemp -d); PORT=18301; ADDR=127.0.0.1:$PORT
+build
+PORT=$(free_port 18301); ADDR=127.0.0.1:$PORT
 mkdir -p "$DIR/artifacts"
 cat > "$DIR/orchd.toml" <<TOML
 [server]
@@ -61,18 +59,14 @@ decode_timeout_ms = 500
 TOML
 
 start() {
-  ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr $ADDR 2>>"$DIR/orchd.log" &
-  PID=$!
+  orchd_start "$DIR/orchd.toml"
   echo $PID > "$DIR/pid"  # for samples taken in background phases
-  for _ in $(seq 200); do curl -fs http://$ADDR/livez >/dev/null && return; sleep 0.05; done
-  echo "orchd did not start"; exit 1
 }
 sample() {
   local pid; pid=$(cat "$DIR/pid")
   echo "$(date +%s) rss_kb=$(awk '/VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null) fds=$(ls /proc/$pid/fd 2>/dev/null | wc -l)" >> "$DIR/samples"
 }
 start
-trap 'kill $PID 2>/dev/null || true' EXIT
 
 phase() {  # phase SECONDS NAME: every load for SECONDS, outputs under $DIR/NAME-*
   local secs=$1 name=$2
@@ -140,4 +134,3 @@ echo "RSS / fds over time (first, max, last):"
 awk '{split($2,a,"="); split($3,b,"="); if (NR==1) {f=a[2]; ff=b[2]} if (a[2]>m) m=a[2]; if (b[2]>mf) mf=b[2]; l=a[2]; lf=b[2]} END {printf "  rss_kb %d / %d / %d   fds %d / %d / %d\n", f, m, l, ff, mf, lf}' "$DIR/samples"
 echo "panics in the log: $(grep -c panicked "$DIR/orchd.log" || true)"
 kill -TERM $PID; wait $PID; echo "orchd exit after SIGTERM: $?"
-trap - EXIT

@@ -5,12 +5,10 @@
 # and the cost per stream. Loopback only; bounded.
 #
 #   bash perf/scripts/stream_memory.sh [N]
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 N=${1:-10000}
-cargo build --release -q -p orchd-http
-ORCHD=${ORCHD_BIN:-target/release/orchd}
-DIR=$(mktemp -d); PORT=18321; ADDR=127.0.0.1:$PORT
+build orchd-http
+PORT=$(free_port 18321)
 cat > "$DIR/orchd.toml" <<TOML
 [server]
 max_connections = $((N + 1000))
@@ -28,10 +26,7 @@ queue_capacity = $((N + 10))
 ttft_ms = 3000               # each task holds the slot 3 s: the queue barely moves
 tpot_ms = 0
 TOML
-ORCHD_LOG=warn "$ORCHD" --config "$DIR/orchd.toml" --addr $ADDR 2>"$DIR/orchd.log" &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fs http://$ADDR/livez >/dev/null && break; sleep 0.05; done
+orchd_start "$DIR/orchd.toml"
 python3 - "$PORT" "$N" "$PID" <<'PY'
 import json, socket, sys, uuid
 port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
