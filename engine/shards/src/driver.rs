@@ -96,7 +96,7 @@ async fn drive<H: Home, A: EngineAdapter>(
                 Ok(Some(Piece::Text(text))) => {
                     let step = shard.token(&task, &text, Instant::now());
                     match step {
-                        Step::More => {}
+                        Step::More(_) => {}
                         Step::Done => return Ended::Complete(None),
                         Step::Deadline => return Ended::Deadline,
                         Step::Stopped => return Ended::Stopped,

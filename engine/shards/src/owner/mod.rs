@@ -218,13 +218,18 @@ impl Owner {
             .count()
     }
 
-    /// Hands a running task its engine's next token (see [`TaskRun::token`]).
+    /// Hands a running task its engine's next token (see [`TaskRun::token`]), and its
+    /// periodic `metrics` frame when one is due.
     pub(crate) fn token(&self, task: &RefCell<TaskRun>, text: &str, now: Instant) -> Step {
         let mut t = task.borrow_mut();
-        let Some(pool) = self.pools.get(&t.admitted.pool) else {
-            return Step::Stopped;
-        };
-        t.token(pool, text, self.stream.metrics_every_tokens, now)
+        let step = t.token(text, self.stream.metrics_every_tokens, now);
+        if let Step::More(true) = step {
+            if let Some(pool) = self.pools.get(&t.admitted.pool) {
+                let f = t.metrics_frame(pool, now);
+                t.emit(f, false, now);
+            }
+        }
+        step
     }
 
     /// Cancels a task (no-op once it has ended); returns the tokens it produced.

@@ -62,8 +62,8 @@ pub(crate) enum State {
 
 /// What a driver does after handing the owner a token.
 pub(crate) enum Step {
-    /// A token was emitted; more may come.
-    More,
+    /// A token was emitted; more may come. `true`: a `metrics` frame is due.
+    More(bool),
     /// `max_tokens` reached: the task is complete.
     Done,
     /// The deadline passed.
@@ -153,9 +153,10 @@ impl TaskRun {
         frame::encode(self.next_id(), Event::Metrics, &m)
     }
 
-    /// Emits one token of a running task (frame, counters, periodic metrics frame), or
-    /// says why not. Runs on the owner shard, so it is ordered with cancel.
-    pub(crate) fn token(&mut self, pool: &OwnerPool, text: &str, every: u32, now: Instant) -> Step {
+    /// Emits one token of a running task (its frame, counters), or says why not; a
+    /// `metrics` frame is due after every `every` tokens (`Step::More(true)`). Runs on
+    /// the owner shard, so it is ordered with cancel.
+    pub(crate) fn token(&mut self, text: &str, every: u32, now: Instant) -> Step {
         if self.state != State::Running {
             return Step::Stopped;
         }
@@ -174,11 +175,7 @@ impl TaskRun {
         self.first_token_at.get_or_insert(now);
         self.last_token_at = Some(now);
         self.emit(f, false, now);
-        if self.tokens_out % every == 0 && self.tokens_out < self.spec.max_tokens {
-            let f = self.metrics_frame(pool, now);
-            self.emit(f, false, now);
-        }
-        Step::More
+        Step::More(self.tokens_out % every == 0 && self.tokens_out < self.spec.max_tokens)
     }
 }
 
