@@ -70,6 +70,11 @@ scenario paced1000 1000 100 3000 50 1024
 # Open loop: 200 new tasks a second, each 100 tokens at 50 ms (5 s), so ~1,000 streams
 # run at once once it is under way, without the closed loop's synchronized waves.
 scenario open1000 1000 100 3000 50 1024 "--rate 200"
+# Paced waves (issue 16): tokens every 20 ms, every user starting at once, a slot for
+# every user (so TTFT is scheduling, not queueing); each user runs its tasks back to
+# back, so arrivals keep coming in waves.
+scenario waves256 256 64 2048 20 256
+scenario waves1000 1000 64 4000 20 1024
 
 python3 - "$DIR" <<'PY' | tee "${OUT:-/dev/null}"
 import json, sys, os
@@ -80,6 +85,8 @@ rows = [
   ("latency", "1 stream at a time x 64 tokens, zero engine latency", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("tasks/s", "tasks_per_s", True)]),
   ("paced1000", "1000 streams x 100 tokens, 50 ms per token, 2048 slots: every stream runs", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
   ("open1000", "open loop, 200 tasks/s x 100 tokens at 50 ms per token: ~1000 concurrent streams", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
+  ("waves256", "256 users x 64 tokens, 20 ms per token, all starting together, a slot each", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("submit p50 ms", ("submit_ms", "p50"), False), ("submit p99 ms", ("submit_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
+  ("waves1000", "1000 users x 64 tokens, 20 ms per token, all starting together, a slot each", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("submit p50 ms", ("submit_ms", "p50"), False), ("submit p99 ms", ("submit_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("paced", "1000 streams x 100 tokens, 50 ms per token", [("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
 ]
 def get(j, k):
