@@ -43,6 +43,18 @@ pub enum Input {
 }
 
 impl Input {
+    /// Whitespace-separated words of the input, as [`TaskSpec::prompt_tokens`] counts
+    /// them (the mock's prompt token count), without building the text.
+    pub fn words(&self) -> u64 {
+        let words = |s: &str| s.split_whitespace().count() as u64;
+        match self {
+            Input::Completion { prompt, inputs } => {
+                prompt.as_deref().map_or(0, words) + inputs.iter().map(|s| words(s)).sum::<u64>()
+            }
+            Input::Chat(messages) => messages.iter().map(|m| words(&m.content)).sum(),
+        }
+    }
+
     /// The text a completion endpoint is sent: the prompt, else the inputs one per
     /// line.
     pub fn completion_text(&self) -> String {

@@ -62,7 +62,6 @@ impl EngineAdapter for MockEngine {
     type Stream = MockStream;
 
     async fn open(&self, _task: Uuid, g: &Generation) -> Result<MockStream, EngineError> {
-        let words = |s: &str| s.split_whitespace().count() as u64;
         Ok(MockStream {
             tokens: MockTokens::for_generation(g),
             max_tokens: g.sampling.max_tokens,
@@ -73,7 +72,7 @@ impl EngineAdapter for MockEngine {
             burst: 0,
             fail_after: self.fail_after,
             stall_after: self.stall_after,
-            prompt_tokens: words(&g.input.completion_text()),
+            prompt_tokens: g.input.words(),
         })
     }
 

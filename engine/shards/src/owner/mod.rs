@@ -161,7 +161,7 @@ impl Owner {
             .collect()
     }
 
-    /// A pool's engine and its load time, for a reload.
+    /// A pool's engine, for a reload.
     pub(crate) fn engine(&self, pool: usize) -> Option<Adapter> {
         self.pools.get(&pool).map(|p| p.engine.clone())
     }
