@@ -61,10 +61,17 @@ fn id_of_canonical(kind: ArtifactKind, content: &[u8]) -> String {
     h.update(b",\"kind\":\"");
     h.update(kind.as_str().as_bytes());
     h.update(b"\"}");
-    let mut id = String::with_capacity(7 + 64);
+    hex_id(h.finalize().as_slice())
+}
+
+/// `sha256:` + the digest in lowercase hex.
+fn hex_id(digest: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(7 + 2 * digest.len());
     id.push_str("sha256:");
-    for b in h.finalize() {
-        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{b:02x}"));
+    for b in digest {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
     }
     id
 }
@@ -149,57 +156,115 @@ impl NewArtifact {
 
 /// A task's transcript as a `trace` artifact: the document (and id) that a `POST
 /// /v1/artifacts` of the content `{"frames", "session_id", "task_id", "terminal"}` with
-/// tags `transcript` and `task:<id>` would store, serialized once into a buffer sized
-/// up front rather than through a `Value` tree (one `String` per frame, a second
-/// serialization for the id). Ends every task, so it is on the data plane's path.
+/// tags `transcript` and `task:<id>` would store. Written with [`TranscriptWriter`], the
+/// way a task writes its own as its frames are made.
 pub fn transcript(
     task_id: uuid::Uuid,
     session_id: uuid::Uuid,
     frames: &[Bytes],
     terminal: &serde_json::Value,
 ) -> Stored {
-    /// Frames as JSON strings (they are UTF-8: orchd encodes them).
-    struct Frames<'a>(&'a [Bytes]);
-    impl Serialize for Frames<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(|f| std::str::from_utf8(f).unwrap_or("")))
+    let mut w = TranscriptWriter::with_frames(frames.len());
+    for f in frames {
+        w.frame(f);
+    }
+    w.finish(task_id, session_id, terminal)
+}
+
+/// A transcript written frame by frame, as the task makes them: each frame is escaped
+/// into the document and hashed once when it is emitted, so ending a task only closes
+/// the document and the hash. (Written whole at the end, 256 tasks ending in the same
+/// tick made the requests arriving right then wait for 256 transcripts:
+/// perf/results/2026-12-05-issue16-locality-allocator-transcripts.md.)
+///
+/// The document is `{"content":{"frames":[...],"session_id","task_id","terminal"},
+/// "created_ms","digest","id","kind":"trace","tags"}`: its keys in canonical order, so
+/// the bytes from its start to the end of the content are what the id hashes.
+pub struct TranscriptWriter {
+    doc: Vec<u8>,
+    /// Hashes `{"content":` + the content + `,"kind":"trace"}` ([`id_of_canonical`]).
+    hash: Sha256,
+    /// Bytes of `doc` not hashed yet: hashing in runs of a few frames, not per frame.
+    unhashed: usize,
+    frames: usize,
+}
+
+impl TranscriptWriter {
+    const HEAD: &'static [u8] = b"{\"content\":{\"frames\":[";
+    /// Hash whenever this much is waiting (a few frames; SHA-256 works in 64-byte blocks).
+    const HASH_RUN: usize = 1024;
+
+    /// A writer with room for `frames` frames and the document's end, in one allocation
+    /// (grown by doubling, a short task's document was reallocated twice, which cost
+    /// more than writing it). A frame is about 60 bytes as a JSON string; ids,
+    /// terminal, digest and tags about 450.
+    pub fn with_frames(frames: usize) -> TranscriptWriter {
+        let mut doc = Vec::with_capacity(Self::HEAD.len() + frames * 72 + 768);
+        doc.extend_from_slice(Self::HEAD);
+        TranscriptWriter {
+            doc,
+            hash: Sha256::new(),
+            unhashed: Self::HEAD.len(),
+            frames: 0,
         }
     }
-    /// Fields in key order, as a `Value` map would write them (canonical JSON).
-    #[derive(Serialize)]
-    struct Content<'a> {
-        frames: Frames<'a>,
-        session_id: uuid::Uuid,
-        task_id: uuid::Uuid,
-        terminal: &'a serde_json::Value,
+
+    /// Appends one frame (orchd's own UTF-8 SSE text) as a JSON string.
+    pub fn frame(&mut self, frame: &[u8]) {
+        if self.frames > 0 {
+            self.doc.push(b',');
+        }
+        self.frames += 1;
+        let text = std::str::from_utf8(frame).unwrap_or("");
+        let before = self.doc.len();
+        serde_json::to_writer(&mut self.doc, text).expect("writes to a Vec");
+        self.unhashed += self.doc.len() - before + usize::from(self.frames > 1);
+        if self.unhashed >= Self::HASH_RUN {
+            self.hash_pending();
+        }
     }
-    const HEAD: &[u8] = b"{\"content\":";
-    // Escaping adds about a fifth to SSE text (newlines and quotes).
-    let size = frames.iter().map(|f| f.len()).sum::<usize>() * 5 / 4 + 512;
-    let mut doc = Vec::with_capacity(size);
-    // The document's first key is its content: serialized once, hashed in place.
-    doc.extend_from_slice(HEAD);
-    let content = Content {
-        frames: Frames(frames),
-        session_id,
-        task_id,
-        terminal,
-    };
-    serde_json::to_writer(&mut doc, &content).expect("transcript serializes");
-    let id = id_of_canonical(ArtifactKind::Trace, &doc[HEAD.len()..]);
-    let digest = &id["sha256:".len()..];
-    let created_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    write!(
-        doc,
-        ",\"created_ms\":{created_ms},\"digest\":\"{digest}\",\"id\":\"{id}\",\"kind\":\"trace\",\"tags\":[\"transcript\",\"task:{task_id}\"]}}"
-    )
-    .expect("writes to a Vec");
-    Stored {
-        json: Bytes::from(doc),
-        id,
-        kind: ArtifactKind::Trace,
+
+    fn hash_pending(&mut self) {
+        let from = self.doc.len() - self.unhashed;
+        self.hash.update(&self.doc[from..]);
+        self.unhashed = 0;
+    }
+
+    /// Closes the content with the task's ids and how it ended, and the document with
+    /// its id, digest, time and tags.
+    pub fn finish(
+        mut self,
+        task_id: uuid::Uuid,
+        session_id: uuid::Uuid,
+        terminal: &serde_json::Value,
+    ) -> Stored {
+        let before = self.doc.len();
+        write!(
+            self.doc,
+            "],\"session_id\":\"{session_id}\",\"task_id\":\"{task_id}\",\"terminal\":"
+        )
+        .expect("writes to a Vec");
+        serde_json::to_writer(&mut self.doc, terminal).expect("a Value serializes");
+        self.doc.push(b'}');
+        self.unhashed += self.doc.len() - before;
+        self.hash_pending();
+        self.hash.update(b",\"kind\":\"trace\"}");
+        let id = hex_id(self.hash.finalize().as_slice());
+        let digest = &id["sha256:".len()..];
+        let created_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut doc = self.doc;
+        write!(
+            doc,
+            ",\"created_ms\":{created_ms},\"digest\":\"{digest}\",\"id\":\"{id}\",\"kind\":\"trace\",\"tags\":[\"transcript\",\"task:{task_id}\"]}}"
+        )
+        .expect("writes to a Vec");
+        Stored {
+            json: Bytes::from(doc),
+            id,
+            kind: ArtifactKind::Trace,
+        }
     }
 }
 
@@ -357,37 +422,46 @@ mod tests {
     #[test]
     fn a_transcript_is_the_document_a_post_of_its_content_would_store() {
         let (task, session) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        let frames = [
+        let first = [
             Bytes::from_static(b"id: 0\nevent: started\ndata: {\"queue_position\":0}\n\n"),
             Bytes::from_static(
                 "id: 1\nevent: token\ndata: {\"t\":\"\u{e9}\\\"\",\"i\":0}\n\n".as_bytes(),
             ),
         ];
-        let terminal = serde_json::json!({"event": "end", "tokens_out": 1, "decode_ms": 0});
-        let built = transcript(task, session, &frames, &terminal);
-
-        let frames_text: Vec<&str> = frames
-            .iter()
-            .map(|f| std::str::from_utf8(f).unwrap())
+        // Enough frames that the writer hashes in several runs, not only at the end.
+        let many: Vec<Bytes> = (0..200)
+            .map(|i| {
+                Bytes::from(format!(
+                    "id: {i}\nevent: token\ndata: {{\"t\":\" w\\n{i}\",\"i\":{i}}}\n\n"
+                ))
+            })
             .collect();
-        let posted = NewArtifact {
-            kind: ArtifactKind::Trace,
-            content: serde_json::json!({
-                "task_id": task, "session_id": session, "frames": frames_text, "terminal": terminal,
-            }),
-            tags: vec!["transcript".into(), format!("task:{task}")],
-            parent: None,
-            metadata: None,
+        let terminal = serde_json::json!({"event": "end", "tokens_out": 1, "decode_ms": 0});
+        for frames in [&[][..], &first[..], &many[..]] {
+            let built = transcript(task, session, frames, &terminal);
+            let frames_text: Vec<&str> = frames
+                .iter()
+                .map(|f| std::str::from_utf8(f).unwrap())
+                .collect();
+            let posted = NewArtifact {
+                kind: ArtifactKind::Trace,
+                content: serde_json::json!({
+                    "task_id": task, "session_id": session, "frames": frames_text, "terminal": terminal,
+                }),
+                tags: vec!["transcript".into(), format!("task:{task}")],
+                parent: None,
+                metadata: None,
+            }
+            .into_stored();
+            assert_eq!(built.id, posted.id, "{} frames", frames.len());
+            assert_eq!(built.kind, ArtifactKind::Trace);
+            let mut a: serde_json::Value = serde_json::from_slice(&built.json).unwrap();
+            let mut b: serde_json::Value = serde_json::from_slice(&posted.json).unwrap();
+            assert!(a["created_ms"].as_u64().unwrap() > 0);
+            a["created_ms"] = 0.into();
+            b["created_ms"] = 0.into();
+            assert_eq!(a, b);
         }
-        .into_stored();
-        assert_eq!(built.id, posted.id);
-        assert_eq!(built.kind, ArtifactKind::Trace);
-        let mut a: serde_json::Value = serde_json::from_slice(&built.json).unwrap();
-        let mut b: serde_json::Value = serde_json::from_slice(&posted.json).unwrap();
-        assert!(a["created_ms"].as_u64().unwrap() > 0);
-        a["created_ms"] = 0.into();
-        b["created_ms"] = 0.into();
-        assert_eq!(a, b);
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub enum DispatcherCommand {
     Admit {
         spec: Box<TaskSpec>,
         correlation_id: String,
+        /// The shard the request arrived on: a pool living there is preferred.
+        origin: Option<ShardId>,
         reply: Reply<Result<Admitted, ApiError>>,
     },
     /// The owner shard of a known task.

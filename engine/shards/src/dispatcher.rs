@@ -15,7 +15,7 @@ use orchd_engine::task::TaskSpec;
 use orchd_engine::{ApiError, Config, ErrorClass, ErrorKind};
 
 use crate::commands::{DispatcherCommand, DispatcherSnapshot, NewTask, ShardCommand};
-use crate::mesh::{Inbox, Mailbox, Reply};
+use crate::mesh::{Inbox, Mailbox, Reply, ShardId};
 use crate::rt;
 
 /// Retry advice when an owner shard's mailbox is full.
@@ -75,9 +75,10 @@ impl Dispatcher {
             DispatcherCommand::Admit {
                 spec,
                 correlation_id,
+                origin,
                 reply,
             } => {
-                let _ = reply.send(self.admit(spec, correlation_id));
+                let _ = reply.send(self.admit(spec, correlation_id, origin));
             }
             DispatcherCommand::Locate { task, reply } => {
                 let pool = self.admission.borrow().locate(&task);
@@ -197,10 +198,19 @@ impl Dispatcher {
         }
     }
 
-    fn admit(&self, spec: Box<TaskSpec>, correlation_id: String) -> Result<Admitted, ApiError> {
+    /// Admits a task, preferring a pool on `origin` (the shard the request arrived
+    /// on): a task that starts there at once never crosses cores.
+    fn admit(
+        &self,
+        spec: Box<TaskSpec>,
+        correlation_id: String,
+        origin: Option<ShardId>,
+    ) -> Result<Admitted, ApiError> {
         let admitted_at = Instant::now();
         let mut adm = self.admission.borrow_mut();
-        let admitted = adm.admit(&spec, self.now_ms())?;
+        let shards = self.peers.len();
+        let near = |pool| Some(crate::placement::shard_for(pool, shards)) == origin;
+        let admitted = adm.admit_near(&spec, self.now_ms(), near)?;
         if admitted.duplicate {
             return Ok(admitted);
         }

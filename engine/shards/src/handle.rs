@@ -16,11 +16,16 @@ use crate::mesh::{unavailable, Mailbox, ShardId};
 /// The dispatcher, as a shard's front end reaches it.
 pub struct Dispatcher<'a> {
     mailbox: &'a Mailbox<DispatcherCommand>,
+    /// The shard asking, if a shard asks.
+    origin: Option<ShardId>,
 }
 
 impl<'a> Dispatcher<'a> {
-    pub(crate) fn new(mailbox: &'a Mailbox<DispatcherCommand>) -> Dispatcher<'a> {
-        Dispatcher { mailbox }
+    pub(crate) fn new(
+        mailbox: &'a Mailbox<DispatcherCommand>,
+        origin: Option<ShardId>,
+    ) -> Dispatcher<'a> {
+        Dispatcher { mailbox, origin }
     }
 
     /// Answers once the dispatcher serves its mailbox (`/readyz`).
@@ -31,7 +36,8 @@ impl<'a> Dispatcher<'a> {
             .map_err(unavailable)
     }
 
-    /// Admits or refuses a task (SPEC order); a refusal names the task's engine.
+    /// Admits or refuses a task (SPEC order), preferring a pool on the asking shard;
+    /// a refusal names the task's engine.
     pub async fn admit(
         &self,
         spec: TaskSpec,
@@ -42,6 +48,7 @@ impl<'a> Dispatcher<'a> {
             .request(|reply| DispatcherCommand::Admit {
                 spec: Box::new(spec),
                 correlation_id,
+                origin: self.origin,
                 reply,
             })
             .await

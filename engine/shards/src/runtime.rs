@@ -203,7 +203,7 @@ impl Runtime {
 
     /// The dispatcher, for callers outside the shards.
     pub fn dispatcher(&self) -> crate::handle::Dispatcher<'_> {
-        crate::handle::Dispatcher::new(&self.dispatcher)
+        crate::handle::Dispatcher::new(&self.dispatcher, None)
     }
 
     /// Begins shutdown: every shard's [`Shard::stopped`] resolves.

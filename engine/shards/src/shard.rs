@@ -327,7 +327,7 @@ impl Shard {
 
     /// The dispatcher, through its typed handle.
     pub fn dispatcher(&self) -> crate::handle::Dispatcher<'_> {
-        crate::handle::Dispatcher::new(&self.dispatcher)
+        crate::handle::Dispatcher::new(&self.dispatcher, Some(self.id))
     }
 
     /// Sends a command to shard `to` (possibly this one) and waits for the reply.

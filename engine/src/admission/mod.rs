@@ -143,12 +143,25 @@ impl Admission {
         }
     }
 
-    /// Decides on a task, in SPEC order, and commits the decision.
+    /// Decides on a task, in SPEC order, and commits the decision (no pool is nearer
+    /// to the client than another).
     pub fn admit(&mut self, spec: &TaskSpec, now_ms: u64) -> Result<Admitted, ApiError> {
+        self.admit_near(spec, now_ms, |_| false)
+    }
+
+    /// [`admit`](Admission::admit) for a request that arrived where the pools for which
+    /// `near` is true live (on the same core): among the ready pools with a free slot,
+    /// one of those is preferred.
+    pub fn admit_near(
+        &mut self,
+        spec: &TaskSpec,
+        now_ms: u64,
+        near: impl Fn(usize) -> bool,
+    ) -> Result<Admitted, ApiError> {
         if let Some(again) = self.known_task(spec)? {
             return Ok(again);
         }
-        let route = self.find_pool(spec, now_ms)?;
+        let route = self.find_pool(spec, now_ms, near)?;
         self.check_session(spec, &route, now_ms)?;
         let reserve = self.check_budgets(spec, &route)?;
         let place = self.check_deadline(spec, &route, reserve.time_ms)?;
@@ -177,9 +190,15 @@ impl Admission {
     }
 
     /// Steps 1 and 2: the pools serving engine and model, validation against them,
-    /// readiness, then KV affinity or the least occupied ready pool. Plain passes over
-    /// the (few) pools: no allocation on the refusal paths.
-    fn find_pool(&self, spec: &TaskSpec, now_ms: u64) -> Result<Route, ApiError> {
+    /// readiness, then KV affinity, else a near pool where the task starts at once,
+    /// else the least occupied ready pool. Plain passes over the (few) pools: no
+    /// allocation on the refusal paths.
+    fn find_pool(
+        &self,
+        spec: &TaskSpec,
+        now_ms: u64,
+        near: impl Fn(usize) -> bool,
+    ) -> Result<Route, ApiError> {
         let n = self.pools.len();
         let serves = |i: usize| self.pools[i].serves(spec);
         let fits = |i: usize| {
@@ -240,16 +259,23 @@ impl Admission {
             .cloned()
             .unwrap_or_default();
         let want_warm = spec.kv_hint != Some(KvHint::Cold);
+        let least_occupied = |pools: &mut dyn Iterator<Item = usize>| {
+            pools.min_by(|&a, &b| {
+                self.pools[a]
+                    .occupancy()
+                    .total_cmp(&self.pools[b].occupancy())
+            })
+        };
         let pool = match session.kv_pool {
             Some(p) if want_warm && p < n && candidate(p) => p,
-            _ => (0..n)
-                .filter(|&i| candidate(i))
-                .min_by(|&a, &b| {
-                    self.pools[a]
-                        .occupancy()
-                        .total_cmp(&self.pools[b].occupancy())
-                })
-                .expect("a candidate exists"),
+            // A task that starts at once on a pool living where the request arrived
+            // runs there: its admission, subscribe and every frame of its stream stay
+            // on one core (a cross-core hop wakes a parked executor: perf/results/).
+            _ => least_occupied(
+                &mut (0..n).filter(|&i| candidate(i) && near(i) && self.pools[i].has_free_slot()),
+            )
+            .or_else(|| least_occupied(&mut (0..n).filter(|&i| candidate(i))))
+            .expect("a candidate exists"),
         };
         Ok(Route {
             pool,

@@ -91,6 +91,11 @@ impl PoolMirror {
             && (self.model_ref == "*" || self.model_ref == spec.model_ref)
     }
 
+    /// A task admitted now would start at once: a slot is free and nobody waits.
+    pub(super) fn has_free_slot(&self) -> bool {
+        self.running < self.cfg.slots && self.queued_len() == 0
+    }
+
     pub(super) fn occupancy(&self) -> f64 {
         (f64::from(self.running) + self.queued_len() as f64) / f64::from(self.cfg.slots)
     }

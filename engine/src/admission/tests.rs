@@ -330,6 +330,35 @@ fn kv_affinity_prefers_the_last_pool() {
     assert!(!cold.kv_warmth);
 }
 
+#[test]
+fn a_near_pool_with_a_free_slot_is_preferred_else_the_least_occupied() {
+    let mut c = Config::default();
+    c.pools[0].slots = 2;
+    c.pools.push(PoolConfig {
+        id: "b".into(),
+        slots: 2,
+        ..PoolConfig::default()
+    });
+    let mut a = Admission::new(&c);
+    let cold = r#","kv_hint":"cold""#;
+    let near_b = |p: usize| p == 1;
+    // Both empty: with no preference the first least occupied pool, else the near one.
+    assert_eq!(a.admit(&spec(1, 1, cold), 0).unwrap().pool, 0);
+    let t = a.admit_near(&spec(2, 2, cold), 0, near_b).unwrap();
+    assert_eq!((t.pool, t.queue_position), (1, 0));
+    // b's last slot: b is still near and has room, though it ends fuller than a.
+    let t = a.admit_near(&spec(3, 3, cold), 0, near_b).unwrap();
+    assert_eq!((t.pool, t.queue_position), (1, 0));
+    // b is full: the task goes where it starts at once, not into b's queue.
+    let t = a.admit_near(&spec(4, 4, cold), 0, near_b).unwrap();
+    assert_eq!((t.pool, t.queue_position), (0, 0));
+    // Both full: the least occupied (a: 2 running; b: 2 running, then 1 queued).
+    let t = a.admit_near(&spec(5, 5, cold), 0, near_b).unwrap();
+    assert_eq!((t.pool, t.queue_position), (0, 1));
+    let t = a.admit_near(&spec(6, 6, cold), 0, near_b).unwrap();
+    assert_eq!((t.pool, t.queue_position), (1, 1));
+}
+
 trait With {
     fn with_priority(self, p: Priority) -> Self;
     fn with_engine(self, e: crate::types::Engine) -> Self;

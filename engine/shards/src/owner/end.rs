@@ -115,9 +115,7 @@ fn terminal_frame(
     pool: &str,
     now: Instant,
 ) -> orchd_engine::artifact::Stored {
-    let transcript = |t: &TaskRun, summary: serde_json::Value| {
-        orchd_engine::artifact::transcript(t.spec.task_id, t.spec.session_id, &t.frames, &summary)
-    };
+    let transcript = |t: &mut TaskRun, summary: serde_json::Value| t.finish_transcript(&summary);
     let (id, tokens_out, decode_ms) = (t.spec.task_id, t.tokens_out, outcome.decode_ms);
     match how {
         Terminal::Done | Terminal::Canceled(_) => {

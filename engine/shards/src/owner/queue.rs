@@ -49,6 +49,7 @@ impl Owner {
             correlation_id: new.correlation_id,
             state: State::Queued,
             frames: Vec::with_capacity(8),
+            transcript: None,
             subs: Vec::new(),
             alone_since: Some(new.admitted_at),
             tokens_out: 0,

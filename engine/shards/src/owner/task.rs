@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use orchd_engine::admission::Admitted;
+use orchd_engine::artifact::{Stored, TranscriptWriter};
 use orchd_engine::frame::{self, Event};
 use orchd_engine::task::TaskSpec;
 use orchd_engine::{CancelReason, ErrorKind, Priority};
@@ -19,6 +20,8 @@ use crate::metrics::{bump, PoolProbe};
 /// Most frames a task's log reserves when it starts (64 KiB of handles); a longer
 /// generation grows the log from there.
 pub(super) const FRAME_LOG_RESERVE: usize = 2048;
+/// Frames' worth of transcript a starting task reserves (about 18 KiB).
+const TRANSCRIPT_RESERVE_FRAMES: usize = 256;
 
 /// How a task ends.
 pub(crate) enum Terminal {
@@ -78,6 +81,10 @@ pub(crate) struct TaskRun {
     pub(super) correlation_id: String,
     pub(crate) state: State,
     pub(super) frames: Vec<Bytes>,
+    /// The transcript, written as the frames are made (every frame but the terminal)
+    /// from the task's start on; a queued task holds none (its few frames are written
+    /// when it starts, or when it ends without starting).
+    pub(super) transcript: Option<TranscriptWriter>,
     pub(super) subs: Vec<flume::Sender<FrameMsg>>,
     /// Since when nobody has been subscribed (from admission if nobody ever was).
     pub(super) alone_since: Option<Instant>,
@@ -106,6 +113,9 @@ impl TaskRun {
         let had = !self.subs.is_empty();
         self.subs
             .retain(|tx| tx.try_send((bytes.clone(), terminal)).is_ok());
+        if let (Some(w), false) = (&mut self.transcript, terminal) {
+            w.frame(&bytes);
+        }
         self.frames.push(bytes);
         if terminal {
             self.subs.clear();
@@ -121,13 +131,32 @@ impl TaskRun {
     }
 
     /// Its frames to come (tokens, a metrics frame every `every`, the end), reserved
-    /// once rather than grown by copying the log as it doubles.
+    /// once rather than grown by copying the log as it doubles; and its transcript,
+    /// sized for them, with the frames it made while queued.
     pub(super) fn reserve_frames(&mut self, every: u32) {
         let max = self.spec.max_tokens as usize;
         let ahead = max + max / every.max(1) as usize + 2;
         let want = (self.frames.len() + ahead).min(FRAME_LOG_RESERVE);
         let have = self.frames.len();
         self.frames.reserve(want.saturating_sub(have));
+        // A long task's transcript grows past this by doubling.
+        let mut w = TranscriptWriter::with_frames(have + ahead.min(TRANSCRIPT_RESERVE_FRAMES));
+        for f in &self.frames {
+            w.frame(f);
+        }
+        self.transcript = Some(w);
+    }
+
+    /// The transcript, closed with how the task ended (the terminal frame is not in it).
+    pub(super) fn finish_transcript(&mut self, terminal: &serde_json::Value) -> Stored {
+        let w = self.transcript.take().unwrap_or_else(|| {
+            let mut w = TranscriptWriter::with_frames(self.frames.len());
+            for f in &self.frames {
+                w.frame(f);
+            }
+            w
+        });
+        w.finish(self.spec.task_id, self.spec.session_id, terminal)
     }
 
     /// A `metrics` frame: queue depth, on-time chance, warmth, place and predicted
