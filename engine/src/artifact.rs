@@ -175,7 +175,7 @@ pub fn transcript(
 /// into the document and hashed once when it is emitted, so ending a task only closes
 /// the document and the hash. (Written whole at the end, 256 tasks ending in the same
 /// tick made the requests arriving right then wait for 256 transcripts:
-/// perf/results/2026-12-05-issue16-locality-allocator-transcripts.md.)
+/// perf/results/2026-12-05-issue16-first-pass.md.)
 ///
 /// The document is `{"content":{"frames":[...],"session_id","task_id","terminal"},
 /// "created_ms","digest","id","kind":"trace","tags"}`: its keys in canonical order, so
