@@ -260,6 +260,11 @@ impl TranscriptWriter {
             ",\"created_ms\":{created_ms},\"digest\":\"{digest}\",\"id\":\"{id}\",\"kind\":\"trace\",\"tags\":[\"transcript\",\"task:{task_id}\"]}}"
         )
         .expect("writes to a Vec");
+        // The store counts a document by its length: a task that ended long before the
+        // frames it reserved for (canceled, failed) gives the rest back.
+        if doc.capacity() > 2 * doc.len() {
+            doc.shrink_to_fit();
+        }
         Stored {
             json: Bytes::from(doc),
             id,

@@ -270,7 +270,7 @@ impl Admission {
             Some(p) if want_warm && p < n && candidate(p) => p,
             // A task that starts at once on a pool living where the request arrived
             // runs there: its admission, subscribe and every frame of its stream stay
-            // on one core (a cross-core hop wakes a parked executor: perf/results/).
+            // on one core (perf/results/2026-12-05-issue16-first-pass.md).
             _ => least_occupied(
                 &mut (0..n).filter(|&i| candidate(i) && near(i) && self.pools[i].has_free_slot()),
             )
