@@ -156,22 +156,7 @@ impl NewArtifact {
 
 /// A task's transcript as a `trace` artifact: the document (and id) that a `POST
 /// /v1/artifacts` of the content `{"frames", "session_id", "task_id", "terminal"}` with
-/// tags `transcript` and `task:<id>` would store. Written with [`TranscriptWriter`], the
-/// way a task writes its own as its frames are made.
-pub fn transcript(
-    task_id: uuid::Uuid,
-    session_id: uuid::Uuid,
-    frames: &[Bytes],
-    terminal: &serde_json::Value,
-) -> Stored {
-    let mut w = TranscriptWriter::with_frames(frames.len());
-    for f in frames {
-        w.frame(f);
-    }
-    w.finish(task_id, session_id, terminal)
-}
-
-/// A transcript written frame by frame, as the task makes them: each frame is escaped
+/// tags `transcript` and `task:<id>` would store, written frame by frame, as the task makes them: each frame is escaped
 /// into the document and hashed once when it is emitted, so ending a task only closes
 /// the document and the hash. (Written whole at the end, 256 tasks ending in the same
 /// tick made the requests arriving right then wait for 256 transcripts:
@@ -194,19 +179,24 @@ impl TranscriptWriter {
     /// Hash whenever this much is waiting (a few frames; SHA-256 works in 64-byte blocks).
     const HASH_RUN: usize = 1024;
 
-    /// A writer with room for `frames` frames and the document's end, in one allocation
-    /// (grown by doubling, a short task's document was reallocated twice, which cost
-    /// more than writing it). A frame is about 60 bytes as a JSON string; ids,
-    /// terminal, digest and tags about 450.
-    pub fn with_frames(frames: usize) -> TranscriptWriter {
-        let mut doc = Vec::with_capacity(Self::HEAD.len() + frames * 72 + 768);
+    /// A writer holding `frames`, with room for `more` frames and the document's end,
+    /// in one allocation (grown by doubling, a short task's document was reallocated
+    /// twice, which cost more than writing it). A frame is about 60 bytes as a JSON
+    /// string; ids, terminal, digest and tags about 450.
+    pub fn starting_with(frames: &[Bytes], more: usize) -> TranscriptWriter {
+        let room = (frames.len() + more) * 72 + 768;
+        let mut doc = Vec::with_capacity(Self::HEAD.len() + room);
         doc.extend_from_slice(Self::HEAD);
-        TranscriptWriter {
+        let mut w = TranscriptWriter {
             doc,
             hash: Sha256::new(),
             unhashed: Self::HEAD.len(),
             frames: 0,
+        };
+        for f in frames {
+            w.frame(f);
         }
+        w
     }
 
     /// Appends one frame (orchd's own UTF-8 SSE text) as a JSON string.
@@ -443,7 +433,7 @@ mod tests {
             .collect();
         let terminal = serde_json::json!({"event": "end", "tokens_out": 1, "decode_ms": 0});
         for frames in [&[][..], &first[..], &many[..]] {
-            let built = transcript(task, session, frames, &terminal);
+            let built = TranscriptWriter::starting_with(frames, 0).finish(task, session, &terminal);
             let frames_text: Vec<&str> = frames
                 .iter()
                 .map(|f| std::str::from_utf8(f).unwrap())

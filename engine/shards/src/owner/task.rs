@@ -140,22 +140,18 @@ impl TaskRun {
         let have = self.frames.len();
         self.frames.reserve(want.saturating_sub(have));
         // A long task's transcript grows past this by doubling.
-        let mut w = TranscriptWriter::with_frames(have + ahead.min(TRANSCRIPT_RESERVE_FRAMES));
-        for f in &self.frames {
-            w.frame(f);
-        }
-        self.transcript = Some(w);
+        self.transcript = Some(TranscriptWriter::starting_with(
+            &self.frames,
+            ahead.min(TRANSCRIPT_RESERVE_FRAMES),
+        ));
     }
 
     /// The transcript, closed with how the task ended (the terminal frame is not in it).
     pub(super) fn finish_transcript(&mut self, terminal: &serde_json::Value) -> Stored {
-        let w = self.transcript.take().unwrap_or_else(|| {
-            let mut w = TranscriptWriter::with_frames(self.frames.len());
-            for f in &self.frames {
-                w.frame(f);
-            }
-            w
-        });
+        let w = match self.transcript.take() {
+            Some(w) => w,
+            None => TranscriptWriter::starting_with(&self.frames, 0),
+        };
         w.finish(self.spec.task_id, self.spec.session_id, terminal)
     }
 
