@@ -225,15 +225,17 @@ impl TranscriptWriter {
     pub fn finish(
         mut self,
         task_id: uuid::Uuid,
-        session_id: uuid::Uuid,
+        session_id: Option<uuid::Uuid>,
         terminal: &serde_json::Value,
     ) -> Stored {
         let before = self.doc.len();
-        write!(
-            self.doc,
-            "],\"session_id\":\"{session_id}\",\"task_id\":\"{task_id}\",\"terminal\":"
-        )
+        // A task without a session (the OpenAI door without X-Session-Id): null.
+        match session_id {
+            Some(s) => write!(self.doc, "],\"session_id\":\"{s}\""),
+            None => write!(self.doc, "],\"session_id\":null"),
+        }
         .expect("writes to a Vec");
+        write!(self.doc, ",\"task_id\":\"{task_id}\",\"terminal\":").expect("writes to a Vec");
         serde_json::to_writer(&mut self.doc, terminal).expect("a Value serializes");
         self.doc.push(b'}');
         self.unhashed += self.doc.len() - before;
@@ -433,7 +435,8 @@ mod tests {
             .collect();
         let terminal = serde_json::json!({"event": "end", "tokens_out": 1, "decode_ms": 0});
         for frames in [&[][..], &first[..], &many[..]] {
-            let built = TranscriptWriter::starting_with(frames, 0).finish(task, session, &terminal);
+            let built =
+                TranscriptWriter::starting_with(frames, 0).finish(task, Some(session), &terminal);
             let frames_text: Vec<&str> = frames
                 .iter()
                 .map(|f| std::str::from_utf8(f).unwrap())

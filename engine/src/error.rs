@@ -145,8 +145,8 @@ impl ApiError {
         Self::new(ErrorClass::Internal, ErrorKind::Internal, message)
     }
 
-    pub fn with_engine(mut self, engine: Engine) -> Self {
-        self.engine = Some(engine);
+    pub fn with_engine(mut self, engine: impl Into<Option<Engine>>) -> Self {
+        self.engine = engine.into();
         self
     }
 

@@ -78,6 +78,22 @@ pub struct End<'a> {
     pub transcript_id: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub canceled: bool,
+    /// Tasks from the OpenAI door only (its chunks say why the text ended): `length`
+    /// when `max_tokens` was reached, `stop` when the engine stopped by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    /// Tasks from the OpenAI door only (its `usage`): the prompt's tokens as the engine
+    /// counted them, else orchd's count (whitespace-separated words).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+}
+
+/// Why a completed generation's text ended, in OpenAI's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Length,
+    Stop,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,6 +174,8 @@ mod tests {
                 decode_ms: 12,
                 transcript_id: "sha256:ab",
                 canceled: false,
+                finish_reason: None,
+                prompt_tokens: None,
             },
         );
         assert_eq!(

@@ -84,6 +84,19 @@ pub struct Sampling {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub stop: Vec<String>,
+    /// Sent to engines that take it (vLLM, llama.cpp) when the request said.
+    pub ignore_eos: Option<bool>,
+    /// No limit was asked (an OpenAI chat without `max_tokens`): `max_tokens` is the
+    /// room the context leaves and the engine decides when to stop; the mock stops at
+    /// its end of sequence, the end of its first sentence, unless `ignore_eos`.
+    pub open_ended: bool,
+}
+
+impl Sampling {
+    /// Whether the mock ends this generation at its end of sequence.
+    pub fn stops_at_eos(&self) -> bool {
+        self.open_ended && self.ignore_eos != Some(true)
+    }
 }
 
 /// One generation for an engine.
@@ -94,12 +107,17 @@ pub struct Generation {
     pub model: String,
     pub input: Input,
     pub sampling: Sampling,
+    /// Request fields orchd does not interpret (OpenAI door), added as they came to the
+    /// body sent to an HTTP upstream; a field orchd sets itself is not overridden.
+    pub forward: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Generation {
-    /// The generation an OrchQueue task asks for, on `model`.
+    /// The generation a task asks for, on `model`: an OrchQueue task's, or with what
+    /// the OpenAI door added (chat messages, sampling, forwarded fields).
     pub fn from_spec(spec: &TaskSpec, model: &str) -> Generation {
-        Generation {
+        let strict = (spec.determinism == Some(Determinism::Strict)).then_some(0.0);
+        let mut g = Generation {
             model: model.to_string(),
             input: Input::Completion {
                 prompt: spec.prompt.clone(),
@@ -108,10 +126,23 @@ impl Generation {
             sampling: Sampling {
                 max_tokens: spec.max_tokens,
                 seed: spec.seed,
-                temperature: (spec.determinism == Some(Determinism::Strict)).then_some(0.0),
-                top_p: None,
-                stop: Vec::new(),
+                temperature: strict,
+                ..Sampling::default()
             },
+            forward: serde_json::Map::new(),
+        };
+        if let Some(x) = &spec.extras {
+            if let Some(messages) = &x.chat {
+                g.input = Input::Chat(messages.clone());
+            }
+            let s = &mut g.sampling;
+            s.temperature = strict.or(x.temperature);
+            s.top_p = x.top_p;
+            s.stop.clone_from(&x.stop);
+            s.ignore_eos = x.ignore_eos;
+            s.open_ended = x.open_ended;
+            g.forward.clone_from(&x.forward);
         }
+        g
     }
 }

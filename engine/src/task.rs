@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::generation::ChatMessage;
 use crate::types::{Engine, Priority, Workload};
 
 /// Upper bounds on numbers a client may send; larger is an error, not a wish.
@@ -27,14 +28,21 @@ pub enum KvHint {
 }
 
 /// A validated task request. Field order is the canonical order of [`TaskSpec::digest`].
+///
+/// Built from `POST /v1/tasks` (every field as SPEC names it) or by the OpenAI door
+/// (issue 17), whose requests name no engine (any engine serving the model may run
+/// them), join a session only when asked, and carry [`Extras`]. In a `TaskRequest`
+/// body `session_id` and `engine` are required; `None` exists only for the OpenAI door.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub task_id: Uuid,
-    pub session_id: Uuid,
+    #[serde(deserialize_with = "required")]
+    pub session_id: Option<Uuid>,
     pub workload: Workload,
     pub model_ref: String,
-    pub engine: Engine,
+    #[serde(deserialize_with = "required")]
+    pub engine: Option<Engine>,
     pub ctx: u32,
     pub priority: Priority,
     pub max_tokens: u32,
@@ -53,6 +61,43 @@ pub struct TaskSpec {
     pub expected_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_hint: Option<KvHint>,
+    /// What an OpenAI-door request asks beyond a `TaskRequest`; never part of a body.
+    #[serde(skip)]
+    pub extras: Option<Box<Extras>>,
+}
+
+/// A field that must be present and not null, kept as an `Option` in Rust (serde
+/// would let a missing `Option` field default to `None`).
+fn required<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(de).map(Some)
+}
+
+/// What a task from the OpenAI-compatible routes asks beyond SPEC's `TaskRequest`:
+/// chat messages, the sampling parameters OpenAI's API has, the fields orchd does not
+/// interpret (forwarded verbatim to HTTP upstreams), and how long its stream may be
+/// without a client before the task is canceled.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras {
+    /// A chat: the engine applies its own template (the mock hashes the messages).
+    pub chat: Option<Vec<ChatMessage>>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
+    /// Forwarded to engines that take it; the mock's end of sequence (the end of its
+    /// first sentence) applies only to open-ended tasks and not with `ignore_eos`.
+    pub ignore_eos: Option<bool>,
+    /// No `max_tokens` was asked: `max_tokens` is the room the context leaves, and the
+    /// engine decides when to stop.
+    pub open_ended: bool,
+    /// Request fields orchd does not interpret, sent as they came to HTTP upstreams.
+    pub forward: serde_json::Map<String, serde_json::Value>,
+    /// The task is canceled when nobody has streamed it for this long (OpenAI clients
+    /// expect a disconnect to stop generation); `stream.orphan_timeout_ms` otherwise.
+    pub orphan_timeout_ms: u64,
 }
 
 impl TaskSpec {
@@ -105,7 +150,8 @@ impl TaskSpec {
             ));
         }
         if self.workload == Workload::Completion {
-            let has_prompt = self.prompt.is_some();
+            let has_chat = self.extras.as_ref().is_some_and(|x| x.chat.is_some());
+            let has_prompt = self.prompt.is_some() || has_chat;
             let has_inputs = self.inputs.as_ref().is_some_and(|i| !i.is_empty());
             if !has_prompt && !has_inputs {
                 return Err(ApiError::invalid(
@@ -127,8 +173,16 @@ impl TaskSpec {
     /// Rough prompt size in tokens (whitespace words), for KV estimates.
     pub fn prompt_tokens(&self) -> u64 {
         let words = |s: &str| s.split_whitespace().count() as u64;
+        let chat = self.extras.iter().flat_map(|x| x.chat.iter().flatten());
         self.prompt.as_deref().map_or(0, words)
             + self.inputs.iter().flatten().map(|s| words(s)).sum::<u64>()
+            + chat.map(|m| words(&m.content)).sum::<u64>()
+    }
+
+    /// How long the task may have no subscriber before it is canceled, if the request
+    /// said (the OpenAI door's `disconnect_grace_ms`).
+    pub fn orphan_timeout_ms(&self) -> Option<u64> {
+        self.extras.as_ref().map(|x| x.orphan_timeout_ms)
     }
 
     /// The tokens the task is expected to produce.
@@ -255,6 +309,19 @@ pub(crate) mod tests {
         let b = body("").replace("\"max_tokens\":8", "\"max_tokens\":5000");
         let e = TaskSpec::parse(b.as_bytes()).unwrap_err();
         assert_eq!(e.engine, Some(Engine::Llamacpp));
+    }
+
+    #[test]
+    fn session_and_engine_are_required_in_a_body() {
+        for field in ["session_id", "engine"] {
+            let b = body("");
+            let start = b.find(&format!("\"{field}\"")).unwrap();
+            let end = start + b[start..].find(',').unwrap() + 1;
+            let without = format!("{}{}", &b[..start], &b[end..]);
+            assert!(err(&without).contains(field), "{field}");
+            let null = b.replacen(&b[start..end - 1], &format!("\"{field}\":null"), 1);
+            assert!(err(&null).starts_with(field), "{field}: {}", err(&null));
+        }
     }
 
     #[test]

@@ -16,12 +16,21 @@ use crate::auth::Keys;
 pub(crate) struct App {
     pub config: Config,
     pub keys: Keys,
+    /// When this orchd started, in Unix seconds (`created` of `GET /v1/models`).
+    pub started_secs: u64,
 }
 
 impl App {
     pub fn new(config: Config) -> App {
         let keys = Keys::new(config.server.api_keys.iter().map(|k| k.expose()));
-        App { config, keys }
+        let started_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        App {
+            config,
+            keys,
+            started_secs,
+        }
     }
 }
 

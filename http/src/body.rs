@@ -15,6 +15,7 @@ use uuid::Uuid;
 use orchd_shards::{rt, FrameMsg, ShardId, Subscribed, SUBSCRIBER_BUFFER};
 
 use crate::app::ShardApp;
+use crate::chunks::Chunks;
 
 /// A response body. An enum rather than a boxed trait object: no allocation per
 /// plain response, and the variants are all known.
@@ -89,6 +90,8 @@ pub(crate) struct SseBody {
     heartbeat: Duration,
     last_sent: Instant,
     timer: Option<rt::Sleep>,
+    /// The OpenAI-compatible routes' rendering of the frames; `None`: as they are.
+    chunks: Option<Box<Chunks>>,
 }
 
 const HEARTBEAT: &[u8] = b": hb\n\n";
@@ -123,6 +126,7 @@ impl SseBody {
         owner: ShardId,
         from: u64,
         rx: flume::Receiver<FrameMsg>,
+        chunks: Option<Box<Chunks>>,
     ) -> SseBody {
         let heartbeat = Duration::from_millis(app.app.config.stream.heartbeat_ms);
         let streams = &app.shard.probe.admission.active_streams;
@@ -138,6 +142,7 @@ impl SseBody {
             heartbeat,
             last_sent: Instant::now(),
             timer: None,
+            chunks,
         }
     }
 
@@ -197,7 +202,10 @@ impl SseBody {
             None => self.next_id += 1,
         }
         self.last_sent = Instant::now();
-        Some(bytes)
+        match &mut self.chunks {
+            None => Some(bytes),
+            Some(c) => c.render(&bytes),
+        }
     }
 
     fn poll_one(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {

@@ -13,6 +13,7 @@ mod api;
 mod app;
 mod auth;
 mod body;
+mod chunks;
 pub mod cli;
 mod listen;
 pub mod logging;

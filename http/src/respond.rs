@@ -46,6 +46,55 @@ pub(crate) fn error(e: &ApiError) -> Response<Body> {
     r
 }
 
+/// An error as the OpenAI-compatible routes answer it (issue 17): OpenAI's
+/// `{"error": {"message", "type", "param", "code"}}` with orchd's `ErrorKind` as `code`
+/// and its retry advice as `retry_after_ms`, the status and retry headers as
+/// [`error`] sends them, `retry-after-ms` (what the openai SDK reads first) and
+/// `x-should-retry` (so the SDK does not retry what orchd says is not retriable).
+pub(crate) fn openai_error(e: &ApiError) -> Response<Body> {
+    let status = status_of(e.class);
+    let kind = match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    };
+    let mut err = serde_json::json!({
+        "message": e.message, "type": kind, "param": param_of(&e.message), "code": e.kind,
+    });
+    if let Some(ms) = e.retry_after_ms {
+        err["retry_after_ms"] = ms.into();
+    }
+    let body = serde_json::to_vec(&serde_json::json!({ "error": err })).expect("serializes");
+    let mut r = json(status, body);
+    let h = r.headers_mut();
+    if let (Some(ms), Some(secs)) = (e.retry_after_ms, e.retry_after_secs()) {
+        h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        h.insert("retry-after-ms", HeaderValue::from(ms));
+        h.insert("x-backoff-ms", HeaderValue::from(ms));
+    }
+    let retry = if e.retriable { "true" } else { "false" };
+    h.insert("x-should-retry", HeaderValue::from_static(retry));
+    r
+}
+
+/// The field an error message names (every message starts `field: ...`), for
+/// OpenAI's `param`; `None` when it names the body or no field.
+fn param_of(message: &str) -> Option<&str> {
+    let (field, rest) = message.split_once(": ")?;
+    if let Some(missing) = rest.strip_prefix("missing field `") {
+        return missing.strip_suffix('`');
+    }
+    let plausible = !field.is_empty()
+        && field != "body"
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b));
+    plausible.then_some(field)
+}
+
 /// The error envelope as a whole HTTP/1.1 response that closes the connection, for a
 /// connection orchd will not serve (so hyper never reads from it).
 pub(crate) fn error_and_close(e: &ApiError, correlation_id: &str, shard: usize) -> Vec<u8> {

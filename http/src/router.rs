@@ -23,16 +23,23 @@ pub(crate) async fn handle(app: Rc<ShardApp>, req: Request<Incoming>) -> Respons
     let started = Instant::now();
     let cid = correlation_id(&app, &req);
     let method = req.method().clone();
+    // The OpenAI-compatible routes answer errors in OpenAI's shape, auth and body-limit
+    // refusals included.
+    let render = if openai_path(req.uri().path()) {
+        respond::openai_error
+    } else {
+        respond::error
+    };
     let mut resp = match route(&app, req, &cid).await {
         Ok(r) => r,
-        Err(Refusal::Error(e)) => respond::error(&e),
+        Err(Refusal::Error(e)) => render(&e),
         Err(Refusal::Method(allow)) => {
             let e = ApiError::new(
                 ErrorClass::MethodNotAllowed,
                 ErrorKind::InvalidParams,
                 format!("method {method} is not allowed here; allowed: {allow}"),
             );
-            let mut r = respond::error(&e);
+            let mut r = render(&e);
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allow));
             r
@@ -80,9 +87,31 @@ fn correlation_id(app: &ShardApp, req: &Request<Incoming>) -> HeaderValue {
     HeaderValue::from_str(s).expect("a UUID is a valid header value")
 }
 
-/// Paths exempt from auth (SPEC section 1): scrapers and probes carry no key.
+/// Paths exempt from auth (SPEC section 1): scrapers and probes carry no key (`/health`
+/// is the OpenAI-style servers' probe, exempt there too).
 fn exempt(path: &str) -> bool {
-    matches!(path, "/metrics" | "/livez" | "/readyz")
+    matches!(path, "/metrics" | "/livez" | "/readyz" | "/health")
+}
+
+/// The routes of the OpenAI-compatible front door (issue 17).
+fn openai_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/completions" | "/v1/chat/completions" | "/v1/models" | "/health"
+    )
+}
+
+/// The key a request presents: `X-API-Key`, else `Authorization: Bearer KEY` (as the
+/// OpenAI SDKs and harnesses send it).
+fn presented_key(headers: &http::HeaderMap) -> Option<&[u8]> {
+    if let Some(k) = headers.get("x-api-key") {
+        return Some(k.as_bytes());
+    }
+    let auth = headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let scheme = auth.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| auth[7..].trim_ascii())
 }
 
 async fn route(
@@ -93,9 +122,7 @@ async fn route(
     let (head, body) = req.into_parts();
     let path = head.uri.path();
     if !exempt(path) {
-        app.app
-            .keys
-            .check(head.headers.get("x-api-key").map(HeaderValue::as_bytes))?;
+        app.app.keys.check(presented_key(&head.headers))?;
     }
     check_declared_length(app, &head.headers)?;
     let method = head.method.clone();
@@ -135,6 +162,21 @@ async fn route(
             api::tasks::create(app, body, cid).await?
         }
         (["v1", "tasks", "", ""], _) => return Err(allow("POST")),
+        (["v1", "completions", "", ""], &Method::POST) => {
+            let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
+            api::openai::completions(app, body, &head.headers, cid).await?
+        }
+        (["v1", "chat", "completions", ""], &Method::POST) => {
+            let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
+            api::openai::chat(app, body, &head.headers, cid).await?
+        }
+        (["v1", "completions", "", ""] | ["v1", "chat", "completions", ""], _) => {
+            return Err(allow("POST"))
+        }
+        (["v1", "models", "", ""], &Method::GET) => api::openai::models(app).await?,
+        (["v1", "models", "", ""], _) => return Err(allow("GET")),
+        (["health", "", "", ""], &Method::GET) => api::openai::health(app).await?,
+        (["health", "", "", ""], _) => return Err(allow("GET")),
         (["v1", "tasks", id, "stream"], &Method::GET) if !id.is_empty() => {
             api::tasks::stream(app, id, &head.headers).await?
         }

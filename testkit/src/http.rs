@@ -165,8 +165,29 @@ impl Client {
     }
 
     /// Sends a GET and returns the stream once the response head is read.
-    pub fn open_stream(mut self, path: &str, headers: &[(&str, &str)]) -> SseReader {
-        self.write_head("GET", path, headers, "Accept: text/event-stream\r\n");
+    pub fn open_stream(self, path: &str, headers: &[(&str, &str)]) -> SseReader {
+        self.open_stream_with("GET", path, headers, b"")
+    }
+
+    /// Sends a request (a POST of the OpenAI routes) and returns its response as a
+    /// stream once the head is read.
+    pub fn open_stream_with(
+        mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> SseReader {
+        let extra = if method == "GET" {
+            "Accept: text/event-stream\r\n".to_string()
+        } else {
+            format!(
+                "Accept: text/event-stream\r\nContent-Length: {}\r\n",
+                body.len()
+            )
+        };
+        self.write_head(method, path, headers, &extra);
+        self.reader.get_mut().write_all(body).unwrap();
         let (status, headers) = self.read_head();
         SseReader {
             client: self,
@@ -199,6 +220,11 @@ impl SseReader {
     /// `: hb` comments read so far.
     pub fn heartbeats(&self) -> usize {
         self.parser.heartbeats()
+    }
+
+    /// Comment lines read so far, without the colon and leading spaces.
+    pub fn comments(&self) -> &[String] {
+        self.parser.comments()
     }
 
     /// Reads one more chunk of the body; false at the end of the body.

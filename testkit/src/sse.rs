@@ -3,7 +3,8 @@
 //! the hyper client of `orchd-features`) feed this one parser.
 //!
 //! Stricter than a browser, as a test of orchd should be: every event must carry an
-//! `id` that is a sequence number and JSON `data`; a field SPEC section 2 does not use
+//! `id` that is a sequence number and JSON `data` (or OpenAI's end marker `[DONE]`, kept
+//! as the JSON string `"[DONE]"`); a field SPEC section 2 does not use
 //! (`retry`, anything else) or a field given twice is an error, not ignored.
 
 use serde_json::Value;
@@ -111,8 +112,12 @@ impl Parser {
         }
         let id = id.ok_or_else(|| format!("frame without an id: {raw:?}"))?;
         let data = data.ok_or_else(|| format!("frame without data: {raw:?}"))?;
-        let data = serde_json::from_str(&data)
-            .map_err(|e| format!("frame data is not JSON ({e}): {raw:?}"))?;
+        // OpenAI's streams end with `data: [DONE]`, the one data that is not JSON.
+        let data = match data.as_str() {
+            "[DONE]" => Value::String(data),
+            _ => serde_json::from_str(&data)
+                .map_err(|e| format!("frame data is not JSON ({e}): {raw:?}"))?,
+        };
         Ok(Some(Event {
             id,
             event: event.unwrap_or_else(|| "message".to_string()),

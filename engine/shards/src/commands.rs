@@ -151,6 +151,10 @@ pub enum DispatcherCommand {
     Capabilities {
         reply: Reply<Bytes>,
     },
+    /// The models the pools serve now, for `GET /v1/models`.
+    Models {
+        reply: Reply<Vec<String>>,
+    },
     /// Dispatcher-owned series for `/metrics`.
     Scrape {
         reply: Reply<DispatcherSnapshot>,

@@ -120,6 +120,9 @@ impl Dispatcher {
                 }
                 let _ = reply.send(cached.1.clone());
             }
+            DispatcherCommand::Models { reply } => {
+                let _ = reply.send(self.admission.borrow().models_served());
+            }
             DispatcherCommand::PoolState { pool, reply } => {
                 let adm = self.admission.borrow();
                 let _ = reply.send(

@@ -61,9 +61,9 @@ pub(crate) fn start<H: Home>(home: &Rc<H>, s: Start) {
 
 /// How a generation ended, seen from the driver.
 enum Ended<S> {
-    /// The engine said it was done (the stream, to be finished), or `max_tokens` was
-    /// reached.
-    Complete(Option<S>),
+    /// The engine said it was done (the stream, to be finished, and its count of the
+    /// prompt), or `max_tokens` was reached.
+    Complete(Option<(S, Option<u64>)>),
     Deadline,
     Stopped,
     Failed {
@@ -104,7 +104,7 @@ async fn drive<H: Home, A: EngineAdapter>(
                 }
                 Ok(Some(Piece::End(usage))) => {
                     tracing::debug!(task_id = %id, ?usage, "engine done");
-                    return Ended::Complete(Some(stream));
+                    return Ended::Complete(Some((stream, usage.prompt_tokens)));
                 }
                 Ok(None) => {
                     let error = EngineError::Reset(
@@ -132,11 +132,16 @@ async fn drive<H: Home, A: EngineAdapter>(
     match ended {
         Ended::Stopped => {}
         Ended::Deadline => H::end(&shard, id, Terminal::deadline_in_decode()),
-        Ended::Complete(stream) => {
-            H::end(&shard, id, Terminal::Done);
-            if let Some(stream) = stream {
-                stream.finish().await;
-            }
+        Ended::Complete(None) => H::end(
+            &shard,
+            id,
+            Terminal::Done {
+                prompt_tokens: None,
+            },
+        ),
+        Ended::Complete(Some((stream, prompt_tokens))) => {
+            H::end(&shard, id, Terminal::Done { prompt_tokens });
+            stream.finish().await;
         }
         Ended::Failed { error, streamed } => {
             if error.engine_down() {

@@ -37,7 +37,7 @@ impl<'a> Dispatcher<'a> {
     }
 
     /// Admits or refuses a task (SPEC order), preferring a pool on the asking shard;
-    /// a refusal names the task's engine.
+    /// a refusal names the task's engine (the pool's, when the task named none).
     pub async fn admit(
         &self,
         spec: TaskSpec,
@@ -53,7 +53,10 @@ impl<'a> Dispatcher<'a> {
             })
             .await
             .map_err(unavailable)?
-            .map_err(|e| e.with_engine(engine))
+            .map_err(|e| {
+                let engine = e.engine.or(engine);
+                e.with_engine(engine)
+            })
     }
 
     /// The owner shard of a known task.
@@ -89,6 +92,14 @@ impl<'a> Dispatcher<'a> {
     pub async fn scrape(&self) -> Result<DispatcherSnapshot, ApiError> {
         self.mailbox
             .request(|reply| DispatcherCommand::Scrape { reply })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The models the pools serve now (`GET /v1/models`).
+    pub async fn models(&self) -> Result<Vec<String>, ApiError> {
+        self.mailbox
+            .request(|reply| DispatcherCommand::Models { reply })
             .await
             .map_err(unavailable)
     }

@@ -62,7 +62,7 @@ pub struct Admitted {
 struct Entry {
     pool: usize,
     digest: [u8; 16],
-    session: Uuid,
+    session: Option<Uuid>,
     admitted: Admitted,
     reserved: Budget,
     /// 0 interactive, 1 batch.
@@ -165,7 +165,7 @@ impl Admission {
         self.check_session(spec, &route, now_ms)?;
         let reserve = self.check_budgets(spec, &route)?;
         let place = self.check_deadline(spec, &route, reserve.time_ms)?;
-        let place = self.apply_queue_policy(spec, &route, place)?;
+        let place = self.apply_queue_policy(&route, place)?;
         Ok(self.commit(spec, route, place, reserve, now_ms))
     }
 
@@ -207,13 +207,15 @@ impl Admission {
         };
         let candidate = |i: usize| fits(i) && self.pools[i].ready();
         let Some(first_serving) = (0..n).find(|&i| serves(i)) else {
+            let on_engine = spec
+                .engine
+                .map_or(String::new(), |e| format!(" on engine {}", e.as_str()));
             return Err(ApiError::new(
                 ErrorClass::Unavailable,
                 ErrorKind::PoolUnavailable,
                 format!(
-                    "model_ref: no pool serves model {:?} on engine {}",
-                    spec.model_ref,
-                    spec.engine.as_str()
+                    "model_ref: no pool serves model {:?}{on_engine}",
+                    spec.model_ref
                 ),
             )
             .with_engine(spec.engine));
@@ -238,7 +240,7 @@ impl Admission {
                 )
                 .into()
             };
-            return Err(ApiError::invalid(msg).with_engine(spec.engine));
+            return Err(ApiError::invalid(msg).with_engine(p.engine));
         };
         if !(0..n).any(candidate) {
             let p = &self.pools[first_fitting];
@@ -250,12 +252,13 @@ impl Admission {
                     p.cfg.id
                 ),
             )
-            .with_engine(spec.engine)
+            .with_engine(p.cfg.engine)
             .with_pool(p.cfg.id.clone())
             .retry_after_ms(UNREADY_RETRY_MS));
         }
-        let session = self
-            .live_session(&spec.session_id, now_ms)
+        let session = spec
+            .session_id
+            .and_then(|id| self.live_session(&id, now_ms))
             .cloned()
             .unwrap_or_default();
         let want_warm = spec.kv_hint != Some(KvHint::Cold);
@@ -286,24 +289,28 @@ impl Admission {
     }
 
     /// A session-rule refusal (429, not retriable) naming the rule.
-    fn refuse(&self, spec: &TaskSpec, route: &Route, label: &'static str, msg: String) -> ApiError {
+    fn refuse(&self, route: &Route, label: &'static str, msg: String) -> ApiError {
+        let p = &self.pools[route.pool].cfg;
         ApiError::new(ErrorClass::TooManyRequests, ErrorKind::AdmissionReject, msg)
-            .with_engine(spec.engine)
-            .with_pool(self.pools[route.pool].cfg.id.clone())
+            .with_engine(p.engine)
+            .with_pool(p.id.clone())
             .policy(label)
     }
 
     /// Step 3, sessions: room for a new one (sessions are few-hundred-byte records kept
     /// for their TTL; the bound keeps a flood of fresh session ids from growing memory
-    /// without limit), then the session's turns.
+    /// without limit), then the session's turns. A task without a session (the OpenAI
+    /// door without `X-Session-Id`) has none of these rules.
     fn check_session(
         &mut self,
         spec: &TaskSpec,
         route: &Route,
         now_ms: u64,
     ) -> Result<(), ApiError> {
-        if !self.sessions.contains_key(&spec.session_id)
-            && self.sessions.len() >= self.scfg.max_sessions
+        let Some(session_id) = spec.session_id else {
+            return Ok(());
+        };
+        if !self.sessions.contains_key(&session_id) && self.sessions.len() >= self.scfg.max_sessions
         {
             self.expire_sessions(now_ms);
             if self.sessions.len() >= self.scfg.max_sessions {
@@ -312,7 +319,7 @@ impl Admission {
                     self.sessions.len()
                 );
                 return Err(self
-                    .refuse(spec, route, "sessions-full", msg)
+                    .refuse(route, "sessions-full", msg)
                     .retriable(true)
                     .retry_after_ms(self.next_session_expiry_ms(now_ms)));
             }
@@ -322,7 +329,7 @@ impl Admission {
                 "session_id: the session has used all {} turns",
                 self.scfg.max_turns
             );
-            return Err(self.refuse(spec, route, "session-turns", msg));
+            return Err(self.refuse(route, "session-turns", msg));
         }
         Ok(())
     }
@@ -338,8 +345,9 @@ impl Admission {
         };
         let c = &self.scfg;
         let (s, r) = (&route.session.spent, &route.session.reserved);
-        let over = if c.tokens_budget > 0 && s.tokens + r.tokens + reserve.tokens > c.tokens_budget
-        {
+        let over = if spec.session_id.is_none() {
+            None
+        } else if c.tokens_budget > 0 && s.tokens + r.tokens + reserve.tokens > c.tokens_budget {
             Some((
                 "budget-tokens",
                 "max_tokens: the session's token budget cannot cover this task",
@@ -359,7 +367,7 @@ impl Admission {
             None
         };
         match over {
-            Some((label, msg)) => Err(self.refuse(spec, route, label, msg.into())),
+            Some((label, msg)) => Err(self.refuse(route, label, msg.into())),
             None => Ok(reserve),
         }
     }
@@ -408,12 +416,7 @@ impl Admission {
     /// Step 5: a full queue refuses (`reject`) or evicts its oldest batch task, else
     /// its oldest task (`drop-lru`); every refusal's retry advice is the pool's
     /// predicted drain time.
-    fn apply_queue_policy(
-        &self,
-        spec: &TaskSpec,
-        route: &Route,
-        mut place: Place,
-    ) -> Result<Place, ApiError> {
+    fn apply_queue_policy(&self, route: &Route, mut place: Place) -> Result<Place, ApiError> {
         let mirror = &self.pools[route.pool];
         let queued_total = mirror.queued_len();
         if !place.must_queue || queued_total < mirror.cfg.queue_capacity as usize {
@@ -421,7 +424,7 @@ impl Admission {
         }
         let full = |kind, label: &'static str, msg: String| {
             ApiError::new(ErrorClass::TooManyRequests, kind, msg)
-                .with_engine(spec.engine)
+                .with_engine(mirror.cfg.engine)
                 .with_pool(mirror.cfg.id.clone())
                 .policy(label)
                 .retry_after_ms(mirror.predicted_drain_ms())
@@ -476,7 +479,9 @@ impl Admission {
         } else {
             m.queued[place.class] += 1;
         }
-        let budgets = self.touch_session(spec.session_id, pool, route.want_warm, &reserve, now_ms);
+        let budgets = spec
+            .session_id
+            .and_then(|id| self.touch_session(id, pool, route.want_warm, &reserve, now_ms));
         let admitted = Admitted {
             task_id: spec.task_id,
             pool,
@@ -518,7 +523,7 @@ impl Admission {
         } else {
             m.running = m.running.saturating_sub(1);
         }
-        if let Some(s) = self.sessions.get_mut(&e.session) {
+        if let Some(s) = e.session.and_then(|id| self.sessions.get_mut(&id)) {
             s.turns = s.turns.saturating_sub(1);
             s.reserved.release(&e.reserved);
         }
@@ -559,7 +564,7 @@ impl Admission {
         e.expires_ms = Some(expires);
         let (pool, session, reserved, prompt) = (e.pool, e.session, e.reserved, e.prompt_tokens);
         self.expiries.push_back((expires, task));
-        if let Some(s) = self.sessions.get_mut(&session) {
+        if let Some(s) = session.and_then(|id| self.sessions.get_mut(&id)) {
             s.reserved.release(&reserved);
             s.spent.tokens += u64::from(outcome.tokens_out);
             s.spent.time_ms += outcome.decode_ms;

@@ -87,7 +87,7 @@ impl PoolMirror {
     }
 
     pub(super) fn serves(&self, spec: &TaskSpec) -> bool {
-        self.cfg.engine == spec.engine
+        spec.engine.is_none_or(|e| e == self.cfg.engine)
             && (self.model_ref == "*" || self.model_ref == spec.model_ref)
     }
 
@@ -272,6 +272,23 @@ impl Admission {
 
     /// `GET /v1/capabilities` from the pools as they are now: concurrency counts the
     /// slots of pools that admit tasks, and each pool shows its model and state.
+    /// The models the pools serve now, each once, in pool order: a pool's model, or
+    /// its id when it serves any model (`*`), which then names it to clients.
+    pub fn models_served(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in &self.pools {
+            let name = if p.model_ref == "*" {
+                &p.cfg.id
+            } else {
+                &p.model_ref
+            };
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
     pub fn capabilities(&self, max_body_bytes: usize) -> serde_json::Value {
         let mut engines: Vec<serde_json::Value> = Vec::new();
         for engine in Engine::ALL {

@@ -7,7 +7,7 @@ use crate::task::tests::body;
 fn spec(task: u128, session: u128, extra: &str) -> TaskSpec {
     let mut s = TaskSpec::parse(body(extra).as_bytes()).unwrap();
     s.task_id = Uuid::from_u128(task);
-    s.session_id = Uuid::from_u128(session);
+    s.session_id = Some(Uuid::from_u128(session));
     s
 }
 
@@ -370,7 +370,7 @@ impl With for TaskSpec {
         self
     }
     fn with_engine(mut self, e: crate::types::Engine) -> Self {
-        self.engine = e;
+        self.engine = Some(e);
         self
     }
 }

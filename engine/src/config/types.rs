@@ -18,6 +18,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub stream: StreamConfig,
     pub artifacts: ArtifactsConfig,
+    pub openai: OpenAiConfig,
     /// At least one pool; the default is one mock pool `default` serving any model.
     pub pools: Vec<PoolConfig>,
 }
@@ -93,6 +94,19 @@ pub struct StreamConfig {
     /// queue of N tasks draining at R tasks/s otherwise costs N * R frames a second.
     /// 0 = a frame at every move.
     pub position_update_ms: u64,
+}
+
+/// The OpenAI-compatible routes (`/v1/completions`, `/v1/chat/completions`, ...):
+/// what their requests cannot say in OpenAI's own fields.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct OpenAiConfig {
+    /// A request's deadline when it sends no `X-Deadline-Ms` header.
+    pub default_deadline_ms: u64,
+    /// A task of these routes is canceled (reason `orphaned`) when its client has been
+    /// gone this long without re-attaching (`GET /v1/tasks/{id}/stream?format=openai`):
+    /// OpenAI clients expect a disconnect to stop generation.
+    pub disconnect_grace_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -273,6 +287,15 @@ impl Default for StreamConfig {
     }
 }
 
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            default_deadline_ms: 600_000,
+            disconnect_grace_ms: 1_000,
+        }
+    }
+}
+
 impl Default for ArtifactsConfig {
     fn default() -> Self {
         ArtifactsConfig {
@@ -327,6 +350,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             sessions: SessionsConfig::default(),
             stream: StreamConfig::default(),
+            openai: OpenAiConfig::default(),
             artifacts: ArtifactsConfig::default(),
             pools: vec![PoolConfig::default()],
         }

@@ -95,6 +95,16 @@ impl Config {
         if st.position_update_ms > 1000 {
             p.push("stream.position_update_ms: must be at most 1000".into());
         }
+        let oa = &self.openai;
+        if oa.default_deadline_ms == 0 || oa.default_deadline_ms > crate::task::MAX_DEADLINE_MS {
+            p.push(format!(
+                "openai.default_deadline_ms: must be in 1..={}",
+                crate::task::MAX_DEADLINE_MS
+            ));
+        }
+        if oa.disconnect_grace_ms == 0 {
+            p.push("openai.disconnect_grace_ms: must be at least 1".into());
+        }
         if self.artifacts.max_memory_bytes < 1024 {
             p.push("artifacts.max_memory_bytes: must be at least 1024".into());
         }

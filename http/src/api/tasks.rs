@@ -41,27 +41,7 @@ pub(crate) async fn create(
         return Err(unavailable(MeshError::Gone));
     }
     let spec = TaskSpec::parse(&body).inspect_err(|e| count_refusal(app, e))?;
-    let engine = spec.engine;
-    let correlation_id = cid.to_str().unwrap_or_default().to_string();
-    let admitted = app
-        .shard
-        .dispatcher()
-        .admit(spec, correlation_id.clone())
-        .await
-        .inspect_err(|e| count_refusal(app, e))?;
-    if admitted.evict {
-        bump(&app.shard.probe.admission.backpressure[engine_index(engine)][1]);
-    }
-    app.remember_owner(
-        admitted.task_id,
-        orchd_shards::shard_for(admitted.pool, app.shard.shard_count()),
-    );
-    let pool = &app.app.config.pools[admitted.pool].id;
-    tracing::info!(
-        correlation_id = %correlation_id, task_id = %admitted.task_id, pool = %pool,
-        queue_position = admitted.queue_position, predicted_start_ms = admitted.predicted_start_ms,
-        duplicate = admitted.duplicate, evicted = admitted.evict, "task admitted"
-    );
+    let admitted = admit(app, spec, cid).await?;
     let body = Accepted {
         task_id: admitted.task_id,
         queue_position: admitted.queue_position,
@@ -76,10 +56,43 @@ pub(crate) async fn create(
     Ok(r)
 }
 
+/// Admits a task from either front door (one admission path): refusals and evictions
+/// counted, the owner shard remembered for its stream, the admission logged.
+pub(crate) async fn admit(
+    app: &Rc<ShardApp>,
+    spec: TaskSpec,
+    cid: &HeaderValue,
+) -> Result<Admitted, ApiError> {
+    if app.shard.stopping() {
+        return Err(unavailable(MeshError::Gone));
+    }
+    let correlation_id = cid.to_str().unwrap_or_default().to_string();
+    let admitted = app
+        .shard
+        .dispatcher()
+        .admit(spec, correlation_id.clone())
+        .await
+        .inspect_err(|e| count_refusal(app, e))?;
+    let pool = &app.app.config.pools[admitted.pool];
+    if admitted.evict {
+        bump(&app.shard.probe.admission.backpressure[engine_index(pool.engine)][1]);
+    }
+    app.remember_owner(
+        admitted.task_id,
+        orchd_shards::shard_for(admitted.pool, app.shard.shard_count()),
+    );
+    tracing::info!(
+        correlation_id = %correlation_id, task_id = %admitted.task_id, pool = %pool.id,
+        queue_position = admitted.queue_position, predicted_start_ms = admitted.predicted_start_ms,
+        duplicate = admitted.duplicate, evicted = admitted.evict, "task admitted"
+    );
+    Ok(admitted)
+}
+
 /// Counts a refused submission whose engine is known (`tasks_rejected_total`), and
 /// queue-full refusals (`admission_backpressure_events_total`). Bodies that do not
 /// parse name no engine and are not counted.
-fn count_refusal(app: &ShardApp, e: &ApiError) {
+pub(crate) fn count_refusal(app: &ShardApp, e: &ApiError) {
     let Some(engine) = e.engine else { return };
     let probe = &app.shard.probe.admission;
     let engine = engine_index(engine);
@@ -149,6 +162,7 @@ pub(crate) async fn stream(
             owner,
             from,
             rx,
+            None,
         ))),
     };
     let mut r = Response::new(body);

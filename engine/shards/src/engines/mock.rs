@@ -56,6 +56,15 @@ pub struct MockStream {
     fail_after: Option<u32>,
     stall_after: Option<u32>,
     prompt_tokens: u64,
+    /// Stop sequences: the text ends before the first one it would contain.
+    stop: Vec<String>,
+    /// The text so far, kept only when there are stop sequences.
+    text: String,
+    /// Ends at its end of sequence, the end of its first sentence (an open-ended
+    /// generation without `ignore_eos`).
+    eos: bool,
+    /// The last token ended the text (a sentence end, or a stop sequence cut it).
+    ended: bool,
 }
 
 impl EngineAdapter for MockEngine {
@@ -73,6 +82,10 @@ impl EngineAdapter for MockEngine {
             fail_after: self.fail_after,
             stall_after: self.stall_after,
             prompt_tokens: g.input.words(),
+            stop: g.sampling.stop.clone(),
+            text: String::new(),
+            eos: g.sampling.stops_at_eos(),
+            ended: false,
         })
     }
 
@@ -140,15 +153,48 @@ impl TokenStream for MockStream {
             // which drops this stream.
             return pending().await;
         }
-        if self.produced >= self.max_tokens {
-            return Ok(Some(Piece::End(Usage {
-                prompt_tokens: Some(self.prompt_tokens),
-                completion_tokens: Some(u64::from(self.produced)),
-            })));
+        if self.produced >= self.max_tokens || self.ended {
+            return Ok(Some(self.end()));
         }
         self.produced += 1;
-        Ok(Some(Piece::Text(Cow::Borrowed(self.tokens.next_token()))))
+        let token = self.tokens.next_token();
+        if self.eos && matches!(token, "." | "!" | "?") {
+            self.ended = true;
+        }
+        if self.stop.is_empty() {
+            return Ok(Some(Piece::Text(Cow::Borrowed(token))));
+        }
+        let start = self.text.len();
+        self.text.push_str(token);
+        let cut = self
+            .stop
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min();
+        match cut {
+            None => Ok(Some(Piece::Text(Cow::Borrowed(token)))),
+            // The text before the stop sequence; nothing if it began in earlier text.
+            Some(at) if at > start => {
+                self.ended = true;
+                Ok(Some(Piece::Text(Cow::Owned(
+                    self.text[start..at].to_string(),
+                ))))
+            }
+            Some(_) => {
+                self.produced -= 1;
+                Ok(Some(self.end()))
+            }
+        }
     }
 
     async fn finish(self) {}
+}
+
+impl MockStream {
+    fn end(&self) -> Piece {
+        Piece::End(Usage {
+            prompt_tokens: Some(self.prompt_tokens),
+            completion_tokens: Some(u64::from(self.produced)),
+        })
+    }
 }

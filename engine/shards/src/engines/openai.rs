@@ -44,7 +44,8 @@ impl Wire for OpenAi {
         ("/version", "version", None);
 }
 
-/// The sampling fields both OpenAI-style bodies (and llama.cpp's) share.
+/// The sampling fields both OpenAI-style bodies (and llama.cpp's) share, then the
+/// request's fields orchd does not interpret, as they came (never over one orchd set).
 pub(super) fn sampling(v: &mut serde_json::Value, g: &Generation) {
     let s = &g.sampling;
     if let Some(seed) = s.seed {
@@ -63,6 +64,14 @@ pub(super) fn sampling(v: &mut serde_json::Value, g: &Generation) {
     }
     if !s.stop.is_empty() {
         v["stop"] = s.stop.clone().into();
+    }
+    if let Some(b) = s.ignore_eos {
+        v["ignore_eos"] = b.into();
+    }
+    if let Some(body) = v.as_object_mut() {
+        for (k, x) in &g.forward {
+            body.entry(k.as_str()).or_insert_with(|| x.clone());
+        }
     }
 }
 
@@ -195,6 +204,7 @@ mod tests {
                 temperature: Some(0.0),
                 ..Sampling::default()
             },
+            forward: serde_json::Map::new(),
         };
         let b = OpenAi::body(&g);
         assert_eq!(
@@ -211,5 +221,19 @@ mod tests {
             OpenAi::body(&g),
             serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": true, "seed": 7})
         );
+        // Fields orchd does not interpret go as they came; they never replace its own.
+        g.forward.insert(
+            "response_format".into(),
+            serde_json::json!({"type": "json_object"}),
+        );
+        g.forward.insert("max_tokens".into(), 99.into());
+        g.sampling.ignore_eos = Some(true);
+        let b = OpenAi::body(&g);
+        assert_eq!(
+            b["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+        assert_eq!(b["max_tokens"], 4);
+        assert_eq!(b["ignore_eos"], true);
     }
 }

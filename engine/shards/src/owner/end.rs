@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use orchd_engine::admission::Outcome;
-use orchd_engine::frame::{self, Event};
+use orchd_engine::frame::{self, Event, FinishReason};
+use orchd_engine::Engine;
 
 use super::task::{State, TaskRun, Terminal};
 use super::{ms, Owner};
@@ -70,11 +71,10 @@ impl Owner {
             service_ms: t.started_at.map(|s| ms(now - s)),
             ran,
         };
-        let pool_name = self
-            .pools
-            .get(&pool_index)
-            .map_or("", |p| p.cfg.id.as_str());
-        let transcript = terminal_frame(&mut t, &how, &outcome, pool_name, now);
+        let pool = self.pools.get(&pool_index);
+        let pool_name = pool.map_or("", |p| p.cfg.id.as_str());
+        let engine = pool.map(|p| p.cfg.engine).or(t.spec.engine);
+        let transcript = terminal_frame(&mut t, &how, &outcome, (pool_name, engine), now);
         self.fx.transcripts.push(transcript);
         if let Some(first) = t.first_token_at {
             let decode = t.last_token_at.map(|last| last - first);
@@ -112,14 +112,31 @@ fn terminal_frame(
     t: &mut TaskRun,
     how: &Terminal,
     outcome: &Outcome,
-    pool: &str,
+    (pool, engine): (&str, Option<Engine>),
     now: Instant,
 ) -> orchd_engine::artifact::Stored {
     let transcript = |t: &mut TaskRun, summary: serde_json::Value| t.finish_transcript(&summary);
     let (id, tokens_out, decode_ms) = (t.spec.task_id, t.tokens_out, outcome.decode_ms);
     match how {
-        Terminal::Done | Terminal::Canceled(_) => {
+        Terminal::Done { .. } | Terminal::Canceled(_) => {
             let canceled = matches!(how, Terminal::Canceled(_));
+            // The OpenAI door's chunks and usage need these; OrchQueue frames stay as
+            // SPEC has them.
+            let (finish_reason, prompt_tokens) = match (how, &t.spec.extras) {
+                (Terminal::Done { prompt_tokens }, Some(_)) => {
+                    let reason = if tokens_out >= t.spec.max_tokens {
+                        FinishReason::Length
+                    } else {
+                        FinishReason::Stop
+                    };
+                    (
+                        Some(reason),
+                        Some(prompt_tokens.unwrap_or(t.spec.prompt_tokens())),
+                    )
+                }
+                (Terminal::Canceled(_), Some(_)) => (None, Some(t.spec.prompt_tokens())),
+                _ => (None, None),
+            };
             let reason = how.cut_short().map_or("done", |r| r.as_str());
             let summary = serde_json::json!({
                 "event": "end", "tokens_out": tokens_out, "decode_ms": decode_ms, "canceled": canceled,
@@ -130,6 +147,8 @@ fn terminal_frame(
                 decode_ms,
                 transcript_id: &stored.id,
                 canceled,
+                finish_reason,
+                prompt_tokens,
             };
             let f = frame::encode(t.next_id(), Event::End, &end);
             t.emit(f, true, now);
@@ -147,7 +166,7 @@ fn terminal_frame(
             let err = frame::ErrorFrame {
                 code: *kind,
                 message,
-                engine: Some(t.spec.engine),
+                engine,
             };
             let f = frame::encode(t.next_id(), Event::Error, &err);
             t.emit(f, true, now);

@@ -71,6 +71,8 @@ pub struct Owner {
     retained: VecDeque<(Instant, Uuid)>,
     rotated_at: Instant,
     stream: StreamConfig,
+    /// The OpenAI door's tasks are orphaned sooner: the sweep runs often enough for it.
+    disconnect_grace_ms: u64,
     fx: Effects,
 }
 
@@ -93,6 +95,7 @@ impl Owner {
             retained: VecDeque::new(),
             rotated_at: Instant::now(),
             stream: config.stream.clone(),
+            disconnect_grace_ms: config.openai.disconnect_grace_ms,
             fx: Effects::default(),
         }
     }
@@ -302,6 +305,10 @@ impl Owner {
             if t.subs.is_empty() && t.alone_since.is_none() {
                 t.alone_since = Some(now);
             }
+            let orphan = t
+                .spec
+                .orphan_timeout_ms()
+                .map_or(orphan, Duration::from_millis);
             if let Some(how) = self.overdue(&t, drained.contains(&t.admitted.pool), orphan, now) {
                 ending.push((*id, how));
             } else if t.state == State::Queued && now - t.last_metrics_at >= heartbeat {
@@ -392,7 +399,8 @@ impl Owner {
     /// How often [`Owner::sweep`] should run.
     pub(crate) fn sweep_interval(&self) -> Duration {
         let s = &self.stream;
-        let ms = (s.orphan_timeout_ms / 4).min(s.heartbeat_ms).clamp(10, 250);
+        let orphan = s.orphan_timeout_ms.min(self.disconnect_grace_ms);
+        let ms = (orphan / 4).min(s.heartbeat_ms).clamp(10, 250);
         Duration::from_millis(ms)
     }
 }

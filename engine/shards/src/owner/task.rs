@@ -26,7 +26,8 @@ const TRANSCRIPT_RESERVE_FRAMES: usize = 256;
 /// How a task ends.
 pub(crate) enum Terminal {
     /// `max_tokens` reached, or the engine said it was done: an `end` frame.
-    Done,
+    /// `prompt_tokens`: the engine's count of the prompt, when it said.
+    Done { prompt_tokens: Option<u64> },
     /// An `end` frame with `"canceled": true`.
     Canceled(CancelReason),
     /// An `error` frame.
@@ -50,7 +51,7 @@ impl Terminal {
     /// The `tasks_canceled_total` reason it counts under, if it was cut short.
     pub(super) fn cut_short(&self) -> Option<CancelReason> {
         match self {
-            Terminal::Done => None,
+            Terminal::Done { .. } => None,
             Terminal::Canceled(r) | Terminal::Failed { reason: r, .. } => Some(*r),
         }
     }

@@ -1,0 +1,596 @@
+//! The OpenAI-compatible routes (issue 17): `POST /v1/completions`,
+//! `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`. A second front door
+//! onto the same queue: each request becomes an ordinary task (one admission path,
+//! one frame log, the same metrics, logs and transcripts), rendered in OpenAI's format
+//! by [`crate::chunks`].
+//!
+//! What OpenAI's fields cannot say comes in headers: `X-Deadline-Ms` (else
+//! `openai.default_deadline_ms`), `X-Priority` (`interactive`, the default, or
+//! `batch`), `X-Session-Id` (joins that session: turns, budgets, KV affinity; without
+//! it nothing is stored). The task id is generated and answered in `X-Request-Id` and as
+//! every chunk's `id`, so `POST /v1/tasks/{id}/cancel` stops it race-free.
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use orchd_engine::admission::Admitted;
+use orchd_engine::config::AdapterKind;
+use orchd_engine::error::parse_json;
+use orchd_engine::generation::{ChatMessage, Role};
+use orchd_engine::task::{Extras, TaskSpec, MAX_DEADLINE_MS};
+use orchd_engine::{ApiError, ErrorClass, ErrorKind, Priority, Workload};
+use orchd_shards::{unavailable, MeshError, ShardId, Subscribed};
+
+use super::tasks::admit;
+use crate::app::ShardApp;
+use crate::body::{subscribe, Body, SseBody};
+use crate::chunks::{self, Chunks, Parsed, Route};
+use crate::respond;
+
+/// OpenAI's default `max_tokens` of a completion.
+const COMPLETION_MAX_TOKENS: u32 = 16;
+/// Most stop sequences a request may give (OpenAI's limit).
+const MAX_STOP: usize = 4;
+
+/// The fields both generation routes share; the rest of the body is kept in `rest`.
+#[derive(Deserialize)]
+struct Common {
+    model: String,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    ignore_eos: Option<bool>,
+    /// An end-user id: not a session (one session per request would fill
+    /// `sessions.max_sessions`), not stored, not forwarded.
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct CompletionRequest {
+    #[serde(flatten)]
+    common: Common,
+    prompt: Value,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    #[serde(flatten)]
+    common: Common,
+    messages: Vec<Message>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+/// Fields of `Common` and the route bodies: whatever else a body has is forwarded (or
+/// judged on the mock).
+const INTERPRETED: [&str; 14] = [
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "ignore_eos",
+    "user",
+    "prompt",
+    "messages",
+];
+
+/// Fields that never change what is generated: accepted on the mock too.
+const NO_EFFECT: [&str; 4] = ["metadata", "store", "service_tier", "stream_options"];
+
+/// What a generation request asked, whichever route it came by.
+struct Asked {
+    route: Route,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+}
+
+pub(crate) async fn completions(
+    app: &Rc<ShardApp>,
+    body: Bytes,
+    headers: &HeaderMap,
+    cid: &HeaderValue,
+) -> Result<Response<Body>, ApiError> {
+    let req: CompletionRequest = parse_json(&body)?;
+    let prompt = completion_prompt(&req.prompt)?;
+    let words = prompt.split_whitespace().count() as u64;
+    let max_tokens = req.common.max_tokens.unwrap_or(COMPLETION_MAX_TOKENS);
+    let (spec, asked) = task(
+        app,
+        headers,
+        Route::Completions,
+        req.common,
+        max_tokens,
+        words,
+        Some(prompt),
+        None,
+        req.rest,
+    )?;
+    generate(app, spec, asked, cid).await
+}
+
+pub(crate) async fn chat(
+    app: &Rc<ShardApp>,
+    body: Bytes,
+    headers: &HeaderMap,
+    cid: &HeaderValue,
+) -> Result<Response<Body>, ApiError> {
+    let req: ChatRequest = parse_json(&body)?;
+    let messages = chat_messages(&req.messages)?;
+    let words = messages
+        .iter()
+        .map(|m| m.content.split_whitespace().count() as u64)
+        .sum::<u64>();
+    let limit = req.max_completion_tokens.or(req.common.max_tokens);
+    let max_tokens = match limit {
+        Some(n) => n,
+        // Until the engine stops or the context is full: the room the smallest
+        // context of the pools leaves after the prompt.
+        None => {
+            let ctx = app.app.config.pools.iter().map(|p| p.ctx_max).min();
+            let room = u64::from(ctx.unwrap_or(1)).saturating_sub(words);
+            room.clamp(1, u64::from(u32::MAX)) as u32
+        }
+    };
+    let (mut spec, asked) = task(
+        app,
+        headers,
+        Route::Chat,
+        req.common,
+        max_tokens,
+        words,
+        None,
+        Some(messages),
+        req.rest,
+    )?;
+    if let Some(x) = &mut spec.extras {
+        x.open_ended = limit.is_none();
+    }
+    generate(app, spec, asked, cid).await
+}
+
+/// The task a generation request asks for: every field checked and named as OpenAI
+/// names it, the headers read, and what orchd does not interpret forwarded (or, when
+/// only the mock can run it, refused if it would change the output).
+#[allow(clippy::too_many_arguments)]
+fn task(
+    app: &ShardApp,
+    headers: &HeaderMap,
+    route: Route,
+    c: Common,
+    max_tokens: u32,
+    prompt_words: u64,
+    prompt: Option<String>,
+    chat: Option<Vec<ChatMessage>>,
+    mut rest: Map<String, Value>,
+) -> Result<(TaskSpec, Asked), ApiError> {
+    for k in INTERPRETED {
+        rest.remove(k);
+    }
+    if max_tokens == 0 {
+        return Err(ApiError::invalid("max_tokens: must be >= 1"));
+    }
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid("n: only 1 is supported"));
+    }
+    if let Some(t) = c.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::invalid("temperature: must be in 0..=2"));
+        }
+    }
+    if let Some(p) = c.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid("top_p: must be in 0..=1"));
+        }
+    }
+    let stop = match c.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.len() > MAX_STOP || stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(format!(
+            "stop: at most {MAX_STOP} sequences, none empty"
+        )));
+    }
+    let stream = c.stream.unwrap_or(false);
+    if c.stream_options.is_some() && !stream {
+        return Err(ApiError::invalid(
+            "stream_options: only allowed when stream is true",
+        ));
+    }
+    if only_mock(app, &c.model) {
+        if let Some((k, _)) = rest
+            .iter()
+            .find(|(k, v)| !NO_EFFECT.contains(&k.as_str()) && !is_unset(v))
+        {
+            return Err(ApiError::invalid(format!(
+                "{k}: not supported by the mock engine, where it would change the output \
+                 (pools with an HTTP engine forward it)"
+            )));
+        }
+        rest.clear();
+    }
+    let deadline_ms = match header(headers, "x-deadline-ms")? {
+        None => app.app.config.openai.default_deadline_ms,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (1..=MAX_DEADLINE_MS).contains(ms))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "X-Deadline-Ms: must be an integer in 1..={MAX_DEADLINE_MS}"
+                ))
+            })?,
+    };
+    let priority = match header(headers, "x-priority")? {
+        None | Some("interactive") => Priority::Interactive,
+        Some("batch") => Priority::Batch,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "X-Priority: must be interactive or batch",
+            ))
+        }
+    };
+    let session_id = header(headers, "x-session-id")?
+        .map(|v| {
+            Uuid::try_parse(v)
+                .map_err(|_| ApiError::invalid(format!("X-Session-Id: {v:?} is not a UUID")))
+        })
+        .transpose()?;
+    let ctx = u64::from(max_tokens) + prompt_words;
+    let asked = Asked {
+        route,
+        model: c.model.clone(),
+        stream,
+        include_usage: c
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+    };
+    let spec = TaskSpec {
+        task_id: app.new_uuid(),
+        session_id,
+        workload: Workload::Completion,
+        model_ref: c.model,
+        engine: None,
+        ctx: ctx.min(u64::from(u32::MAX)) as u32,
+        priority,
+        max_tokens,
+        deadline_ms,
+        seed: c.seed,
+        determinism: None,
+        sampler_profile_version: None,
+        prompt,
+        inputs: None,
+        expected_tokens: None,
+        kv_hint: None,
+        extras: Some(Box::new(Extras {
+            chat,
+            temperature: c.temperature,
+            top_p: c.top_p,
+            stop,
+            ignore_eos: c.ignore_eos,
+            open_ended: false,
+            forward: rest,
+            orphan_timeout_ms: app.app.config.openai.disconnect_grace_ms,
+        })),
+    };
+    spec.validate().map_err(openai_names)?;
+    Ok((spec, asked))
+}
+
+/// A header's value as text, if present.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::trim)
+                .map_err(|_| ApiError::invalid(format!("{name}: not visible ASCII")))
+        })
+        .transpose()
+}
+
+/// Null, false, 0, "" or an empty list or object: a field that asks for nothing.
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// Whether every configured pool that can serve `model` runs the mock engine (so a
+/// field orchd does not interpret would reach no engine).
+fn only_mock(app: &ShardApp, model: &str) -> bool {
+    app.app
+        .config
+        .pools
+        .iter()
+        .filter(|p| p.model_ref == "*" || p.model_ref == model)
+        .all(|p| p.adapter.kind == AdapterKind::Mock)
+}
+
+/// A completion's `prompt`: a string, or a list holding one string.
+fn completion_prompt(v: &Value) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(a) => match a.as_slice() {
+            [Value::String(s)] => Ok(s.clone()),
+            [] => Err(ApiError::invalid("prompt: must not be an empty list")),
+            [Value::Number(_), ..] | [Value::Array(_), ..] => Err(ApiError::invalid(
+                "prompt: token ids are not supported; send the prompt as text",
+            )),
+            _ => Err(ApiError::invalid(
+                "prompt: one prompt per request (a list of several is not supported)",
+            )),
+        },
+        _ => Err(ApiError::invalid("prompt: must be a string")),
+    }
+}
+
+/// A chat's messages, each with a known role and text content (a string, or a list of
+/// `{"type": "text", "text": ...}` parts, joined).
+fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+        ));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}].role: {other:?} is not one of system, developer, user, assistant, tool"
+                )))
+            }
+        };
+        let content = match &m.content {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                        _ => {
+                            return Err(ApiError::invalid(format!(
+                                "messages[{i}].content[{j}]: only text parts ({{\"type\": \"text\", \"text\": ...}}) are supported"
+                            )))
+                        }
+                    }
+                }
+                text
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}].content: must be a string or a list of text parts"
+                )))
+            }
+        };
+        out.push(ChatMessage { role, content });
+    }
+    Ok(out)
+}
+
+/// An admission error in OpenAI's names: the task's fields as the request named them.
+fn openai_names(mut e: ApiError) -> ApiError {
+    let Some((field, rest)) = e.message.split_once(": ") else {
+        return e;
+    };
+    let renamed = match field {
+        "model_ref" => format!("model: {rest}"),
+        "ctx" => format!(
+            "max_tokens: the prompt and max_tokens need more context than the pools have ({rest})"
+        ),
+        "deadline_ms" => format!("X-Deadline-Ms: {rest}"),
+        "session_id" => format!("X-Session-Id: {rest}"),
+        _ => return e,
+    };
+    e.message = renamed.into();
+    e
+}
+
+/// Admits the task, then answers: a stream of chunks, or the whole object.
+async fn generate(
+    app: &Rc<ShardApp>,
+    spec: TaskSpec,
+    asked: Asked,
+    cid: &HeaderValue,
+) -> Result<Response<Body>, ApiError> {
+    let admitted = admit(app, spec, cid).await.map_err(openai_names)?;
+    let task = admitted.task_id;
+    let owner = orchd_shards::shard_for(admitted.pool, app.shard.shard_count());
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut r = if asked.stream {
+        let (subscribed, rx) = subscribe(Rc::clone(app), task, owner, 0)
+            .await
+            .ok_or_else(|| unavailable(MeshError::Gone))?;
+        if subscribed != Subscribed::Live {
+            return Err(ApiError::internal(format!(
+                "task {task} was admitted but its owner does not stream it"
+            )));
+        }
+        let id = task.to_string();
+        let chunks = Chunks::new(asked.route, &id, created, &asked.model, asked.include_usage);
+        let body = SseBody::new(Rc::clone(app), task, owner, 0, rx, Some(Box::new(chunks)));
+        let mut r = Response::new(Body::Sse(Box::new(body)));
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        r
+    } else {
+        whole(app, task, owner, &asked, created).await?
+    };
+    task_headers(r.headers_mut(), &admitted);
+    Ok(r)
+}
+
+/// `X-Request-Id` (the task id) and the task's place when admitted.
+fn task_headers(h: &mut HeaderMap, a: &Admitted) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = a.task_id.hyphenated().encode_lower(&mut buf);
+    h.insert(
+        "x-request-id",
+        HeaderValue::from_str(id).expect("a UUID is a valid header value"),
+    );
+    h.insert("x-queue-position", HeaderValue::from(a.queue_position));
+    h.insert(
+        "x-predicted-start-ms",
+        HeaderValue::from(a.predicted_start_ms),
+    );
+}
+
+/// A non-streaming answer: the task's frames read to its end, as one object.
+async fn whole(
+    app: &Rc<ShardApp>,
+    task: Uuid,
+    owner: ShardId,
+    asked: &Asked,
+    created: u64,
+) -> Result<Response<Body>, ApiError> {
+    let mut text = String::new();
+    let mut next = 0;
+    let end = 'read: loop {
+        // A subscriber that falls behind is dropped by the owner: pick up from the
+        // cursor, as a stream does.
+        let (subscribed, rx) = subscribe(Rc::clone(app), task, owner, next)
+            .await
+            .ok_or_else(|| unavailable(MeshError::Gone))?;
+        if subscribed != Subscribed::Live {
+            return Err(ApiError::internal(format!("task {task} ended unseen")));
+        }
+        while let Ok((frame, _)) = rx.recv_async().await {
+            let Some((id, parsed)) = chunks::parse(&frame) else {
+                continue;
+            };
+            if id < next {
+                continue;
+            }
+            next = id + 1;
+            match parsed {
+                Parsed::Token(t) => text.push_str(&t),
+                Parsed::End(end) => break 'read end,
+                Parsed::Error(e) => {
+                    let class = match e.code {
+                        ErrorKind::DeadlineUnmet => ErrorClass::BadRequest,
+                        _ => ErrorClass::Unavailable,
+                    };
+                    let retriable =
+                        matches!(e.code, ErrorKind::WorkerReset | ErrorKind::DecodeTimeout);
+                    return Err(ApiError::new(class, e.code, e.message).retriable(retriable));
+                }
+                Parsed::Queued { .. } | Parsed::Nothing => {}
+            }
+        }
+    };
+    let id = task.to_string();
+    let choice = match asked.route {
+        Route::Completions => serde_json::json!({
+            "index": 0, "text": text, "logprobs": null, "finish_reason": end.finish_reason(),
+        }),
+        Route::Chat => serde_json::json!({
+            "index": 0, "message": {"role": "assistant", "content": text},
+            "logprobs": null, "finish_reason": end.finish_reason(),
+        }),
+    };
+    let object = match asked.route {
+        Route::Completions => "text_completion",
+        Route::Chat => "chat.completion",
+    };
+    let doc = serde_json::json!({
+        "id": id, "object": object, "created": created, "model": asked.model,
+        "choices": [choice], "usage": end.usage(),
+    });
+    Ok(respond::json(
+        StatusCode::OK,
+        serde_json::to_vec(&doc).expect("serializes"),
+    ))
+}
+
+/// `GET /v1/models`: each model the pools serve now (a pool serving any model is
+/// listed by its id), `created` when this orchd started.
+pub(crate) async fn models(app: &ShardApp) -> Result<Response<Body>, ApiError> {
+    let models = app.shard.dispatcher().models().await?;
+    let created = app.app.started_secs;
+    let data: Vec<Value> = models
+        .into_iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": created, "owned_by": "orchd"}))
+        .collect();
+    let doc = serde_json::json!({"object": "list", "data": data});
+    Ok(respond::json(
+        StatusCode::OK,
+        serde_json::to_vec(&doc).expect("serializes"),
+    ))
+}
+
+/// `GET /health`, as llama.cpp server answers it: `{"status": "ok"}` when ready.
+pub(crate) async fn health(app: &ShardApp) -> Result<Response<Body>, ApiError> {
+    super::ops::readyz(app).await?;
+    Ok(respond::json(StatusCode::OK, r#"{"status":"ok"}"#))
+}
