@@ -98,6 +98,11 @@ pub struct Extras {
     /// The task is canceled when nobody has streamed it for this long (OpenAI clients
     /// expect a disconnect to stop generation); `stream.orphan_timeout_ms` otherwise.
     pub orphan_timeout_ms: u64,
+    /// How its chunks look, so a client that re-attaches
+    /// (`GET /v1/tasks/{id}/stream?format=openai`) gets the same ones: `created` (Unix
+    /// seconds) and `stream_options.include_usage` of the request.
+    pub created: u64,
+    pub include_usage: bool,
 }
 
 impl TaskSpec {

@@ -63,11 +63,25 @@ enum ValueKind {
 }
 
 impl Contract {
-    /// Loads `contracts/openapi/*.yaml` of this repository.
+    /// Loads `contracts/openapi/{data,control}.yaml` of this repository (OrchQueue).
     pub fn load_default() -> Contract {
+        Contract::load_named(&["data.yaml", "control.yaml"])
+    }
+
+    /// Loads every document: OrchQueue's and the OpenAI-compatible routes'.
+    pub fn load_all() -> Contract {
+        Contract::load_named(&["data.yaml", "control.yaml", "openai.yaml"])
+    }
+
+    /// Loads `contracts/openapi/openai.yaml`, the OpenAI-compatible routes.
+    pub fn load_openai() -> Contract {
+        Contract::load_named(&["openai.yaml"])
+    }
+
+    fn load_named(names: &[&str]) -> Contract {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts/openapi");
-        Contract::load(&[dir.join("data.yaml"), dir.join("control.yaml")])
-            .unwrap_or_else(|e| panic!("contracts/openapi: {e}"))
+        let files: Vec<_> = names.iter().map(|n| dir.join(n)).collect();
+        Contract::load(&files).unwrap_or_else(|e| panic!("contracts/openapi: {e}"))
     }
 
     pub fn load(files: &[impl AsRef<Path>]) -> Result<Contract, String> {
@@ -160,7 +174,13 @@ impl Contract {
     /// Checks one frame of an event stream opened at `path` against `x-sse-events`.
     /// (That it has an id and JSON data the SSE parser has checked.)
     pub fn check_event(&self, path: &str, ev: &Event) -> Result<(), Violation> {
-        let op = self.operation(&Method::GET, path)?;
+        self.check_event_of(&Method::GET, path, ev)
+    }
+
+    /// [`check_event`](Contract::check_event) for a stream answering `method` (the
+    /// OpenAI routes stream the answer to a POST).
+    pub fn check_event_of(&self, method: &Method, path: &str, ev: &Event) -> Result<(), Violation> {
+        let op = self.operation(method, path)?;
         let spec = op
             .responses
             .get(&200)

@@ -27,7 +27,8 @@ pub(crate) enum Parsed<'a> {
         position: u32,
         predicted_start_ms: u64,
     },
-    Token(Cow<'a, str>),
+    /// A token's text and its index in the task's output.
+    Token(Cow<'a, str>, u32),
     End(EndData),
     Error(ErrorData),
     /// A frame with nothing to say in OpenAI's format (`metrics` during decode).
@@ -91,6 +92,7 @@ struct Position {
 struct Token<'a> {
     #[serde(borrow)]
     t: Cow<'a, str>,
+    i: u32,
 }
 
 /// Reads one of orchd's frames; `None` for bytes that are not one (a heartbeat).
@@ -104,7 +106,10 @@ pub(crate) fn parse(frame: &[u8]) -> Option<(u64, Parsed<'_>)> {
     let data = rest.strip_prefix(b"data: ")?;
     let data = data.strip_suffix(b"\n\n").unwrap_or(data);
     let parsed = match event {
-        b"token" => Parsed::Token(serde_json::from_slice::<Token<'_>>(data).ok()?.t),
+        b"token" => {
+            let t = serde_json::from_slice::<Token<'_>>(data).ok()?;
+            Parsed::Token(t.t, t.i)
+        }
         b"end" => Parsed::End(serde_json::from_slice(data).ok()?),
         b"error" => Parsed::Error(serde_json::from_slice(data).ok()?),
         b"started" | b"metrics" => match serde_json::from_slice::<Position>(data).ok()? {
@@ -138,8 +143,6 @@ pub(crate) struct Chunks {
     /// `stream_options.include_usage`: a last chunk with `usage`, `"usage":null` on
     /// the others.
     include_usage: bool,
-    /// A chat's first delta says the role.
-    role_said: bool,
 }
 
 impl Chunks {
@@ -160,7 +163,6 @@ impl Chunks {
             head,
             route,
             include_usage,
-            role_said: false,
         }
     }
 
@@ -179,8 +181,10 @@ impl Chunks {
                     ": queue_position={position} predicted_start_ms={predicted_start_ms}\n\n"
                 );
             }
-            Parsed::Token(text) => {
-                self.event(&mut out, id, |w, route, first| {
+            Parsed::Token(text, index) => {
+                // A chat's first delta says the role: the first token's (a client
+                // re-attaching after it does not hear it again).
+                self.event(&mut out, id, index == 0, |w, route, first| {
                     match route {
                         Route::Completions => w.put_slice(b"[{\"index\":0,\"text\":"),
                         Route::Chat if first => w.put_slice(
@@ -199,7 +203,7 @@ impl Chunks {
             }
             Parsed::End(end) => {
                 let reason = end.finish_reason();
-                self.event(&mut out, id, |w, route, first| {
+                self.event(&mut out, id, end.tokens_out == 0, |w, route, first| {
                     match route {
                         Route::Completions => w.put_slice(b"[{\"index\":0,\"text\":\"\""),
                         Route::Chat if first => {
@@ -232,17 +236,17 @@ impl Chunks {
         Some(out.freeze())
     }
 
-    /// One `data:` chunk: the head, the choices `choices` writes, then `usage`.
+    /// One `data:` chunk: the head, the choices `choices` writes (`first`: the first of
+    /// the task's output, where a chat says the role), then `usage`.
     fn event(
-        &mut self,
+        &self,
         out: &mut BytesMut,
         id: u64,
+        first: bool,
         choices: impl FnOnce(&mut BytesMut, Route, bool),
     ) {
         let _ = write!(out.writer(), "id: {id}\ndata: ");
         out.put_slice(&self.head);
-        let first = !self.role_said;
-        self.role_said = true;
         choices(out, self.route, first);
         if self.include_usage {
             out.put_slice(b",\"usage\":null");

@@ -12,6 +12,7 @@ use orchd_engine::{ApiError, ErrorClass, ErrorKind};
 
 use crate::api;
 use crate::app::ShardApp;
+use crate::auth::Keys;
 use crate::body::Body;
 use crate::respond;
 
@@ -101,17 +102,36 @@ fn openai_path(path: &str) -> bool {
     )
 }
 
-/// The key a request presents: `X-API-Key`, else `Authorization: Bearer KEY` (as the
-/// OpenAI SDKs and harnesses send it).
-fn presented_key(headers: &http::HeaderMap) -> Option<&[u8]> {
-    if let Some(k) = headers.get("x-api-key") {
-        return Some(k.as_bytes());
+/// Checks the keys a request presents: `X-API-Key` and `Authorization: Bearer KEY` (as
+/// the OpenAI SDKs and harnesses send it). None is 401, and so is an `Authorization`
+/// that is not `Bearer KEY`; each key presented must be known (403), so a wrong
+/// credential is never outweighed by a right one beside it.
+fn check_keys(keys: &Keys, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    if !keys.enabled() {
+        return Ok(());
     }
-    let auth = headers.get(http::header::AUTHORIZATION)?.as_bytes();
-    let scheme = auth.get(..7)?;
-    scheme
-        .eq_ignore_ascii_case(b"bearer ")
-        .then(|| auth[7..].trim_ascii())
+    let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
+    let bearer = match headers.get(http::header::AUTHORIZATION) {
+        None => None,
+        Some(a) => {
+            let a = a.as_bytes();
+            // hyper trims the space after a bare `Bearer`: an empty, unknown key.
+            let at = a.iter().position(|&b| b == b' ').unwrap_or(a.len());
+            let (scheme, token) = a.split_at(at);
+            if !scheme.eq_ignore_ascii_case(b"bearer") {
+                return Err(ApiError::new(
+                    ErrorClass::Unauthenticated,
+                    ErrorKind::InvalidParams,
+                    "Authorization: must be `Bearer KEY`",
+                ));
+            }
+            Some(token.trim_ascii())
+        }
+    };
+    match (api_key, bearer) {
+        (Some(a), Some(b)) => keys.check(Some(a)).and_then(|()| keys.check(Some(b))),
+        (one, other) => keys.check(one.or(other)),
+    }
 }
 
 async fn route(
@@ -122,7 +142,7 @@ async fn route(
     let (head, body) = req.into_parts();
     let path = head.uri.path();
     if !exempt(path) {
-        app.app.keys.check(presented_key(&head.headers))?;
+        check_keys(&app.app.keys, &head.headers)?;
     }
     check_declared_length(app, &head.headers)?;
     let method = head.method.clone();
@@ -178,7 +198,7 @@ async fn route(
         (["health", "", "", ""], &Method::GET) => api::openai::health(app).await?,
         (["health", "", "", ""], _) => return Err(allow("GET")),
         (["v1", "tasks", id, "stream"], &Method::GET) if !id.is_empty() => {
-            api::tasks::stream(app, id, &head.headers).await?
+            api::tasks::stream(app, id, &head.headers, head.uri.query()).await?
         }
         (["v1", "tasks", id, "stream"], _) if !id.is_empty() => return Err(allow("GET")),
         (["v1", "tasks", id, "cancel"], &Method::POST) if !id.is_empty() => {

@@ -167,6 +167,10 @@ fn capabilities_are_built_from_the_configured_pools() {
         ] {
             assert!(e.get(key).is_some(), "{key} missing");
         }
+        // An object, capability -> true or its parameters (the seed's contract).
+        let f = e["features"].as_object().expect("features is an object");
+        assert_eq!(f["sse-resume"], true);
+        assert!(f["openai-compatible"]["routes"].is_array());
     }
 }
 

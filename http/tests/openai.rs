@@ -323,6 +323,25 @@ fn bearer_keys_work_on_every_route_and_refusals_are_openai_shaped() {
         let r = post(s.addr, "/v1/completions", &[auth], &body);
         assert_eq!(r.status, 200, "{auth:?}: {}", r.text());
     }
+    // A wrong credential is not outweighed by a right one; only Bearer is a scheme.
+    let r = post(
+        s.addr,
+        "/v1/completions",
+        &[
+            ("X-API-Key", "sk-right"),
+            ("Authorization", "Bearer sk-wrong"),
+        ],
+        &body,
+    );
+    assert_eq!(r.status, 403);
+    let r = post(
+        s.addr,
+        "/v1/completions",
+        &[("X-API-Key", "sk-right"), ("Authorization", "Basic c2s=")],
+        &body,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(error_of(&r)["param"], "Authorization");
     // On the OrchQueue routes too, and the probes stay open.
     assert_eq!(
         s.get("/v1/capabilities", &[("Authorization", "Bearer sk-right")])
@@ -497,4 +516,55 @@ fn models_lists_what_the_pools_serve() {
         &json!({"model": "llama-3-8b", "prompt": "x", "max_tokens": 1}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_client_that_re_attaches_in_time_resumes_in_the_same_format() {
+    let s = server(
+        |p| p.adapter.tpot_ms = 20,
+        |c| c.openai.disconnect_grace_ms = 2000,
+    );
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 30,
+        "seed": 9, "stream": true, "stream_options": {"include_usage": true}});
+    let mut r = open(s.addr, "/v1/chat/completions", &[], &body);
+    let id = r.header("x-request-id").unwrap().to_string();
+    let first: Vec<Event> = (0..3).map(|_| r.next_event().unwrap()).collect();
+    drop(r);
+    let last = first[2].id.to_string();
+    let resumed = Client::connect(s.addr)
+        .open_stream(
+            &format!("/v1/tasks/{id}/stream?format=openai"),
+            &[("Last-Event-ID", &last)],
+        )
+        .collect();
+    assert!(resumed.iter().all(|e| e.id > first[2].id));
+    let d = data(&resumed);
+    assert_eq!(d[0]["object"], "chat.completion.chunk");
+    assert_eq!(d[0]["id"], id.as_str());
+    assert_eq!(d[0]["created"], first[0].data["created"]);
+    assert!(
+        d[0]["choices"][0]["delta"].get("role").is_none(),
+        "the role was said already"
+    );
+    let n = d.len();
+    assert_eq!(
+        d[n - 3]["choices"][0]["finish_reason"],
+        "length",
+        "not canceled"
+    );
+    assert_eq!(d[n - 2]["usage"]["completion_tokens"], 30);
+    assert_eq!(*d[n - 1], json!("[DONE]"));
+    let mut whole = body.clone();
+    whole["stream"] = json!(false);
+    whole.as_object_mut().unwrap().remove("stream_options");
+    let w = post(s.addr, "/v1/chat/completions", &[], &whole).json();
+    let text = chunk_text(&first) + &chunk_text(&resumed);
+    assert_eq!(
+        text,
+        w["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    // Another format is refused by name.
+    let r = s.get(&format!("/v1/tasks/{id}/stream?format=xml"), &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("format"));
 }

@@ -27,6 +27,18 @@ pub struct NewTask {
     pub admitted_at: Instant,
 }
 
+/// What a client re-attaching to a task in OpenAI's format needs to render its chunks
+/// as its first stream did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendering {
+    /// A chat (`chat.completion.chunk`), else a completion (`text_completion`).
+    pub chat: bool,
+    pub model: String,
+    /// Unix seconds; `None` for a task of the OrchQueue door.
+    pub created: Option<u64>,
+    pub include_usage: bool,
+}
+
 /// The answer to a subscription.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Subscribed {
@@ -65,6 +77,11 @@ pub enum ShardCommand {
         from: u64,
         tx: flume::Sender<FrameMsg>,
         reply: Reply<Subscribed>,
+    },
+    /// How a task's stream looks through the OpenAI door, `None` if unknown.
+    Rendering {
+        task: Uuid,
+        reply: Reply<Option<Rendering>>,
     },
     /// Cancel a task; replies with the tokens it produced, `None` if unknown.
     Cancel {

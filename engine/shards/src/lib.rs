@@ -24,7 +24,7 @@ mod runtime;
 mod shard;
 
 pub use commands::{
-    DispatcherSnapshot, FrameMsg, PoolStats, ProbeSnapshot, ShardSnapshot, Subscribed,
+    DispatcherSnapshot, FrameMsg, PoolStats, ProbeSnapshot, Rendering, ShardSnapshot, Subscribed,
 };
 pub use mesh::{unavailable, Mailbox, MeshError, Reply, ShardId};
 pub use owner::SUBSCRIBER_BUFFER;

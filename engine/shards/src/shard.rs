@@ -22,7 +22,8 @@ use orchd_engine::Config;
 use orchd_engine::ApiError;
 
 use crate::commands::{
-    DispatcherCommand, FrameMsg, PoolStats, ProbeSnapshot, ShardCommand, ShardSnapshot, Subscribed,
+    DispatcherCommand, FrameMsg, PoolStats, ProbeSnapshot, Rendering, ShardCommand, ShardSnapshot,
+    Subscribed,
 };
 use crate::engines::Adapter;
 use crate::mesh::{self, unavailable, Inbox, Mailbox, MeshError, Reply, ShardId};
@@ -380,6 +381,9 @@ impl Shard {
                 ShardCommand::Cancel { task, reply } => {
                     let _ = reply.send(self.with_owner(|o| o.cancel(task)));
                 }
+                ShardCommand::Rendering { task, reply } => {
+                    let _ = reply.send(self.owner().rendering(task));
+                }
                 ShardCommand::Artifact { id, reply } => self.get_artifact(id, reply),
                 ShardCommand::StoreArtifact {
                     stored,
@@ -475,6 +479,17 @@ impl Shard {
         })
         .await
         .map_err(unavailable)
+    }
+
+    /// How a task's stream looks through the OpenAI door, `None` if unknown.
+    pub async fn rendering(
+        &self,
+        owner: ShardId,
+        task: Uuid,
+    ) -> Result<Option<Rendering>, ApiError> {
+        self.invoke_on(owner, |reply| ShardCommand::Rendering { task, reply })
+            .await
+            .map_err(unavailable)
     }
 
     /// Cancels a task on its owner shard: the tokens it produced, `None` if unknown.

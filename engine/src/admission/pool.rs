@@ -3,7 +3,7 @@
 //! (`model_state`), and the capabilities document built from them.
 
 use super::Admission;
-use crate::config::PoolConfig;
+use crate::config::{AdapterKind, PoolConfig};
 use crate::error::{ApiError, ErrorClass, ErrorKind};
 use crate::eta::Eta;
 use crate::task::TaskSpec;
@@ -323,7 +323,13 @@ impl Admission {
                     "queue_policies": policies,
                     "max_body_bytes": max_body_bytes,
                 },
-                "features": ["sse", "sse-resume", "cancel", "sessions", "budgets", "kv-affinity", "deterministic-mock"],
+                // Capability name -> true, or its parameters (the seed's contract).
+                "features": {
+                    "sse": true, "sse-resume": true, "cancel": true, "sessions": true,
+                    "budgets": true, "kv-affinity": true,
+                    "deterministic-mock": pools.iter().any(|p| p.cfg.adapter.kind == AdapterKind::Mock),
+                    "openai-compatible": {"routes": ["/v1/completions", "/v1/chat/completions", "/v1/models"]},
+                },
                 "pools": pools.iter().map(|p| serde_json::json!({
                     "id": p.cfg.id, "model_ref": p.model_ref, "state": p.state.as_str(),
                     "ready": p.ready(), "slots": p.cfg.slots, "engine_version": p.cfg.engine_version,

@@ -537,6 +537,84 @@ async fn retry_advice(w: &mut OrchWorld) {
     assert_eq!(body["retriable"], true);
 }
 
+// ---- Then: the OpenAI-compatible routes --------------------------------------------
+
+/// The events of the last response, an OpenAI stream read whole, each checked against
+/// openai.yaml.
+fn openai_events(w: &OrchWorld) -> Vec<orchd_testkit::Event> {
+    let r = w.last();
+    let mut p = orchd_testkit::sse::Parser::new();
+    p.push(&r.body);
+    let mut events = Vec::new();
+    while let Some(e) = p.next_event().unwrap_or_else(|e| panic!("{e}")) {
+        crate::world::check_event_of(&r.method, &r.path, &e);
+        events.push(e);
+    }
+    assert!(p.pending().is_empty(), "the stream ended inside an event");
+    events
+}
+
+#[then(regex = r"^the OpenAI stream carries (\d+) tokens, the first saying the role$")]
+async fn openai_tokens(w: &mut OrchWorld, n: usize) {
+    let events = openai_events(w);
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e.data["choices"].get(0).map(|c| &c["delta"]))
+        .filter(|d| d.get("content").is_some())
+        .collect();
+    assert_eq!(deltas.len(), n, "{events:?}");
+    assert_eq!(deltas[0]["role"], "assistant");
+    assert!(deltas[1..].iter().all(|d| d.get("role").is_none()));
+}
+
+#[then(regex = r#"^the OpenAI stream ends with finish reason "(\w+)", usage and \[DONE\]$"#)]
+async fn openai_end(w: &mut OrchWorld, reason: String) {
+    let events = openai_events(w);
+    let n = events.len();
+    assert!(n >= 3, "{events:?}");
+    assert_eq!(
+        events[n - 3].data["choices"][0]["finish_reason"],
+        reason.as_str()
+    );
+    let usage = &events[n - 2].data["usage"];
+    assert_eq!(
+        usage["total_tokens"],
+        json!(
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        )
+    );
+    assert_eq!(events[n - 1].data, json!("[DONE]"));
+}
+
+#[then(regex = r#"^the OpenAI error is "([A-Z_]+)" naming "([^"]+)"$"#)]
+async fn openai_error(w: &mut OrchWorld, code: String, param: String) {
+    let e = &w.last_json()["error"];
+    assert_eq!(e["code"], code.as_str(), "{e}");
+    assert_eq!(e["param"], param.as_str(), "{e}");
+}
+
+#[then(regex = r#"^the OpenAI error is "([A-Z_]+)" naming nothing$"#)]
+async fn openai_error_no_param(w: &mut OrchWorld, code: String) {
+    let e = &w.last_json()["error"];
+    assert_eq!(e["code"], code.as_str(), "{e}");
+    assert_eq!(e["param"], Value::Null, "{e}");
+}
+
+#[then("the OpenAI retry advice is consistent")]
+async fn openai_retry_advice(w: &mut OrchWorld) {
+    let r = w.last();
+    let header = |name: &str| -> u64 {
+        r.header(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {:?}", r.headers))
+    };
+    let (secs, ms) = (header("retry-after"), header("retry-after-ms"));
+    assert_eq!(header("x-backoff-ms"), ms);
+    assert_eq!(secs, ms.div_ceil(1000).max(1));
+    assert_eq!(w.last_json()["error"]["retry_after_ms"], json!(ms));
+    assert_eq!(r.header("x-should-retry"), Some("true"));
+}
+
 // ---- Then: streams ----------------------------------------------------------------
 
 #[then(regex = r"^task (\w+) streamed (\d+) tokens$")]

@@ -9,8 +9,9 @@ use orchd_features::{Client, Contract, Event, Opened, Orchd, Response, SseStream
 use orchd_testkit::task_request;
 use serde_json::{json, Value};
 
-/// Loaded once: the documents every response is checked against.
-pub static CONTRACT: LazyLock<Arc<Contract>> = LazyLock::new(|| Arc::new(Contract::load_default()));
+/// Loaded once: the documents every response is checked against (OrchQueue's and the
+/// OpenAI-compatible routes').
+pub static CONTRACT: LazyLock<Arc<Contract>> = LazyLock::new(|| Arc::new(Contract::load_all()));
 
 #[derive(cucumber::World)]
 #[world(init = Self::new)]
@@ -230,7 +231,12 @@ pub fn check_response(r: &Response) {
 }
 
 pub fn check_event(path: &str, ev: &Event) {
-    if let Err(v) = CONTRACT.check_event(path, ev) {
+    check_event_of(&Method::GET, path, ev);
+}
+
+/// [`check_event`] for a stream answering `method` (the OpenAI routes answer a POST).
+pub fn check_event_of(method: &Method, path: &str, ev: &Event) {
+    if let Err(v) = CONTRACT.check_event_of(method, path, ev) {
         panic!("contract: {v}");
     }
 }

@@ -136,6 +136,8 @@ struct Asked {
     model: String,
     stream: bool,
     include_usage: bool,
+    /// Unix seconds, every chunk's `created`.
+    created: u64,
 }
 
 pub(crate) async fn completions(
@@ -292,6 +294,9 @@ fn task(
         })
         .transpose()?;
     let ctx = u64::from(max_tokens) + prompt_words;
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let asked = Asked {
         route,
         model: c.model.clone(),
@@ -300,6 +305,7 @@ fn task(
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        created,
     };
     let spec = TaskSpec {
         task_id: app.new_uuid(),
@@ -327,6 +333,8 @@ fn task(
             open_ended: false,
             forward: rest,
             orphan_timeout_ms: app.app.config.openai.disconnect_grace_ms,
+            created,
+            include_usage: asked.include_usage,
         })),
     };
     spec.validate().map_err(openai_names)?;
@@ -463,9 +471,7 @@ async fn generate(
     let admitted = admit(app, spec, cid).await.map_err(openai_names)?;
     let task = admitted.task_id;
     let owner = orchd_shards::shard_for(admitted.pool, app.shard.shard_count());
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = asked.created;
     let mut r = if asked.stream {
         let (subscribed, rx) = subscribe(Rc::clone(app), task, owner, 0)
             .await
@@ -534,7 +540,7 @@ async fn whole(
             }
             next = id + 1;
             match parsed {
-                Parsed::Token(t) => text.push_str(&t),
+                Parsed::Token(t, _) => text.push_str(&t),
                 Parsed::End(end) => break 'read end,
                 Parsed::Error(e) => {
                     let class = match e.code {

@@ -18,6 +18,7 @@ use orchd_shards::{unavailable, MeshError, ShardId, Subscribed};
 
 use crate::app::ShardApp;
 use crate::body::{subscribe, Body, SseBody};
+use crate::chunks::{Chunks, Route};
 use crate::respond;
 
 #[derive(Serialize)]
@@ -134,8 +135,14 @@ pub(crate) async fn stream(
     app: &Rc<ShardApp>,
     raw_id: &str,
     headers: &HeaderMap,
+    query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let task = parse_id(raw_id, "task id")?;
+    let openai = match query_param(query, "format") {
+        None => false,
+        Some("openai") => true,
+        Some(_) => return Err(ApiError::invalid("format: must be openai, or absent")),
+    };
     let from = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -148,6 +155,32 @@ pub(crate) async fn stream(
             })?,
     };
     let owner = locate(app, task).await?;
+    // Re-attaching in OpenAI's format (issue 17): the chunks as the first stream had
+    // them (a task of this door renders as a text completion).
+    let chunks = match openai {
+        false => None,
+        true => {
+            let r = app
+                .shard
+                .rendering(owner, task)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))?;
+            let route = if r.chat {
+                Route::Chat
+            } else {
+                Route::Completions
+            };
+            let created = r.created.unwrap_or(app.app.started_secs);
+            let id = task.to_string();
+            Some(Box::new(Chunks::new(
+                route,
+                &id,
+                created,
+                &r.model,
+                r.include_usage,
+            )))
+        }
+    };
     let (subscribed, rx) = subscribe(Rc::clone(app), task, owner, from)
         .await
         .ok_or_else(|| unavailable(MeshError::Gone))?;
@@ -162,7 +195,7 @@ pub(crate) async fn stream(
             owner,
             from,
             rx,
-            None,
+            chunks,
         ))),
     };
     let mut r = Response::new(body);
@@ -171,6 +204,15 @@ pub(crate) async fn stream(
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(r)
+}
+
+/// The value of `name` in a query string (`a=1&b=2`), as sent.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 pub(crate) async fn cancel(app: &Rc<ShardApp>, raw_id: &str) -> Result<Response<Body>, ApiError> {

@@ -35,7 +35,7 @@ use orchd_engine::{CancelReason, ErrorKind};
 
 use self::pool::OwnerPool;
 use self::task::{State, Step, TaskRun, Terminal};
-use crate::commands::{DispatcherCommand, FrameMsg, PoolStats, Subscribed};
+use crate::commands::{DispatcherCommand, FrameMsg, PoolStats, Rendering, Subscribed};
 use crate::engines::{Adapter, Health};
 use crate::metrics::{PoolSample, RECENT_WINDOW};
 
@@ -236,6 +236,18 @@ impl Owner {
     }
 
     /// Cancels a task (no-op once it has ended); returns the tokens it produced.
+    /// How the task's stream looks through the OpenAI door.
+    pub(crate) fn rendering(&self, id: Uuid) -> Option<Rendering> {
+        let t = self.tasks.get(&id)?.borrow();
+        let x = t.spec.extras.as_deref();
+        Some(Rendering {
+            chat: x.is_some_and(|x| x.chat.is_some()),
+            model: t.spec.model_ref.clone(),
+            created: x.map(|x| x.created),
+            include_usage: x.is_some_and(|x| x.include_usage),
+        })
+    }
+
     pub(crate) fn cancel(&mut self, id: Uuid) -> Option<u32> {
         self.finish(id, Terminal::Canceled(CancelReason::Client), Instant::now())
     }
