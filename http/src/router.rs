@@ -31,6 +31,28 @@ pub(crate) async fn handle(app: Rc<ShardApp>, req: Request<Incoming>) -> Respons
     } else {
         respond::error
     };
+    // A browser's preflight from an allowed origin is answered before auth (it
+    // carries no credentials); every answer to an allowed origin names it.
+    let cors = cors_origin(&app, req.headers());
+    if let (Some(origin), true) = (&cors, is_preflight(&req)) {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = http::StatusCode::NO_CONTENT;
+        let h = r.headers_mut();
+        cors_headers(h, origin.clone());
+        h.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        h.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static(CORS_ALLOW_HEADERS),
+        );
+        h.insert("access-control-max-age", HeaderValue::from_static("600"));
+        h.insert(CORRELATION_ID, cid);
+        h.insert("x-orchd-shard", HeaderValue::from(app.shard.id().0));
+        app.shard.probe.count_response(204);
+        return r;
+    }
     let mut resp = match route(&app, req, &cid).await {
         Ok(r) => r,
         Err(Refusal::Error(e)) => render(&e),
@@ -59,7 +81,46 @@ pub(crate) async fn handle(app: Rc<ShardApp>, req: Request<Incoming>) -> Respons
     let h = resp.headers_mut();
     h.insert(CORRELATION_ID, cid);
     h.insert("x-orchd-shard", HeaderValue::from(app.shard.id().0));
+    if let Some(origin) = cors {
+        cors_headers(h, origin);
+    }
     resp
+}
+
+/// Request headers a page may send (named: a wildcard would not cover `Authorization`).
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-api-key, x-correlation-id, \
+     x-deadline-ms, x-priority, x-session-id, last-event-id";
+
+/// Response headers a page may read.
+const CORS_EXPOSE_HEADERS: &str = "x-request-id, retry-after, retry-after-ms, x-backoff-ms, \
+     x-correlation-id, x-queue-position, x-predicted-start-ms, x-tokens-out, x-should-retry";
+
+/// The request's `Origin` if `server.cors_allow_origins` allows it.
+fn cors_origin(app: &ShardApp, headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let allowed = &app.app.config.server.cors_allow_origins;
+    if allowed.is_empty() {
+        return None;
+    }
+    let origin = headers.get(http::header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    allowed
+        .iter()
+        .any(|a| a == "*" || a == text)
+        .then(|| origin.clone())
+}
+
+/// A CORS preflight: `OPTIONS` asking for a method.
+fn is_preflight(req: &Request<Incoming>) -> bool {
+    req.method() == Method::OPTIONS && req.headers().contains_key("access-control-request-method")
+}
+
+fn cors_headers(h: &mut http::HeaderMap, origin: HeaderValue) {
+    h.insert("access-control-allow-origin", origin);
+    h.insert(http::header::VARY, HeaderValue::from_static("Origin"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+    );
 }
 
 pub(crate) enum Refusal {

@@ -568,3 +568,83 @@ fn a_client_that_re_attaches_in_time_resumes_in_the_same_format() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("format"));
 }
+
+#[test]
+fn browsers_on_allowed_origins_get_cors_answers() {
+    let page = "http://127.0.0.1:3000";
+    let s = server(
+        |_| {},
+        |c| {
+            c.server.cors_allow_origins = vec![page.into()];
+            c.server.api_keys = vec![orchd_engine::config::ApiKey::new("sk-right")];
+        },
+    );
+    // A preflight is answered before auth (it carries no key).
+    let r = Client::connect(s.addr).send(
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[
+            ("Origin", page),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), Some(page));
+    let allowed = r.header("access-control-allow-headers").unwrap();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    // The answer names the origin and exposes orchd's headers, errors included.
+    let body = json!({"model": "m", "prompt": "x", "max_tokens": 1});
+    let ok = post(
+        s.addr,
+        "/v1/completions",
+        &[("Origin", page), ("Authorization", "Bearer sk-right")],
+        &body,
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("access-control-allow-origin"), Some(page));
+    let exposed = ok.header("access-control-expose-headers").unwrap();
+    for h in [
+        "x-request-id",
+        "retry-after",
+        "retry-after-ms",
+        "x-backoff-ms",
+        "x-correlation-id",
+    ] {
+        assert!(exposed.contains(h), "{h} not in {exposed}");
+    }
+    let refused = post(s.addr, "/v1/completions", &[("Origin", page)], &body);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("access-control-allow-origin"), Some(page));
+    // Another origin gets no CORS answer (the browser then blocks the page).
+    let other = "http://evil.example";
+    let r = Client::connect(s.addr).send(
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[("Origin", other), ("Access-Control-Request-Method", "POST")],
+        b"",
+    );
+    assert_ne!(
+        r.status, 204,
+        "not a preflight answer (401 here: keys are on)"
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = post(
+        s.addr,
+        "/v1/completions",
+        &[("Origin", other), ("Authorization", "Bearer sk-right")],
+        &body,
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}

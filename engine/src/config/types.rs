@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// Where the dispatcher runs: `shard0` (a task on shard 0's executor: no thread
     /// beyond one per core) or `thread` (an executor of its own).
     pub dispatcher: DispatcherPlacement,
+    /// Web pages on these origins (`scheme://host[:port]`, or `*` for any) may call orchd
+    /// from a browser (CORS): preflights are answered before auth, and responses name
+    /// the origin and expose orchd's headers. Default none.
+    pub cors_allow_origins: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -258,6 +262,7 @@ impl Default for ServerConfig {
             max_connections: 16_384,
             mailbox_capacity: 8192,
             dispatcher: DispatcherPlacement::Shard0,
+            cors_allow_origins: Vec::new(),
         }
     }
 }

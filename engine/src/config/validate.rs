@@ -57,6 +57,13 @@ impl Config {
                 ));
             }
         }
+        for (i, o) in s.cors_allow_origins.iter().enumerate() {
+            if o != "*" && !is_origin(o) {
+                p.push(format!(
+                    "server.cors_allow_origins[{i}]: {o:?} is not an origin (scheme://host[:port], no path) or \"*\""
+                ));
+            }
+        }
         if s.api_keys.is_empty() && !s.addr.ip().is_loopback() {
             p.push(format!(
                 "server.addr: {} is not a loopback address and no API key is configured; \
@@ -242,6 +249,23 @@ pub struct HttpUrl {
 
 /// Parses an engine URL. Only plain `http://` is supported: orchd talks to engines on
 /// a trusted network (TLS belongs to a sidecar or the mesh).
+/// A web origin as browsers send it: `http://host` or `https://host`, an optional
+/// port, nothing after.
+fn is_origin(o: &str) -> bool {
+    let Some(rest) = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "80"));
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]".contains(&b))
+        && port.parse::<u16>().is_ok()
+}
+
 pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
     let rest = url
         .strip_prefix("http://")
@@ -268,6 +292,29 @@ pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
 mod tests {
     use super::*;
     use crate::config::ApiKey;
+
+    #[test]
+    fn cors_origins_are_origins() {
+        let mut c = Config::default();
+        c.server.cors_allow_origins = vec![
+            "*".into(),
+            "http://127.0.0.1:3000".into(),
+            "https://chat.example.com".into(),
+            "http://example.com/app".into(),
+            "example.com".into(),
+        ];
+        let e = c.validate().unwrap_err();
+        let bad: Vec<&String> = e
+            .problems
+            .iter()
+            .filter(|p| p.starts_with("server.cors_allow_origins"))
+            .collect();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(
+            bad[0].starts_with("server.cors_allow_origins[3]"),
+            "{bad:?}"
+        );
+    }
 
     #[test]
     fn validate_names_cross_field_problems() {
