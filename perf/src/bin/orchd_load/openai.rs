@@ -7,26 +7,36 @@ use http_body_util::BodyExt;
 use hyper::StatusCode;
 
 use crate::args::Args;
-use crate::http::{request, Sender};
+use crate::http::{connect, request, Sender};
 use crate::stats::Stats;
 
 /// One streamed completion straight from an OpenAI-compatible engine; records time to
-/// the first text event and the gaps between events. Returns the tokens received.
+/// the first text event and the gaps between events. Returns the tokens received, `None`
+/// if the stream failed or ended without `[DONE]`.
 pub async fn openai_once(
     args: &Args,
     sender: &mut Sender,
     local: &mut Stats,
     t0: Instant,
 ) -> Option<u64> {
-    sender.ready().await.ok()?;
+    // An engine may close a kept-alive connection after a streamed answer (llama.cpp
+    // server does, whatever its Keep-Alive header says), and the client may learn it
+    // only when it sends the next request: a closed connection is reopened and the
+    // request sent again, inside the measured time, as a client would.
     let body = serde_json::json!({"model": "load", "prompt": "load test", "max_tokens": args.max_tokens, "stream": true});
-    let req = request(
-        args,
-        "POST",
-        "/v1/completions",
-        Bytes::from(serde_json::to_vec(&body).unwrap()),
-    );
-    let resp = sender.send_request(req).await.ok()?;
+    let body = Bytes::from(serde_json::to_vec(&body).unwrap());
+    let mut resp = None;
+    for _ in 0..2 {
+        if sender.ready().await.is_ok() {
+            let req = request(args, "POST", "/v1/completions", body.clone());
+            if let Ok(r) = sender.send_request(req).await {
+                resp = Some(r);
+                break;
+            }
+        }
+        *sender = connect(args.addr).await.ok()?;
+    }
+    let resp = resp?;
     if resp.status() != StatusCode::OK {
         return None;
     }
@@ -34,6 +44,9 @@ pub async fn openai_once(
     let mut buf = Vec::new();
     let mut tokens = 0u64;
     let mut last: Option<Instant> = None;
+    // Read to the body's end even after `[DONE]`: a body dropped unread costs the
+    // keep-alive connection (the next request found it unusable and reconnected).
+    let mut done = false;
     while let Some(frame) = body.frame().await {
         let frame = frame.ok()?;
         let Some(d) = frame.data_ref() else { continue };
@@ -48,7 +61,8 @@ pub async fn openai_once(
                 continue;
             };
             if data == "[DONE]" {
-                return Some(tokens);
+                done = true;
+                continue;
             }
             let v: serde_json::Value = serde_json::from_str(data).ok()?;
             if v["choices"][0]["text"]
@@ -61,5 +75,5 @@ pub async fn openai_once(
         }
         buf.drain(..start);
     }
-    Some(tokens)
+    done.then_some(tokens)
 }
