@@ -56,8 +56,9 @@ pub async fn openai_once(
         while let Some(pos) = buf[start..].windows(2).position(|w| w == b"\n\n") {
             let ev = &buf[start..start + pos + 2];
             start += pos + 2;
+            // An event's `data:` line (others, such as `id:` or a comment, are skipped).
             let text = std::str::from_utf8(ev).unwrap_or("");
-            let Some(data) = text.trim_end().strip_prefix("data: ") else {
+            let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) else {
                 continue;
             };
             if data == "[DONE]" {
