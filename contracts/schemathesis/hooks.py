@@ -58,7 +58,7 @@ def before_call(context, case, kwargs):
         _admissible_task(case)
     elif key == ("POST", "/v1/pools/{id}/drain"):
         _short_drain(case)
-    elif key in OPENAI_GENERATION:
+    elif key in OPENAI_GENERATION or key == ("POST", "/v1/embeddings"):
         _mock_generation(case)
 
 
@@ -67,7 +67,7 @@ OPENAI_GENERATION = {("POST", "/v1/completions"), ("POST", "/v1/chat/completions
 OPENAI_FIELDS = {
     "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop",
     "n", "stream", "stream_options", "ignore_eos", "user", "prompt", "messages",
-    "metadata", "store", "service_tier",
+    "metadata", "store", "service_tier", "input", "encoding_format", "dimensions",
 }
 
 
@@ -76,7 +76,8 @@ def _unset(value) -> bool:
 
 
 def _mock_generation(case) -> None:
-    """POST /v1/completions, /v1/chat/completions: what run.sh's mock pools accept.
+    """POST /v1/completions, /v1/chat/completions, /v1/embeddings: what run.sh's mock
+    pools accept.
 
     openai.yaml lets a body carry fields orchd does not interpret: they are forwarded to
     HTTP engines, and where only the mock serves the model (every pool here) a field that

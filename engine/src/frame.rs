@@ -86,6 +86,9 @@ pub struct End<'a> {
     /// counted them, else orchd's count (whitespace-separated words).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u64>,
+    /// Embedding tasks of the OpenAI door: one vector per input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<&'a [Vec<f32>]>,
 }
 
 /// Why a completed generation's text ended, in OpenAI's words.
@@ -176,6 +179,7 @@ mod tests {
                 canceled: false,
                 finish_reason: None,
                 prompt_tokens: None,
+                embeddings: None,
             },
         );
         assert_eq!(

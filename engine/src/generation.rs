@@ -40,6 +40,8 @@ pub enum Input {
     },
     /// A chat: the engine applies its own template.
     Chat(Vec<ChatMessage>),
+    /// Embeddings of these texts, one vector each (the OpenAI door's `/v1/embeddings`).
+    Embed(Vec<String>),
 }
 
 impl Input {
@@ -52,6 +54,7 @@ impl Input {
                 prompt.as_deref().map_or(0, words) + inputs.iter().map(|s| words(s)).sum::<u64>()
             }
             Input::Chat(messages) => messages.iter().map(|m| words(&m.content)).sum(),
+            Input::Embed(texts) => texts.iter().map(|t| words(t)).sum(),
         }
     }
 
@@ -71,6 +74,7 @@ impl Input {
                 .map(|m| m.content.as_str())
                 .collect::<Vec<_>>()
                 .join("\n"),
+            Input::Embed(texts) => texts.join("\n"),
         }
     }
 }
@@ -90,6 +94,9 @@ pub struct Sampling {
     /// room the context leaves and the engine decides when to stop; the mock stops at
     /// its end of sequence, the end of its first sentence, unless `ignore_eos`.
     pub open_ended: bool,
+    /// Embeddings: the vectors' length, if the request said (the mock's default is
+    /// [`crate::mock::EMBEDDING_DIMENSIONS`]).
+    pub dimensions: Option<u32>,
 }
 
 impl Sampling {
@@ -135,12 +142,16 @@ impl Generation {
             if let Some(messages) = &x.chat {
                 g.input = Input::Chat(messages.clone());
             }
+            if let Some(texts) = &x.embed {
+                g.input = Input::Embed(texts.clone());
+            }
             let s = &mut g.sampling;
             s.temperature = strict.or(x.temperature);
             s.top_p = x.top_p;
             s.stop.clone_from(&x.stop);
             s.ignore_eos = x.ignore_eos;
             s.open_ended = x.open_ended;
+            s.dimensions = x.dimensions;
             g.forward.clone_from(&x.forward);
         }
         g

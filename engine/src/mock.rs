@@ -48,6 +48,32 @@ fn completion_seed(
     h
 }
 
+/// Length of the mock's embedding vectors when a request names none.
+pub const EMBEDDING_DIMENSIONS: u32 = 16;
+
+/// The mock's embedding of `text` on `model`: `dims` components, a pure function of
+/// both (FNV-1a, then splitmix64 per component, in [-1, 1]), scaled to unit length as
+/// embedding models' outputs are.
+pub fn embedding(model: &str, text: &str, dims: u32) -> Vec<f32> {
+    let mut state = fnv(fnv(0xcbf2_9ce4_8422_2325, model.as_bytes()), b"\x00e");
+    state = fnv(state, text.as_bytes());
+    let mut v: Vec<f32> = (0..dims)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 11) as f32 / (1u64 << 52) as f32 - 1.0
+        })
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
 /// The deterministic token source of one task.
 #[derive(Clone, Debug)]
 pub struct MockTokens {
@@ -77,6 +103,9 @@ impl MockTokens {
             Input::Completion { prompt, inputs } => {
                 completion_seed(seed, max_tokens, &g.model, prompt.as_deref(), inputs)
             }
+            // Embeddings come from [`embedding`]; a token stream of their texts is as
+            // deterministic, should anything ask for one.
+            Input::Embed(texts) => completion_seed(seed, max_tokens, &g.model, None, texts),
             Input::Chat(messages) => {
                 let mut h = head(seed, max_tokens, &g.model);
                 for m in messages {
@@ -132,6 +161,18 @@ mod tests {
         let base = tokens(r#","seed":1"#, "m", 32);
         assert_ne!(base, tokens(r#","seed":2"#, "m", 32));
         assert_ne!(base, tokens(r#","seed":1"#, "m2", 32));
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors() {
+        let a = embedding("m", "hello", 16);
+        assert_eq!(a, embedding("m", "hello", 16));
+        assert_ne!(a, embedding("m", "hullo", 16));
+        assert_ne!(a, embedding("m2", "hello", 16));
+        assert_eq!(embedding("m", "hello", 3).len(), 3);
+        let norm: f32 = a.iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        assert!(a.iter().all(|x| (-1.0..=1.0).contains(x)));
     }
 
     #[test]

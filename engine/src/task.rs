@@ -84,6 +84,10 @@ where
 pub struct Extras {
     /// A chat: the engine applies its own template (the mock hashes the messages).
     pub chat: Option<Vec<ChatMessage>>,
+    /// Embeddings of these texts (workload `embedding`).
+    pub embed: Option<Vec<String>>,
+    /// Embeddings: the vectors' length, if asked.
+    pub dimensions: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub stop: Vec<String>,
@@ -179,9 +183,11 @@ impl TaskSpec {
     pub fn prompt_tokens(&self) -> u64 {
         let words = |s: &str| s.split_whitespace().count() as u64;
         let chat = self.extras.iter().flat_map(|x| x.chat.iter().flatten());
+        let embed = self.extras.iter().flat_map(|x| x.embed.iter().flatten());
         self.prompt.as_deref().map_or(0, words)
             + self.inputs.iter().flatten().map(|s| words(s)).sum::<u64>()
             + chat.map(|m| words(&m.content)).sum::<u64>()
+            + embed.map(|t| words(t)).sum::<u64>()
     }
 
     /// How long the task may have no subscriber before it is canceled, if the request

@@ -37,6 +37,15 @@ ttft_ms = 0
 tpot_ms = 100
 
 [[pools]]
+id = "embed"
+model_ref = "embedder"
+slots = 1
+queue_capacity = 1
+workloads = ["embedding"]
+[pools.adapter]
+ttft_ms = 300
+
+[[pools]]
 id = "draining"
 model_ref = "draining"
 [pools.adapter]
@@ -209,6 +218,56 @@ async fn every_documented_openai_operation_and_status_is_served_as_documented() 
             let r = h.await.unwrap().unwrap();
             assert_eq!(r.status, 200);
         }
+    }
+    // Embeddings: 200 as floats and as base64, 400, 401, 403, 413, 503, and 429 while
+    // the one-slot pool holds one request and queues another.
+    let path = "/v1/embeddings";
+    let (r, _) = v
+        .post(
+            path,
+            json!({"model": "embedder", "input": ["a b", "c"]}),
+            200,
+        )
+        .await;
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+    v.post(
+        path,
+        json!({"model": "embedder", "input": "a", "encoding_format": "base64"}),
+        200,
+    )
+    .await;
+    v.post(path, json!({"model": "embedder", "input": [1, 2]}), 400)
+        .await;
+    let body = serde_json::to_vec(&json!({"model": "embedder", "input": "a"})).unwrap();
+    v.call(Method::POST, path, None, &body, 401).await;
+    v.call(Method::POST, path, Some("wrong"), &body, 403).await;
+    v.call(Method::POST, path, Some(KEY), &vec![b' '; 20_000], 413)
+        .await;
+    v.post(path, json!({"model": "nope", "input": "a"}), 503)
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (client, body) = (v.client.clone(), body.clone());
+        let auth = format!("Bearer {KEY}");
+        held.push(tokio::spawn(async move {
+            client
+                .send(
+                    Method::POST,
+                    "/v1/embeddings",
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", &auth),
+                    ],
+                    &body,
+                )
+                .await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    v.post(path, json!({"model": "embedder", "input": "a"}), 429)
+        .await;
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().status, 200);
     }
     // The models and the probe.
     v.call(Method::GET, "/v1/models", Some(KEY), b"", 200).await;

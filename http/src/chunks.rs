@@ -44,6 +44,9 @@ pub(crate) struct EndData {
     pub finish_reason: Option<FinishReason>,
     #[serde(default)]
     pub prompt_tokens: Option<u64>,
+    /// An embedding task's vectors.
+    #[serde(default)]
+    pub embeddings: Option<Vec<Vec<f32>>>,
 }
 
 impl EndData {
@@ -272,6 +275,7 @@ mod tests {
                 canceled,
                 finish_reason: finish,
                 prompt_tokens: Some(2),
+                embeddings: None,
             },
         )
     }

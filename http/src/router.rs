@@ -159,7 +159,7 @@ fn exempt(path: &str) -> bool {
 fn openai_path(path: &str) -> bool {
     matches!(
         path,
-        "/v1/completions" | "/v1/chat/completions" | "/v1/models" | "/health"
+        "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models" | "/health"
     )
 }
 
@@ -251,9 +251,16 @@ async fn route(
             let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
             api::openai::chat(app, body, &head.headers, cid).await?
         }
-        (["v1", "completions", "", ""] | ["v1", "chat", "completions", ""], _) => {
-            return Err(allow("POST"))
+        (["v1", "embeddings", "", ""], &Method::POST) => {
+            let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
+            api::openai::embeddings(app, body, &head.headers, cid).await?
         }
+        (
+            ["v1", "completions", "", ""]
+            | ["v1", "chat", "completions", ""]
+            | ["v1", "embeddings", "", ""],
+            _,
+        ) => return Err(allow("POST")),
         (["v1", "models", "", ""], &Method::GET) => api::openai::models(app).await?,
         (["v1", "models", "", ""], _) => return Err(allow("GET")),
         (["health", "", "", ""], &Method::GET) => api::openai::health(app).await?,

@@ -648,3 +648,114 @@ fn browsers_on_allowed_origins_get_cors_answers() {
     );
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+#[test]
+fn embeddings_are_deterministic_vectors_as_floats_or_base64() {
+    let s = server(
+        |p| {
+            p.workloads = vec![
+                orchd_engine::Workload::Completion,
+                orchd_engine::Workload::Embedding,
+            ]
+        },
+        |_| {},
+    );
+    let body = json!({"model": "m", "input": ["hello world", "bye"]});
+    let r = post(s.addr, "/v1/embeddings", &[], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["object"], "list");
+    let data = e["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let first: Vec<f64> = data[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(first.len(), 16, "the mock's default dimensions");
+    let norm: f64 = first.iter().map(|x| x * x).sum();
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    assert_eq!(data[1]["index"], 1);
+    assert_eq!(e["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
+    assert_eq!(
+        post(s.addr, "/v1/embeddings", &[], &body).json()["data"],
+        e["data"],
+        "deterministic"
+    );
+    // base64: the same floats, little-endian f32.
+    let b = post(
+        s.addr,
+        "/v1/embeddings",
+        &[],
+        &json!({"model": "m", "input": "hello world", "encoding_format": "base64", "dimensions": 4}),
+    )
+    .json();
+    let text = b["data"][0]["embedding"].as_str().unwrap().to_string();
+    assert_eq!(
+        text.len(),
+        24,
+        "4 floats = 16 bytes = 24 base64 characters: {text}"
+    );
+    let f = post(
+        s.addr,
+        "/v1/embeddings",
+        &[],
+        &json!({"model": "m", "input": "hello world", "dimensions": 4}),
+    )
+    .json();
+    let floats: Vec<f32> = f["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let decoded = decode_base64(&text);
+    let from_b64: Vec<f32> = decoded
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(from_b64, floats);
+    // Errors name the field; a model whose pools take no embeddings is refused by name.
+    for (bad, param) in [
+        (json!({"model": "m", "input": [1, 2]}), "input"),
+        (json!({"model": "m", "input": []}), "input"),
+        (
+            json!({"model": "m", "input": "x", "encoding_format": "hex"}),
+            "encoding_format",
+        ),
+        (
+            json!({"model": "m", "input": "x", "dimensions": 0}),
+            "dimensions",
+        ),
+    ] {
+        let r = post(s.addr, "/v1/embeddings", &[], &bad);
+        assert_eq!(r.status, 400, "{bad}");
+        assert_eq!(error_of(&r)["param"], param, "{bad}");
+    }
+    let plain = server(|_| {}, |_| {});
+    let r = post(
+        plain.addr,
+        "/v1/embeddings",
+        &[],
+        &json!({"model": "m", "input": "x"}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(error_of(&r)["param"], "model", "{}", r.text());
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    let abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.chars().filter(|c| *c != '=') {
+        bits = bits << 6 | abc.find(c).unwrap() as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}

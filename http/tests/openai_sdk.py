@@ -6,7 +6,8 @@ Bearer token) and ORCHD_MODE: `mock` runs every check; `real` (orchd in front of
 llama.cpp server) all but the queue overflow, which needs the mock's timing.
 
 Pools of the mock run: `m` (no latency), `small` (2 slots, 2 queue places, 20 ms per
-token: 3 x (slots + queue) requests overflow it), `paced` (20 ms per token). The real
+token: 3 x (slots + queue) requests overflow it), `paced` (20 ms per token), `embedder`
+(embeddings). The real
 run has one pool serving model `real` through the OpenAI-compatible adapter.
 
 Plain Python, no test framework: each `check_*` function is a test; the script prints
@@ -181,6 +182,17 @@ def check_cancel_through_the_request_id():
     assert chunks[-1].usage.completion_tokens == tokens_out
 
 
+def check_embeddings():
+    """The SDK asks for base64 by default and decodes it; floats on request."""
+    r = client.embeddings.create(model="embedder", input=["hello world", "bye"])
+    assert len(r.data) == 2 and r.data[1].index == 1, r
+    v = r.data[0].embedding
+    assert len(v) == 16 and abs(sum(x * x for x in v) - 1) < 1e-4, v
+    f = client.embeddings.create(model="embedder", input="hello world", encoding_format="float")
+    assert [round(x, 5) for x in f.data[0].embedding] == [round(x, 5) for x in v]
+    assert r.usage.prompt_tokens == 3, r.usage
+
+
 def check_a_closed_stream_cancels_its_task():
     before = metric("tasks_canceled_total", 'reason="orphaned"')
     stream = client.completions.create(
@@ -203,7 +215,7 @@ CHECKS = [
     check_a_closed_stream_cancels_its_task,
 ]
 if MODE == "mock":
-    CHECKS += [check_full_queue_429s_are_retried_by_the_sdk]
+    CHECKS += [check_full_queue_429s_are_retried_by_the_sdk, check_embeddings]
 
 failed = 0
 print("openai SDK %s against %s (%s)" % (openai.__version__, URL, MODE))

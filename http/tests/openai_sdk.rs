@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use orchd_engine::config::{AdapterKind, ApiKey, PoolConfig};
-use orchd_engine::Engine;
+use orchd_engine::{Engine, Workload};
 use support::TestServer;
 
 const KEY: &str = "sk-orchd-sdk-test";
@@ -62,6 +62,10 @@ fn the_openai_sdk_drives_orchd_on_the_mock() {
         pool("fast", "m", 64, 256, 0),
         pool("small", "small", 2, 2, 20),
         pool("paced", "paced", 16, 64, 20),
+        PoolConfig {
+            workloads: vec![Workload::Embedding],
+            ..pool("embedder", "embedder", 4, 16, 0)
+        },
     ];
     let s = TestServer::start(c);
     run_sdk(&s, "mock");

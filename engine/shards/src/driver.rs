@@ -102,6 +102,10 @@ async fn drive<H: Home, A: EngineAdapter>(
                         Step::Stopped => return Ended::Stopped,
                     }
                 }
+                Ok(Some(Piece::Embeddings(vectors))) => {
+                    // Kept for the `end` frame, which carries them to the client.
+                    task.borrow_mut().embeddings = Some(vectors);
+                }
                 Ok(Some(Piece::End(usage))) => {
                     tracing::debug!(task_id = %id, ?usage, "engine done");
                     return Ended::Complete(Some((stream, usage.prompt_tokens)));

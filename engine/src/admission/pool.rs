@@ -328,7 +328,7 @@ impl Admission {
                     "sse": true, "sse-resume": true, "cancel": true, "sessions": true,
                     "budgets": true, "kv-affinity": true,
                     "deterministic-mock": pools.iter().any(|p| p.cfg.adapter.kind == AdapterKind::Mock),
-                    "openai-compatible": {"routes": ["/v1/completions", "/v1/chat/completions", "/v1/models"]},
+                    "openai-compatible": {"routes": ["/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models"]},
                 },
                 "pools": pools.iter().map(|p| serde_json::json!({
                     "id": p.cfg.id, "model_ref": p.model_ref, "state": p.state.as_str(),

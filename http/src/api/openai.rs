@@ -1,5 +1,5 @@
 //! The OpenAI-compatible routes (issue 17): `POST /v1/completions`,
-//! `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`. A second front door
+//! `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`, `GET /health`. A second front door
 //! onto the same queue: each request becomes an ordinary task (one admission path,
 //! one frame log, the same metrics, logs and transcripts), rendered in OpenAI's format
 //! by [`crate::chunks`].
@@ -266,37 +266,9 @@ fn task(
         }
         rest.clear();
     }
-    let deadline_ms = match header(headers, "x-deadline-ms")? {
-        None => app.app.config.openai.default_deadline_ms,
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|ms| (1..=MAX_DEADLINE_MS).contains(ms))
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "X-Deadline-Ms: must be an integer in 1..={MAX_DEADLINE_MS}"
-                ))
-            })?,
-    };
-    let priority = match header(headers, "x-priority")? {
-        None | Some("interactive") => Priority::Interactive,
-        Some("batch") => Priority::Batch,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "X-Priority: must be interactive or batch",
-            ))
-        }
-    };
-    let session_id = header(headers, "x-session-id")?
-        .map(|v| {
-            Uuid::try_parse(v)
-                .map_err(|_| ApiError::invalid(format!("X-Session-Id: {v:?} is not a UUID")))
-        })
-        .transpose()?;
+    let (deadline_ms, priority, session_id) = task_headers_in(app, headers)?;
     let ctx = u64::from(max_tokens) + prompt_words;
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = unix_secs();
     let asked = Asked {
         route,
         model: c.model.clone(),
@@ -335,10 +307,47 @@ fn task(
             orphan_timeout_ms: app.app.config.openai.disconnect_grace_ms,
             created,
             include_usage: asked.include_usage,
+            ..Extras::default()
         })),
     };
     spec.validate().map_err(openai_names)?;
     Ok((spec, asked))
+}
+
+/// What the request's headers ask of its task: `X-Deadline-Ms` (else
+/// `openai.default_deadline_ms`), `X-Priority`, `X-Session-Id`.
+fn task_headers_in(
+    app: &ShardApp,
+    headers: &HeaderMap,
+) -> Result<(u64, Priority, Option<Uuid>), ApiError> {
+    let deadline_ms = match header(headers, "x-deadline-ms")? {
+        None => app.app.config.openai.default_deadline_ms,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (1..=MAX_DEADLINE_MS).contains(ms))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "X-Deadline-Ms: must be an integer in 1..={MAX_DEADLINE_MS}"
+                ))
+            })?,
+    };
+    let priority = match header(headers, "x-priority")? {
+        None | Some("interactive") => Priority::Interactive,
+        Some("batch") => Priority::Batch,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "X-Priority: must be interactive or batch",
+            ))
+        }
+    };
+    let session_id = header(headers, "x-session-id")?
+        .map(|v| {
+            Uuid::try_parse(v)
+                .map_err(|_| ApiError::invalid(format!("X-Session-Id: {v:?} is not a UUID")))
+        })
+        .transpose()?;
+    Ok((deadline_ms, priority, session_id))
 }
 
 /// A header's value as text, if present.
@@ -453,6 +462,7 @@ fn openai_names(mut e: ApiError) -> ApiError {
         "ctx" => format!(
             "max_tokens: the prompt and max_tokens need more context than the pools have ({rest})"
         ),
+        "workload" => format!("model: {rest}"),
         "deadline_ms" => format!("X-Deadline-Ms: {rest}"),
         "session_id" => format!("X-Session-Id: {rest}"),
         _ => return e,
@@ -512,17 +522,16 @@ fn task_headers(h: &mut HeaderMap, a: &Admitted) {
     );
 }
 
-/// A non-streaming answer: the task's frames read to its end, as one object.
-async fn whole(
+/// The text of a task's tokens and its `end` frame, its frames read to the end (an
+/// `error` frame is the error it names).
+async fn read_to_end(
     app: &Rc<ShardApp>,
     task: Uuid,
     owner: ShardId,
-    asked: &Asked,
-    created: u64,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<(String, chunks::EndData), ApiError> {
     let mut text = String::new();
     let mut next = 0;
-    let end = 'read: loop {
+    loop {
         // A subscriber that falls behind is dropped by the owner: pick up from the
         // cursor, as a stream does.
         let (subscribed, rx) = subscribe(Rc::clone(app), task, owner, next)
@@ -541,7 +550,7 @@ async fn whole(
             next = id + 1;
             match parsed {
                 Parsed::Token(t, _) => text.push_str(&t),
-                Parsed::End(end) => break 'read end,
+                Parsed::End(end) => return Ok((text, end)),
                 Parsed::Error(e) => {
                     let class = match e.code {
                         ErrorKind::DeadlineUnmet => ErrorClass::BadRequest,
@@ -554,7 +563,18 @@ async fn whole(
                 Parsed::Queued { .. } | Parsed::Nothing => {}
             }
         }
-    };
+    }
+}
+
+/// A non-streaming answer: the task's frames read to its end, as one object.
+async fn whole(
+    app: &Rc<ShardApp>,
+    task: Uuid,
+    owner: ShardId,
+    asked: &Asked,
+    created: u64,
+) -> Result<Response<Body>, ApiError> {
+    let (text, end) = read_to_end(app, task, owner).await?;
     let id = task.to_string();
     let choice = match asked.route {
         Route::Completions => serde_json::json!({
@@ -579,6 +599,170 @@ async fn whole(
     ))
 }
 
+#[derive(Deserialize)]
+struct EmbeddingRequest {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+/// Most inputs one embeddings request may hold (OpenAI's limit).
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// `POST /v1/embeddings`: a task of workload `embedding` on a pool that takes them (an
+/// HTTP engine's `/v1/embeddings`, or the mock's deterministic unit vectors); the
+/// vectors come back in its `end` frame. `encoding_format` `float` (the default) or
+/// `base64` (little-endian f32, what the openai SDK asks for).
+pub(crate) async fn embeddings(
+    app: &Rc<ShardApp>,
+    body: Bytes,
+    headers: &HeaderMap,
+    cid: &HeaderValue,
+) -> Result<Response<Body>, ApiError> {
+    let req: EmbeddingRequest = parse_json(&body)?;
+    let texts: Vec<String> = match &req.input {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) if !items.is_empty() && items.len() <= MAX_EMBEDDING_INPUTS => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "input: a string or a list of strings (token ids are not supported)",
+                )
+            })?,
+        Value::Array(_) => {
+            return Err(ApiError::invalid(format!(
+                "input: 1 to {MAX_EMBEDDING_INPUTS} strings"
+            )))
+        }
+        _ => return Err(ApiError::invalid("input: a string or a list of strings")),
+    };
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(_) => return Err(ApiError::invalid("encoding_format: float or base64")),
+    };
+    if req.dimensions.is_some_and(|d| !(1..=65536).contains(&d)) {
+        return Err(ApiError::invalid("dimensions: must be in 1..=65536"));
+    }
+    let mut rest = req.rest;
+    for k in ["model", "input", "encoding_format", "dimensions", "user"] {
+        rest.remove(k);
+    }
+    if only_mock(app, &req.model) {
+        if let Some((k, _)) = rest.iter().find(|(_, v)| !is_unset(v)) {
+            return Err(ApiError::invalid(format!(
+                "{k}: not supported by the mock engine (pools with an HTTP engine forward it)"
+            )));
+        }
+        rest.clear();
+    }
+    let words = texts
+        .iter()
+        .map(|t| t.split_whitespace().count() as u64)
+        .sum::<u64>();
+    let (deadline_ms, priority, session_id) = task_headers_in(app, headers)?;
+    let spec = TaskSpec {
+        task_id: app.new_uuid(),
+        session_id,
+        workload: Workload::Embedding,
+        model_ref: req.model.clone(),
+        engine: None,
+        ctx: (words + 1).min(u64::from(u32::MAX)) as u32,
+        priority,
+        max_tokens: 1,
+        deadline_ms,
+        seed: None,
+        determinism: None,
+        sampler_profile_version: None,
+        prompt: None,
+        inputs: None,
+        expected_tokens: None,
+        kv_hint: None,
+        extras: Some(Box::new(Extras {
+            embed: Some(texts),
+            dimensions: req.dimensions,
+            forward: rest,
+            orphan_timeout_ms: app.app.config.openai.disconnect_grace_ms,
+            created: unix_secs(),
+            ..Extras::default()
+        })),
+    };
+    spec.validate().map_err(openai_names)?;
+    let admitted = admit(app, spec, cid).await.map_err(openai_names)?;
+    let owner = orchd_shards::shard_for(admitted.pool, app.shard.shard_count());
+    let (_, end) = read_to_end(app, admitted.task_id, owner).await?;
+    let vectors = end.embeddings.as_deref().ok_or_else(|| {
+        ApiError::new(
+            ErrorClass::Unavailable,
+            ErrorKind::WorkerReset,
+            "the engine answered no embeddings",
+        )
+    })?;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                Value::String(base64_f32(v))
+            } else {
+                serde_json::json!(v)
+            };
+            serde_json::json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let prompt = end.prompt_tokens.unwrap_or(words);
+    let doc = serde_json::json!({
+        "object": "list", "data": data, "model": req.model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    });
+    let mut r = respond::json(
+        StatusCode::OK,
+        serde_json::to_vec(&doc).expect("serializes"),
+    );
+    task_headers(r.headers_mut(), &admitted);
+    Ok(r)
+}
+
+/// Little-endian f32s in standard base64 (RFC 4648, padded), as OpenAI answers
+/// `encoding_format: "base64"`.
+fn base64_f32(v: &[f32]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> shift & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `GET /v1/models`: each model the pools serve now (a pool serving any model is
 /// listed by its id), `created` when this orchd started.
 pub(crate) async fn models(app: &ShardApp) -> Result<Response<Body>, ApiError> {
@@ -599,4 +783,17 @@ pub(crate) async fn models(app: &ShardApp) -> Result<Response<Body>, ApiError> {
 pub(crate) async fn health(app: &ShardApp) -> Result<Response<Body>, ApiError> {
     super::ops::readyz(app).await?;
     Ok(respond::json(StatusCode::OK, r#"{"status":"ok"}"#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_of_floats_is_standard_padded_base64() {
+        // 1.0f32 = 00 00 80 3f; 1.0, -2.0 = 00 00 80 3f 00 00 00 c0.
+        assert_eq!(base64_f32(&[1.0]), "AACAPw==");
+        assert_eq!(base64_f32(&[1.0, -2.0]), "AACAPwAAAMA=");
+        assert_eq!(base64_f32(&[]), "");
+    }
 }

@@ -218,12 +218,34 @@ impl<W: Wire> EngineAdapter for HttpEngine<W> {
                 body,
             });
         }
+        if let Input::Embed(_) = g.input {
+            // An embeddings answer is one JSON document, not a stream.
+            let body = rt::timeout(c.first_byte_timeout, resp.into_body().collect())
+                .await
+                .ok_or_else(|| EngineError::Reset("embeddings: the answer did not end".into()))?
+                .map_err(|e| EngineError::Reset(e.to_string()))?
+                .to_bytes();
+            c.give_back(sender);
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| EngineError::Malformed(format!("embeddings: {e}")))?;
+            let (vectors, usage) = super::openai::parse_embeddings(&v)?;
+            return Ok(HttpStream {
+                client: Rc::clone(c),
+                parse,
+                body: None,
+                buf: Vec::new(),
+                sender: None,
+                queued: Some(Piece::Embeddings(vectors)),
+                ended: Some(usage),
+            });
+        }
         Ok(HttpStream {
             client: Rc::clone(c),
             parse,
-            body: resp.into_body(),
+            body: Some(resp.into_body()),
             buf: Vec::new(),
             sender: Some(sender),
+            queued: None,
             ended: None,
         })
     }
@@ -262,15 +284,21 @@ impl<W: Wire> EngineAdapter for HttpEngine<W> {
 pub struct HttpStream {
     client: Rc<Client>,
     parse: ParseFn,
-    body: Incoming,
+    /// The streamed answer; `None` for one read whole (embeddings).
+    body: Option<Incoming>,
     buf: Vec<u8>,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// A piece read already (an embeddings answer), handed out first.
+    queued: Option<Piece>,
     /// The engine said it was done (with this usage): `next` answers that from now on.
     ended: Option<super::Usage>,
 }
 
 impl TokenStream for HttpStream {
     async fn next(&mut self) -> Result<Option<Piece>, EngineError> {
+        if let Some(p) = self.queued.take() {
+            return Ok(Some(p));
+        }
         loop {
             if let Some(usage) = self.ended {
                 return Ok(Some(Piece::End(usage)));
@@ -287,7 +315,10 @@ impl TokenStream for HttpStream {
             if self.buf.len() > MAX_EVENT {
                 return Err(EngineError::Malformed("an event larger than 1 MiB".into()));
             }
-            match self.body.frame().await {
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            match body.frame().await {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(EngineError::Reset(e.to_string())),
                 Some(Ok(f)) => {
@@ -302,8 +333,11 @@ impl TokenStream for HttpStream {
     /// Reads the rest of the body (openai's `[DONE]`) so that the connection can serve
     /// the next task.
     async fn finish(mut self) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
         let drained = rt::timeout(Duration::from_secs(1), async {
-            while let Some(f) = self.body.frame().await {
+            while let Some(f) = body.frame().await {
                 if f.is_err() {
                     return false;
                 }

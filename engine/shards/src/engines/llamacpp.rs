@@ -19,6 +19,8 @@ impl Wire for LlamaCpp {
         match input {
             Input::Completion { .. } => ("/completion", parse_completion),
             Input::Chat(_) => ("/v1/chat/completions", parse_chat),
+            // llama.cpp's OpenAI-compatible route (a server started with --embeddings).
+            Input::Embed(_) => OpenAi::endpoint(input),
         }
     }
 
@@ -32,7 +34,7 @@ impl Wire for LlamaCpp {
                 sampling(&mut v, g);
                 v
             }
-            Input::Chat(_) => OpenAi::body(g),
+            Input::Chat(_) | Input::Embed(_) => OpenAi::body(g),
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use orchd_engine::config::AdapterConfig;
-use orchd_engine::generation::Generation;
-use orchd_engine::mock::MockTokens;
+use orchd_engine::generation::{Generation, Input};
+use orchd_engine::mock::{embedding, MockTokens, EMBEDDING_DIMENSIONS};
 use orchd_engine::EngineError;
 
 use super::{EngineAdapter, Health, Piece, TokenStream, Usage};
@@ -65,6 +65,8 @@ pub struct MockStream {
     eos: bool,
     /// The last token ended the text (a sentence end, or a stop sequence cut it).
     ended: bool,
+    /// An embedding request's vectors, handed out (after `ttft`) instead of tokens.
+    vectors: Option<Vec<Vec<f32>>>,
 }
 
 impl EngineAdapter for MockEngine {
@@ -86,6 +88,13 @@ impl EngineAdapter for MockEngine {
             text: String::new(),
             eos: g.sampling.stops_at_eos(),
             ended: false,
+            vectors: match &g.input {
+                Input::Embed(texts) => {
+                    let dims = g.sampling.dimensions.unwrap_or(EMBEDDING_DIMENSIONS);
+                    Some(texts.iter().map(|t| embedding(&g.model, t, dims)).collect())
+                }
+                _ => None,
+            },
         })
     }
 
@@ -121,6 +130,17 @@ impl TokenStream for MockStream {
         // step serves all its sequences at once, too). A shard that falls behind does
         // not catch up in a burst: the next token is due a tpot after the late one.
         // A zero ttft or tpot means no wait at all (not the next tick).
+        if let Some(vectors) = self.vectors.take() {
+            if !self.ttft.is_zero() {
+                rt::sleep_until_tick(self.due).await;
+            }
+            self.ended = true;
+            return Ok(Some(Piece::Embeddings(vectors)));
+        }
+        if self.ended && self.produced == 0 {
+            // An embedding request: its vectors are out, nothing else follows.
+            return Ok(Some(self.end()));
+        }
         let wait = if self.produced == 0 {
             !self.ttft.is_zero()
         } else if self.tpot.is_zero() {

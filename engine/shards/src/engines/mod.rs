@@ -37,10 +37,12 @@ pub struct Usage {
 }
 
 /// One piece of a generation.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Piece {
     /// Text of one token (or a few, as the engine sends them); never empty.
     Text(Cow<'static, str>),
+    /// The vectors of an embedding request, one per input, in order.
+    Embeddings(Vec<Vec<f32>>),
     /// The engine says the generation is complete.
     End(Usage),
 }

@@ -18,11 +18,21 @@ impl Wire for OpenAi {
         match input {
             Input::Completion { .. } => ("/v1/completions", parse_completion),
             Input::Chat(_) => ("/v1/chat/completions", parse_chat),
+            // Answered whole, not streamed: `HttpEngine::open` reads it.
+            Input::Embed(_) => ("/v1/embeddings", parse_completion),
         }
     }
 
     fn body(g: &Generation) -> serde_json::Value {
         let mut v = match &g.input {
+            Input::Embed(texts) => {
+                let mut v = serde_json::json!({"model": g.model, "input": texts});
+                if let Some(d) = g.sampling.dimensions {
+                    v["dimensions"] = d.into();
+                }
+                forward(&mut v, g);
+                return v;
+            }
             Input::Completion { .. } => serde_json::json!({
                 "model": g.model, "prompt": g.input.completion_text(),
                 "max_tokens": g.sampling.max_tokens, "stream": true,
@@ -68,11 +78,43 @@ pub(super) fn sampling(v: &mut serde_json::Value, g: &Generation) {
     if let Some(b) = s.ignore_eos {
         v["ignore_eos"] = b.into();
     }
+    forward(v, g);
+}
+
+/// The request's fields orchd does not interpret, as they came, never over one orchd set.
+fn forward(v: &mut serde_json::Value, g: &Generation) {
     if let Some(body) = v.as_object_mut() {
         for (k, x) in &g.forward {
             body.entry(k.as_str()).or_insert_with(|| x.clone());
         }
     }
+}
+
+/// An OpenAI embeddings answer: `data[i].embedding` for each input, in `index` order,
+/// and `usage.prompt_tokens`.
+pub(super) fn parse_embeddings(
+    v: &serde_json::Value,
+) -> Result<(Vec<Vec<f32>>, Usage), EngineError> {
+    let bad = |why: &str| EngineError::Malformed(format!("embeddings: {why}"));
+    let data = v
+        .get("data")
+        .and_then(|d| d.as_array())
+        .ok_or_else(|| bad("no `data` list"))?;
+    let mut out: Vec<(u64, Vec<f32>)> = Vec::with_capacity(data.len());
+    for (i, d) in data.iter().enumerate() {
+        let index = d.get("index").and_then(|x| x.as_u64()).unwrap_or(i as u64);
+        let vector = d
+            .get("embedding")
+            .and_then(|e| e.as_array())
+            .ok_or_else(|| bad("an item without an `embedding` list"))?
+            .iter()
+            .map(|x| x.as_f64().map(|f| f as f32))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| bad("a component that is not a number"))?;
+        out.push((index, vector));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok((out.into_iter().map(|(_, v)| v).collect(), usage(v)))
 }
 
 /// `usage` of an OpenAI event, if it has one.
@@ -178,6 +220,19 @@ mod tests {
                 Piece::End(Usage::default())
             ]
         );
+    }
+
+    #[test]
+    fn embeddings_answers() {
+        let v = serde_json::json!({"data": [
+            {"object": "embedding", "index": 1, "embedding": [0.5, -0.5]},
+            {"object": "embedding", "index": 0, "embedding": [1, 0]},
+        ], "usage": {"prompt_tokens": 4, "total_tokens": 4}});
+        let (vectors, usage) = parse_embeddings(&v).unwrap();
+        assert_eq!(vectors, [vec![1.0, 0.0], vec![0.5, -0.5]]);
+        assert_eq!(usage.prompt_tokens, Some(4));
+        assert!(parse_embeddings(&serde_json::json!({"data": [{"embedding": ["x"]}]})).is_err());
+        assert!(parse_embeddings(&serde_json::json!({"error": "no"})).is_err());
     }
 
     #[test]

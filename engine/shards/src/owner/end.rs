@@ -149,6 +149,7 @@ fn terminal_frame(
                 canceled,
                 finish_reason,
                 prompt_tokens,
+                embeddings: t.embeddings.as_deref(),
             };
             let f = frame::encode(t.next_id(), Event::End, &end);
             t.emit(f, true, now);

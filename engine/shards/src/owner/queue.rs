@@ -66,6 +66,7 @@ impl Owner {
                 .map(|p| Rc::clone(&p.probe))
                 .unwrap_or_default(),
             stop: None,
+            embeddings: None,
         };
         let class = run.class();
         bump(&run.probe.enqueued[class]);

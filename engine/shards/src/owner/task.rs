@@ -102,6 +102,8 @@ pub(crate) struct TaskRun {
     /// Dropped when the task ends, which tells its driver to stop (and an HTTP engine
     /// to close its request).
     pub(super) stop: Option<oneshot::Sender<()>>,
+    /// An embedding request's vectors from its engine, for its `end` frame.
+    pub(crate) embeddings: Option<Vec<Vec<f32>>>,
 }
 
 impl TaskRun {
