@@ -25,7 +25,13 @@ KEY="harness-$$"
 # (resolved for 3.11) installed without its Requires-Python check; it runs on both.
 if [[ ! -x "$VENV/bin/inference-perf" ]]; then
   rm -rf "$VENV"
-  PY312="$(command -v python3.12 || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1 || true)"
+  PY312=""
+  for py in /root/.pyenv/versions/3.12*/bin/python3.12 python3.12; do
+    if "$py" -c 'import sys, venv; assert sys.version_info >= (3, 12)' 2>/dev/null; then
+      PY312=$py
+      break
+    fi
+  done
   if [[ -n "$PY312" ]]; then
     "$PY312" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$HERE/inference-perf.lock"
