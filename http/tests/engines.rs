@@ -208,3 +208,20 @@ fn a_refused_engine_makes_the_pool_unready_until_it_answers_again() {
     let events = run(&s, json!({"max_tokens": 4}));
     assert_eq!(tokens(&events), engine_tokens(4));
 }
+
+#[test]
+fn an_engine_that_closes_after_each_answer_costs_no_task() {
+    // llama.cpp's server closes the connection after every streamed answer whatever its
+    // Keep-Alive header says. A request sent on such a kept-alive connection is sent
+    // again on a new one at once; with no retries allowed, any failure would end a task
+    // with an error frame.
+    both_protocols(|kind, engine| {
+        engine.set_mode(Mode::CloseAfterAnswer);
+        let s = server(kind, &engine.url(), |p| p.adapter.retries = 0);
+        for i in 0..20 {
+            let ev = run(&s, json!({"max_tokens": 2}));
+            let last = ev.last().unwrap();
+            assert_eq!(last.event, "end", "{kind:?} task {i}: {}", last.data);
+        }
+    });
+}

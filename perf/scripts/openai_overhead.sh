@@ -4,7 +4,7 @@
 # streamed `POST /v1/completions`, time to the first text chunk, tokens/s), the same
 # prompt, straight at a real llama.cpp server and through orchd (one `openai` pool on
 # it), in interleaved pairs per concurrency (the order alternates between pairs), plus
-# one direct-vs-direct pair per concurrency for the noise floor.
+# three direct-vs-direct pairs per concurrency for the noise floor.
 #
 # llama.cpp (../shared/tools/real-engine: built from PyPI, a tiny random-weight model)
 # runs pinned to core 1 with one thread and a slot per concurrent request (so it, not
@@ -75,8 +75,12 @@ for conc in $CONCS; do
     d50+=("$(python3 -c "print($o50 - $a50)")"); d99+=("$(python3 -c "print($o99 - $a99)")")
     ratio+=("$(python3 -c "print($otps / $atps)")")
   done
-  read -r n50 n99 _ < <(run "127.0.0.1:$EP" "$conc")
-  read -r m50 m99 _ < <(run "127.0.0.1:$EP" "$conc")
-  echo "c=$conc noise floor, direct vs direct: p50 $(python3 -c "print(round($m50 - $n50, 3))") ms, p99 $(python3 -c "print(round($m99 - $n99, 3))") ms"
+  f50=(); f99=()
+  for _ in 1 2 3; do
+    read -r n50 n99 _ < <(run "127.0.0.1:$EP" "$conc")
+    read -r m50 m99 _ < <(run "127.0.0.1:$EP" "$conc")
+    f50+=("$(python3 -c "print($m50 - $n50)")"); f99+=("$(python3 -c "print($m99 - $n99)")")
+  done
+  echo "c=$conc noise floor, direct minus direct (median, min, max over 3 pairs): p50 $(median "${f50[@]}") ms; p99 $(median "${f99[@]}") ms"
   echo "c=$conc added TTFT p50 (median, min, max): $(median "${d50[@]}") ms; p99: $(median "${d99[@]}") ms; tokens/s ratio: $(median "${ratio[@]}")"
 done

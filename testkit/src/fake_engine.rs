@@ -21,6 +21,9 @@ pub enum Mode {
     Garbage,
     /// Answer with this status and a JSON error body.
     Status(u16),
+    /// Stream normally, then close the connection soon after each streamed answer,
+    /// whatever keep-alive said (llama.cpp's server does).
+    CloseAfterAnswer,
 }
 
 /// A request as the engine saw it: method, path, headers (lowercase names), body.
@@ -179,7 +182,14 @@ fn serve(
                     .as_u64()
                     .unwrap() as usize;
                 let d = *tpot.lock().unwrap();
-                stream(&mut w, openai, n, m, d, &gone)
+                let ok = stream(&mut w, openai, n, m, d, &gone);
+                if m == Mode::CloseAfterAnswer {
+                    // Closed a little after the answer, as a loaded server does: the
+                    // client has taken the connection back for its next request.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return;
+                }
+                ok
             }
             _ => plain(&mut w, 404, r#"{"error":"not found"}"#),
         };

@@ -129,15 +129,20 @@ impl<W: Wire> HttpEngine<W> {
 }
 
 impl Client {
-    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, EngineError> {
+    /// A kept-alive connection (`true`) if one is idle, else a new one.
+    async fn sender(&self) -> Result<(SendRequest<Full<Bytes>>, bool), EngineError> {
         loop {
             let Some(mut s) = self.idle.borrow_mut().pop() else {
                 break;
             };
             if !s.is_closed() && s.ready().await.is_ok() {
-                return Ok(s);
+                return Ok((s, true));
             }
         }
+        Ok((self.connect().await?, false))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, EngineError> {
         let conn = rt::connect(self.addr, self.connect_timeout)
             .await
             .map_err(|e| EngineError::Unreachable(format!("{}: {e}", self.addr)))?;
@@ -175,7 +180,7 @@ impl Client {
 
     /// `GET path` on a pooled connection: the status was 200, and the body.
     async fn get(&self, path: &str) -> Option<(bool, Bytes)> {
-        let mut s = self.sender().await.ok()?;
+        let (mut s, _) = self.sender().await.ok()?;
         let resp = s
             .send_request(self.request(Method::GET, path, Bytes::new()))
             .await
@@ -193,16 +198,30 @@ impl<W: Wire> EngineAdapter for HttpEngine<W> {
     /// Connection (pooled or new), request, response head.
     async fn open(&self, _task: Uuid, g: &Generation) -> Result<HttpStream, EngineError> {
         let c = &self.client;
-        let mut sender = c.sender().await?;
+        let (mut sender, mut kept) = c.sender().await?;
         let (path, parse) = W::endpoint(&g.input);
         let body = Bytes::from(serde_json::to_vec(&W::body(g)).expect("serializes"));
-        let req = c.request(Method::POST, path, body);
-        let resp = rt::timeout(c.first_byte_timeout, sender.send_request(req))
-            .await
-            .ok_or_else(|| {
-                EngineError::Unreachable(format!("no response head in {:?}", c.first_byte_timeout))
-            })?
-            .map_err(|e| EngineError::Unreachable(e.to_string()))?;
+        let resp = loop {
+            let req = c.request(Method::POST, path, body.clone());
+            match rt::timeout(c.first_byte_timeout, sender.send_request(req)).await {
+                None => {
+                    let why = format!("no response head in {:?}", c.first_byte_timeout);
+                    return Err(EngineError::Unreachable(why));
+                }
+                Some(Ok(resp)) => break resp,
+                // A kept-alive connection the engine closed meanwhile (llama.cpp's
+                // server closes after every streamed answer, whatever its Keep-Alive
+                // header says; the close can arrive after the check in `sender`): the
+                // request is sent again at once on a new connection, not retried as a
+                // failure after a backoff (which cost the tail 100 ms and more:
+                // perf/results/2026-12-05-issue17-openai.md).
+                Some(Err(_)) if kept => {
+                    sender = c.connect().await?;
+                    kept = false;
+                }
+                Some(Err(e)) => return Err(EngineError::Unreachable(e.to_string())),
+            }
+        };
         let status = resp.status();
         if status != StatusCode::OK {
             let body = rt::timeout(c.first_byte_timeout, resp.into_body().collect()).await;
