@@ -52,8 +52,21 @@ pub(crate) fn error(e: &ApiError) -> Response<Body> {
 /// [`error`] sends them, `retry-after-ms` (what the openai SDK reads first) and
 /// `x-should-retry` (so the SDK does not retry what orchd says is not retriable).
 pub(crate) fn openai_error(e: &ApiError) -> Response<Body> {
-    let status = status_of(e.class);
-    let kind = match status.as_u16() {
+    let mut r = json(status_of(e.class), openai_body(e));
+    let h = r.headers_mut();
+    if let (Some(ms), Some(secs)) = (e.retry_after_ms, e.retry_after_secs()) {
+        h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        h.insert("retry-after-ms", HeaderValue::from(ms));
+        h.insert("x-backoff-ms", HeaderValue::from(ms));
+    }
+    let retry = if e.retriable { "true" } else { "false" };
+    h.insert("x-should-retry", HeaderValue::from_static(retry));
+    r
+}
+
+/// OpenAI's error body of `e`.
+fn openai_body(e: &ApiError) -> Vec<u8> {
+    let kind = match status_of(e.class).as_u16() {
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
@@ -67,17 +80,7 @@ pub(crate) fn openai_error(e: &ApiError) -> Response<Body> {
     if let Some(ms) = e.retry_after_ms {
         err["retry_after_ms"] = ms.into();
     }
-    let body = serde_json::to_vec(&serde_json::json!({ "error": err })).expect("serializes");
-    let mut r = json(status, body);
-    let h = r.headers_mut();
-    if let (Some(ms), Some(secs)) = (e.retry_after_ms, e.retry_after_secs()) {
-        h.insert(RETRY_AFTER, HeaderValue::from(secs));
-        h.insert("retry-after-ms", HeaderValue::from(ms));
-        h.insert("x-backoff-ms", HeaderValue::from(ms));
-    }
-    let retry = if e.retriable { "true" } else { "false" };
-    h.insert("x-should-retry", HeaderValue::from_static(retry));
-    r
+    serde_json::to_vec(&serde_json::json!({ "error": err })).expect("serializes")
 }
 
 /// The field an error message names (every message starts `field: ...`), for
@@ -95,11 +98,21 @@ fn param_of(message: &str) -> Option<&str> {
     plausible.then_some(field)
 }
 
-/// The error envelope as a whole HTTP/1.1 response that closes the connection, for a
-/// connection orchd will not serve (so hyper never reads from it).
-pub(crate) fn error_and_close(e: &ApiError, correlation_id: &str, shard: usize) -> Vec<u8> {
+/// The error as a whole HTTP/1.1 response that closes the connection, for a
+/// connection orchd will not serve (so hyper never reads from it): OrchQueue's
+/// envelope, or OpenAI's error for a request to the OpenAI-compatible routes.
+pub(crate) fn error_and_close(
+    e: &ApiError,
+    correlation_id: &str,
+    shard: usize,
+    openai: bool,
+) -> Vec<u8> {
     let status = status_of(e.class);
-    let body = e.envelope_json();
+    let body = if openai {
+        openai_body(e)
+    } else {
+        e.envelope_json()
+    };
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          x-correlation-id: {correlation_id}\r\nx-orchd-shard: {shard}\r\nconnection: close\r\n",
@@ -109,6 +122,13 @@ pub(crate) fn error_and_close(e: &ApiError, correlation_id: &str, shard: usize) 
     );
     if let (Some(ms), Some(secs)) = (e.retry_after_ms, e.retry_after_secs()) {
         head.push_str(&format!("retry-after: {secs}\r\nx-backoff-ms: {ms}\r\n"));
+        if openai {
+            head.push_str(&format!("retry-after-ms: {ms}\r\n"));
+        }
+    }
+    if openai {
+        let retry = if e.retriable { "true" } else { "false" };
+        head.push_str(&format!("x-should-retry: {retry}\r\n"));
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();

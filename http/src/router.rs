@@ -156,7 +156,7 @@ fn exempt(path: &str) -> bool {
 }
 
 /// The routes of the OpenAI-compatible front door (issue 17).
-fn openai_path(path: &str) -> bool {
+pub(crate) fn openai_path(path: &str) -> bool {
     matches!(
         path,
         "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models" | "/health"

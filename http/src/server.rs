@@ -112,7 +112,8 @@ const REFUSE_LINGER: Duration = Duration::from_secs(1);
 const MAX_REFUSING: usize = 256;
 
 /// A connection over this shard's share of `server.max_connections`: 503
-/// REPLICA_EXHAUSTED with retry advice, then closed, without reading its request.
+/// REPLICA_EXHAUSTED with retry advice (OpenAI's error shape on its routes), then
+/// closed, without serving its request.
 async fn refuse_conn(app: Rc<ShardApp>, conn: Conn) {
     let probe = &app.shard.probe;
     probe
@@ -126,8 +127,17 @@ async fn refuse_conn(app: Rc<ShardApp>, conn: Conn) {
     .retriable(true)
     .retry_after_ms(1000);
     let cid = app.new_uuid().hyphenated().to_string();
-    let bytes = respond::error_and_close(&e, &cid, app.shard.id().0);
-    conn.answer_and_close(&bytes, REFUSE_LINGER).await;
+    let shard = app.shard.id().0;
+    // In the language of the route asked for: the request line's path.
+    let answer = |head: &[u8]| {
+        let path = head
+            .split(|&b| b == b' ')
+            .nth(1)
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .map_or("", |p| p.split('?').next().unwrap_or(p));
+        respond::error_and_close(&e, &cid, shard, router::openai_path(path))
+    };
+    conn.answer_and_close(answer, REFUSE_LINGER).await;
 }
 
 /// Decrements the open-connection gauge however the connection ends.

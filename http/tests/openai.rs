@@ -759,3 +759,48 @@ fn decode_base64(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn the_connection_limit_refuses_in_openais_shape_on_its_routes() {
+    use std::io::{Read, Write};
+    let s = server(
+        |_| {},
+        |c| {
+            c.server.shards = 1;
+            c.server.max_connections = 2;
+        },
+    );
+    // Two served connections, kept open, fill the limit.
+    let held: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::connect(s.addr);
+            assert_eq!(c.send("GET", "/livez", &[], b"").status, 200);
+            c
+        })
+        .collect();
+    let refusal = |request: &str| {
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut all = String::new();
+        let _ = c.read_to_string(&mut all);
+        all
+    };
+    let body = r#"{"model":"m","prompt":"x"}"#;
+    let openai = refusal(&format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(openai.starts_with("HTTP/1.1 503"), "{openai}");
+    let lower = openai.to_ascii_lowercase();
+    assert!(lower.contains("retry-after-ms: 1000\r\n"), "{openai}");
+    assert!(lower.contains("x-should-retry: true\r\n"), "{openai}");
+    let json: Value = serde_json::from_str(openai.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["error"]["code"], "REPLICA_EXHAUSTED");
+    assert_eq!(json["error"]["type"], "server_error");
+    // OrchQueue's routes keep their envelope.
+    let plain = refusal("GET /v1/capabilities HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(plain.contains("\"code\":\"REPLICA_EXHAUSTED\""), "{plain}");
+    assert!(!plain.contains("\"error\""), "{plain}");
+    drop(held);
+}

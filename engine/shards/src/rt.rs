@@ -287,12 +287,16 @@ impl Conn {
         self.stream.peer_addr().ok()
     }
 
-    /// Answers `bytes` and closes the connection, for a connection that will not be
-    /// served: reads the request head first (what it can within `limit`), then writes,
-    /// then reads and drops whatever else comes until the client closes or `limit`
-    /// passes. Closing with unread bytes would reset the connection, and the client
-    /// would lose the answer.
-    pub async fn answer_and_close(mut self, bytes: &[u8], limit: Duration) {
+    /// Answers and closes the connection, for a connection that will not be served:
+    /// reads the request head first (what it can within `limit`), writes what `answer`
+    /// makes of it (the refusal can speak the route's language), then reads and drops
+    /// whatever else comes until the client closes or `limit` passes. Closing with
+    /// unread bytes would reset the connection, and the client would lose the answer.
+    pub async fn answer_and_close(
+        mut self,
+        answer: impl FnOnce(&[u8]) -> Vec<u8>,
+        limit: Duration,
+    ) {
         let until = Instant::now() + limit;
         let mut head = Vec::new();
         let mut sink = [0u8; 1024];
@@ -307,8 +311,9 @@ impl Conn {
             io::Result::Ok(())
         };
         let _ = timeout(until.saturating_duration_since(Instant::now()), read_head).await;
+        let bytes = answer(&head);
         let answer = async {
-            futures_lite::AsyncWriteExt::write_all(&mut self.stream, bytes).await?;
+            futures_lite::AsyncWriteExt::write_all(&mut self.stream, &bytes).await?;
             self.stream.shutdown(std::net::Shutdown::Write).await?;
             while futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await? > 0 {}
             io::Result::Ok(())
