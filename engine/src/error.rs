@@ -245,6 +245,20 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     Ok(v)
 }
 
+/// Reads `T` from an already parsed JSON object (a request read once and looked at in
+/// parts); a failure is a `400 INVALID_PARAMS` naming the field, as [`parse_json`].
+pub fn from_value<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if matches!(path.as_str(), "." | "?" | "") {
+            "body"
+        } else {
+            path.as_str()
+        };
+        ApiError::invalid(format!("{at}: {}", e.into_inner()))
+    })
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)

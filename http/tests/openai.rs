@@ -239,6 +239,12 @@ fn errors_are_openais_shape_and_name_the_field() {
             json!({"model": "m", "prompt": "x", "max_tokens": 9000}),
             "max_tokens",
         ),
+        // Found by schemathesis: a seed beyond i64 was reported as `body`.
+        (json!({"model": "m", "prompt": "x", "seed": 1e30}), "seed"),
+        (
+            json!({"model": "m", "prompt": "x", "stream": "yes"}),
+            "stream",
+        ),
         // On the mock, a field that would change the output is refused by name.
         (
             json!({"model": "m", "prompt": "x", "logit_bias": {"1": 5}}),

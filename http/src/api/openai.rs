@@ -16,13 +16,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use orchd_engine::admission::Admitted;
 use orchd_engine::config::AdapterKind;
-use orchd_engine::error::parse_json;
+use orchd_engine::error::{from_value, parse_json};
 use orchd_engine::generation::{ChatMessage, Role};
 use orchd_engine::task::{Extras, TaskSpec, MAX_DEADLINE_MS};
 use orchd_engine::{ApiError, ErrorClass, ErrorKind, Priority, Workload};
@@ -81,24 +82,34 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
+/// What `/v1/completions` adds to [`Common`].
 #[derive(Deserialize)]
 struct CompletionRequest {
-    #[serde(flatten)]
-    common: Common,
     prompt: Value,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
 }
 
+/// What `/v1/chat/completions` adds to [`Common`].
 #[derive(Deserialize)]
 struct ChatRequest {
-    #[serde(flatten)]
-    common: Common,
     messages: Vec<Message>,
     #[serde(default)]
     max_completion_tokens: Option<u32>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
+}
+
+/// A request body read once, then in parts: the fields both routes share, the route's
+/// own, and the object itself (whose other fields are forwarded). Parts are read from
+/// the object rather than flattened into one struct, which would lose the path of a
+/// bad field (`seed: ...` would be reported as `body: ...`).
+fn read_request<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(Common, T, Map<String, Value>), ApiError> {
+    let object = Value::Object(parse_json::<Map<String, Value>>(body)?);
+    let common = from_value(&object)?;
+    let own = from_value(&object)?;
+    let Value::Object(map) = object else {
+        unreachable!("parsed as an object")
+    };
+    Ok((common, own, map))
 }
 
 #[derive(Deserialize)]
@@ -146,20 +157,20 @@ pub(crate) async fn completions(
     headers: &HeaderMap,
     cid: &HeaderValue,
 ) -> Result<Response<Body>, ApiError> {
-    let req: CompletionRequest = parse_json(&body)?;
+    let (common, req, rest) = read_request::<CompletionRequest>(&body)?;
     let prompt = completion_prompt(&req.prompt)?;
     let words = prompt.split_whitespace().count() as u64;
-    let max_tokens = req.common.max_tokens.unwrap_or(COMPLETION_MAX_TOKENS);
+    let max_tokens = common.max_tokens.unwrap_or(COMPLETION_MAX_TOKENS);
     let (spec, asked) = task(
         app,
         headers,
         Route::Completions,
-        req.common,
+        common,
         max_tokens,
         words,
         Some(prompt),
         None,
-        req.rest,
+        rest,
     )?;
     generate(app, spec, asked, cid).await
 }
@@ -170,13 +181,13 @@ pub(crate) async fn chat(
     headers: &HeaderMap,
     cid: &HeaderValue,
 ) -> Result<Response<Body>, ApiError> {
-    let req: ChatRequest = parse_json(&body)?;
+    let (common, req, rest) = read_request::<ChatRequest>(&body)?;
     let messages = chat_messages(&req.messages)?;
     let words = messages
         .iter()
         .map(|m| m.content.split_whitespace().count() as u64)
         .sum::<u64>();
-    let limit = req.max_completion_tokens.or(req.common.max_tokens);
+    let limit = req.max_completion_tokens.or(common.max_tokens);
     let max_tokens = match limit {
         Some(n) => n,
         // Until the engine stops or the context is full: the room the smallest
@@ -191,12 +202,12 @@ pub(crate) async fn chat(
         app,
         headers,
         Route::Chat,
-        req.common,
+        common,
         max_tokens,
         words,
         None,
         Some(messages),
-        req.rest,
+        rest,
     )?;
     if let Some(x) = &mut spec.extras {
         x.open_ended = limit.is_none();
@@ -610,8 +621,6 @@ struct EmbeddingRequest {
     #[serde(default)]
     #[allow(dead_code)]
     user: Option<String>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
 }
 
 /// Most inputs one embeddings request may hold (OpenAI's limit).
@@ -627,7 +636,11 @@ pub(crate) async fn embeddings(
     headers: &HeaderMap,
     cid: &HeaderValue,
 ) -> Result<Response<Body>, ApiError> {
-    let req: EmbeddingRequest = parse_json(&body)?;
+    let object = Value::Object(parse_json::<Map<String, Value>>(&body)?);
+    let req: EmbeddingRequest = from_value(&object)?;
+    let Value::Object(mut rest) = object else {
+        unreachable!("parsed as an object")
+    };
     let texts: Vec<String> = match &req.input {
         Value::String(s) => vec![s.clone()],
         Value::Array(items) if !items.is_empty() && items.len() <= MAX_EMBEDDING_INPUTS => items
@@ -654,7 +667,6 @@ pub(crate) async fn embeddings(
     if req.dimensions.is_some_and(|d| !(1..=65536).contains(&d)) {
         return Err(ApiError::invalid("dimensions: must be in 1..=65536"));
     }
-    let mut rest = req.rest;
     for k in ["model", "input", "encoding_format", "dimensions", "user"] {
         rest.remove(k);
     }
