@@ -734,6 +734,11 @@ fn embeddings_are_deterministic_vectors_as_floats_or_base64() {
             json!({"model": "m", "input": "x", "dimensions": 0}),
             "dimensions",
         ),
+        // The answer is held whole: inputs x dimensions is bounded.
+        (
+            json!({"model": "m", "input": vec!["x"; 100], "dimensions": 65536}),
+            "dimensions",
+        ),
     ] {
         let r = post(s.addr, "/v1/embeddings", &[], &bad);
         assert_eq!(r.status, 400, "{bad}");

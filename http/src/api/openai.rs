@@ -625,6 +625,10 @@ struct EmbeddingRequest {
 
 /// Most inputs one embeddings request may hold (OpenAI's limit).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
+/// Most vector components one request may ask for (inputs x `dimensions`): the answer
+/// is held in the task's `end` frame for its retention, so it is bounded (4 Mi floats,
+/// about 40 MB of JSON).
+const MAX_EMBEDDING_COMPONENTS: u64 = 1 << 22;
 
 /// `POST /v1/embeddings`: a task of workload `embedding` on a pool that takes them (an
 /// HTTP engine's `/v1/embeddings`, or the mock's deterministic unit vectors); the
@@ -666,6 +670,13 @@ pub(crate) async fn embeddings(
     };
     if req.dimensions.is_some_and(|d| !(1..=65536).contains(&d)) {
         return Err(ApiError::invalid("dimensions: must be in 1..=65536"));
+    }
+    if let Some(d) = req.dimensions {
+        if texts.len() as u64 * u64::from(d) > MAX_EMBEDDING_COMPONENTS {
+            return Err(ApiError::invalid(format!(
+                "dimensions: inputs x dimensions must be at most {MAX_EMBEDDING_COMPONENTS}"
+            )));
+        }
     }
     for k in ["model", "input", "encoding_format", "dimensions", "user"] {
         rest.remove(k);

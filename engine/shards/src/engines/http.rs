@@ -49,6 +49,9 @@ pub trait Wire {
     const VERSION: (&'static str, &'static str, Option<&'static str>);
 }
 
+/// Largest embeddings answer read from an engine.
+const MAX_EMBEDDINGS_BODY: usize = 64 << 20;
+
 /// One engine endpoint and its idle connections. Lives on the pool's owner shard.
 pub struct Client {
     url: HttpUrl,
@@ -238,11 +241,13 @@ impl<W: Wire> EngineAdapter for HttpEngine<W> {
             });
         }
         if let Input::Embed(_) = g.input {
-            // An embeddings answer is one JSON document, not a stream.
-            let body = rt::timeout(c.first_byte_timeout, resp.into_body().collect())
+            // An embeddings answer is one JSON document, not a stream (bounded: it is
+            // held whole).
+            let limited = http_body_util::Limited::new(resp.into_body(), MAX_EMBEDDINGS_BODY);
+            let body = rt::timeout(c.first_byte_timeout, limited.collect())
                 .await
                 .ok_or_else(|| EngineError::Reset("embeddings: the answer did not end".into()))?
-                .map_err(|e| EngineError::Reset(e.to_string()))?
+                .map_err(|e| EngineError::Malformed(format!("embeddings: {e}")))?
                 .to_bytes();
             c.give_back(sender);
             let v: serde_json::Value = serde_json::from_slice(&body)
