@@ -252,6 +252,9 @@ fn encode(event: Event, id: u64, data: &str) -> (bytes::Bytes, Value) {
                             decode_ms: e.decode_ms,
                             transcript_id: &e.transcript_id,
                             canceled: e.canceled,
+                            finish_reason: None,
+                            prompt_tokens: None,
+                            embeddings: None,
                         },
                     );
                     let want = object([
