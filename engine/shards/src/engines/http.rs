@@ -181,11 +181,38 @@ impl Client {
         r
     }
 
+    /// Sends a request on a kept-alive connection if one is idle, else on a new one;
+    /// returns the connection (to give back) and the response head. A kept-alive
+    /// connection the engine closed meanwhile (llama.cpp's server closes after every
+    /// streamed answer, whatever its Keep-Alive header says, and the close can arrive
+    /// after the check in `sender`) is replaced by a new one and the request sent again
+    /// at once: not a failure to retry after a backoff, which cost the tail 100 ms and
+    /// more and marked a probed engine down (perf/results/2026-12-05-issue17-openai.md).
+    async fn send(
+        &self,
+        request: impl Fn() -> Request<Full<Bytes>>,
+    ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<Incoming>), EngineError> {
+        let (mut sender, mut kept) = self.sender().await?;
+        loop {
+            match rt::timeout(self.first_byte_timeout, sender.send_request(request())).await {
+                None => {
+                    let why = format!("no response head in {:?}", self.first_byte_timeout);
+                    return Err(EngineError::Unreachable(why));
+                }
+                Some(Ok(resp)) => return Ok((sender, resp)),
+                Some(Err(_)) if kept => {
+                    sender = self.connect().await?;
+                    kept = false;
+                }
+                Some(Err(e)) => return Err(EngineError::Unreachable(e.to_string())),
+            }
+        }
+    }
+
     /// `GET path` on a pooled connection: the status was 200, and the body.
     async fn get(&self, path: &str) -> Option<(bool, Bytes)> {
-        let (mut s, _) = self.sender().await.ok()?;
-        let resp = s
-            .send_request(self.request(Method::GET, path, Bytes::new()))
+        let (s, resp) = self
+            .send(|| self.request(Method::GET, path, Bytes::new()))
             .await
             .ok()?;
         let ok = resp.status() == StatusCode::OK;
@@ -201,30 +228,11 @@ impl<W: Wire> EngineAdapter for HttpEngine<W> {
     /// Connection (pooled or new), request, response head.
     async fn open(&self, _task: Uuid, g: &Generation) -> Result<HttpStream, EngineError> {
         let c = &self.client;
-        let (mut sender, mut kept) = c.sender().await?;
         let (path, parse) = W::endpoint(&g.input);
         let body = Bytes::from(serde_json::to_vec(&W::body(g)).expect("serializes"));
-        let resp = loop {
-            let req = c.request(Method::POST, path, body.clone());
-            match rt::timeout(c.first_byte_timeout, sender.send_request(req)).await {
-                None => {
-                    let why = format!("no response head in {:?}", c.first_byte_timeout);
-                    return Err(EngineError::Unreachable(why));
-                }
-                Some(Ok(resp)) => break resp,
-                // A kept-alive connection the engine closed meanwhile (llama.cpp's
-                // server closes after every streamed answer, whatever its Keep-Alive
-                // header says; the close can arrive after the check in `sender`): the
-                // request is sent again at once on a new connection, not retried as a
-                // failure after a backoff (which cost the tail 100 ms and more:
-                // perf/results/2026-12-05-issue17-openai.md).
-                Some(Err(_)) if kept => {
-                    sender = c.connect().await?;
-                    kept = false;
-                }
-                Some(Err(e)) => return Err(EngineError::Unreachable(e.to_string())),
-            }
-        };
+        let (sender, resp) = c
+            .send(|| c.request(Method::POST, path, body.clone()))
+            .await?;
         let status = resp.status();
         if status != StatusCode::OK {
             let body = rt::timeout(c.first_byte_timeout, resp.into_body().collect()).await;
