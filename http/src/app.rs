@@ -23,15 +23,19 @@ pub(crate) struct App {
 impl App {
     pub fn new(config: Config) -> App {
         let keys = Keys::new(config.server.api_keys.iter().map(|k| k.expose()));
-        let started_secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         App {
             config,
             keys,
-            started_secs,
+            started_secs: unix_secs(),
         }
     }
+}
+
+/// Now, in Unix seconds (OpenAI's `created`).
+pub(crate) fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One shard's view: the shared app, the shard itself, and shard-local scratch.

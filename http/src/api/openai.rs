@@ -11,7 +11,6 @@
 //! every chunk's `id`, so `POST /v1/tasks/{id}/cancel` stops it race-free.
 
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -30,7 +29,7 @@ use orchd_engine::{ApiError, ErrorClass, ErrorKind, Priority, Workload};
 use orchd_shards::{unavailable, MeshError, ShardId, Subscribed};
 
 use super::tasks::admit;
-use crate::app::ShardApp;
+use crate::app::{unix_secs, ShardApp};
 use crate::body::{subscribe, Body, SseBody};
 use crate::chunks::{self, Chunks, Parsed, Route};
 use crate::respond;
@@ -139,7 +138,7 @@ const INTERPRETED: [&str; 14] = [
 ];
 
 /// Fields that never change what is generated: accepted on the mock too.
-const NO_EFFECT: [&str; 4] = ["metadata", "store", "service_tier", "stream_options"];
+const NO_EFFECT: [&str; 3] = ["metadata", "store", "service_tier"];
 
 /// What a generation request asked, whichever route it came by.
 struct Asked {
@@ -778,12 +777,6 @@ fn base64_f32(v: &[f32]) -> String {
         }
     }
     out
-}
-
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `GET /v1/models`: each model the pools serve now (a pool serving any model is

@@ -131,7 +131,7 @@ fn terminal_frame(
                     };
                     (
                         Some(reason),
-                        Some(prompt_tokens.unwrap_or(t.spec.prompt_tokens())),
+                        Some(prompt_tokens.unwrap_or_else(|| t.spec.prompt_tokens())),
                     )
                 }
                 (Terminal::Canceled(_), Some(_)) => (None, Some(t.spec.prompt_tokens())),
