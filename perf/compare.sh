@@ -8,6 +8,8 @@
 #   OUT=perf/results/$(date +%F)-compare.md bash perf/compare.sh
 #   ORCHD_BIN=/tmp/orchd-before bash perf/compare.sh   # another orchd build, same scenarios
 #   ONLY="throughput streams1000" bash perf/compare.sh  # some scenarios only
+#   RUNTIMES=epoll bash perf/compare.sh       # orchd's runtimes to run (default: io_uring epoll;
+#                                             # `default` sets none, for builds without the key)
 #
 # With `perf` on the PATH (and perf_event_paranoid <= 2), the server's system calls are
 # counted during each run (tracepoint raw_syscalls:sys_enter, all its threads) and
@@ -18,8 +20,12 @@ build
 OP=$(free_port 18781); BP=$(free_port $((OP + 1)))
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-start_orchd() { # tpot_ms slots_per_pool
+RUNTIMES=${RUNTIMES:-io_uring epoll}
+
+start_orchd() { # runtime tpot_ms slots_per_pool
   printf '[server]\ndispatcher = "%s"\n' "${DISPATCHER:-shard0}" > "$DIR/orchd.toml"
+  [[ $1 == default ]] || printf 'runtime = "%s"\n' "$1" >> "$DIR/orchd.toml"
+  shift
   printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$2" "$1" "$2" "$1" >> "$DIR/orchd.toml"
   PORT=$OP orchd_start "$DIR/orchd.toml"; echo "$PID" > "$DIR/pid"
 }
@@ -55,12 +61,14 @@ PY
 
 scenario() { # label conc tokens tasks tpot [slots, of each of orchd's 2 pools; 256] [orchd-load args]
   [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]] || return 0
-  local slots=${6:-256}
-  start_orchd "$5" "$slots"; measure "orchd-$1" $OP "$2" "$3" "$4" "${7:-}"; stop_server
+  local slots=${6:-256} rt
+  for rt in $RUNTIMES; do
+    start_orchd "$rt" "$5" "$slots"; measure "orchd-$rt-$1" $OP "$2" "$3" "$4" "${7:-}"; stop_server
+  done
   start_baseline "$5" $((2 * slots)); measure "base-$1" $BP "$2" "$3" "$4" "${7:-}"; stop_server
 }
 
-echo "orchd dispatcher: ${DISPATCHER:-shard0}"
+echo "orchd dispatcher: ${DISPATCHER:-shard0}; runtimes: $RUNTIMES"
 echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
 scenario throughput 256 256 4096 0
 scenario streams1000 1000 256 8192 0
@@ -76,9 +84,9 @@ scenario open1000 1000 100 3000 50 1024 "--rate 200"
 scenario waves256 256 64 2048 20 256
 scenario waves1000 1000 64 4000 20 1024
 
-python3 - "$DIR" <<'PY' | tee "${OUT:-/dev/null}"
+python3 - "$DIR" $RUNTIMES <<'PY' | tee "${OUT:-/dev/null}"
 import json, sys, os
-d = sys.argv[1]
+d, runtimes = sys.argv[1], sys.argv[2:]
 rows = [
   ("throughput", "256 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("tasks/s", "tasks_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("streams1000", "1000 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
@@ -91,19 +99,25 @@ rows = [
 ]
 def get(j, k):
     return j[k[0]][k[1]] if isinstance(k, tuple) else j.get(k, float("nan"))
-print("| scenario | figure | orchd | baseline | orchd/baseline | better |")
-print("|---|---|---|---|---|---|")
+head = ["scenario", "figure"] + [f"orchd {r}" for r in runtimes] + ["baseline"] + [f"{r}/baseline" for r in runtimes] + ["best"]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
 for name, desc, figs in rows:
-    if not os.path.exists(os.path.join(d, f"orchd-{name}.json")):
+    if not os.path.exists(os.path.join(d, f"base-{name}.json")):
         continue
-    o = json.load(open(os.path.join(d, f"orchd-{name}.json")))
+    os_ = [json.load(open(os.path.join(d, f"orchd-{r}-{name}.json"))) for r in runtimes]
     b = json.load(open(os.path.join(d, f"base-{name}.json")))
     for label, key, higher in figs:
-        ov, bv = get(o, key), get(b, key)
-        ratio = ov / bv if bv else float("inf")
-        better = "-" if higher is None else ("orchd" if (ov > bv) == higher else "baseline")
-        print(f"| {name} ({desc}) | {label} | {ov:.3f} | {bv:.3f} | {ratio:.2f} | {better} |")
-    for who, j in (("orchd", o), ("baseline", b)):
+        ovs, bv = [get(o, key) for o in os_], get(b, key)
+        ratios = [f"{ov / bv:.2f}" if bv else "inf" for ov in ovs]
+        if higher is None:
+            best = "-"
+        else:
+            cands = [(ov, f"orchd {r}") for ov, r in zip(ovs, runtimes)] + [(bv, "baseline")]
+            best = (max if higher else min)(cands, key=lambda c: c[0])[1]
+        cells = [f"{name} ({desc})", label] + [f"{ov:.3f}" for ov in ovs] + [f"{bv:.3f}"] + ratios + [best]
+        print("| " + " | ".join(cells) + " |")
+    for who, j in [(f"orchd {r}", o) for r, o in zip(runtimes, os_)] + [("baseline", b)]:
         if j["errors"] or j["frame_violations"]:
             print(f"| {name} | {who} errors / frame violations | {j['errors']} / {j['frame_violations']} | | | |")
 PY

@@ -21,6 +21,8 @@
 #                    recursion depth mismatch", an error of the tool, not of orchd)
 #   ST_REPORT_DIR    orchd's config and log, schemathesis' output and JUnit reports
 #                    (default target/schemathesis)
+#   ORCHD_RUNTIME    the runtime orchd runs on (auto, io_uring, epoll); checked against
+#                    its ready line
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -159,7 +161,11 @@ EOF
   sleep 0.1
 done
 [[ -n "$ready" ]] || { echo "orchd at $BASE never became ready" >&2; cat "$LOG" >&2; exit 1; }
-echo "== orchd $("$ORCHD_BIN" --version 2>/dev/null || true) at $BASE (pid $ORCHD_PID); seed $SEED"
+RUNTIME="$(sed -n 's/.*"message":"ready".*"runtime":"\([a-z_]*\)".*/\1/p' "$LOG" | head -1)"
+if [[ -n "${ORCHD_RUNTIME:-}" && "$ORCHD_RUNTIME" != auto && "$RUNTIME" != "$ORCHD_RUNTIME" ]]; then
+  echo "orchd runs on ${RUNTIME:-?}, not on ORCHD_RUNTIME=$ORCHD_RUNTIME" >&2; exit 1
+fi
+echo "== orchd $("$ORCHD_BIN" --version 2>/dev/null || true) at $BASE (pid $ORCHD_PID) on $RUNTIME; seed $SEED"
 
 # --- schemathesis -----------------------------------------------------------------------
 # hooks.py records here each failure it dropped as a documented leniency.

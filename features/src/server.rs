@@ -50,6 +50,10 @@ impl Orchd {
 fn start_server(toml: &str) -> Result<Server, String> {
     let mut config = Config::from_toml_str(toml).map_err(|e| e.to_string())?;
     config.server.addr = "127.0.0.1:0".parse().expect("loopback address");
+    // `.ci/run` runs the suites once per runtime: ORCHD_RUNTIME picks it, as for the binary.
+    if let Ok(runtime) = std::env::var("ORCHD_RUNTIME") {
+        config.server.runtime = runtime.parse()?;
+    }
     serve(config).map_err(|e| e.to_string())
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use orchd_engine::config::{ApiKey, ConfigError};
+use orchd_engine::config::{ApiKey, ConfigError, RuntimeChoice};
 use orchd_engine::Config;
 
 /// orchd: a thread-per-core LLM task orchestrator.
@@ -25,9 +25,18 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 
+    /// Runtime: `auto` (io_uring if it can start here, else epoll), `io_uring` or
+    /// `epoll`, overriding server.runtime.
+    #[arg(long, env = "ORCHD_RUNTIME", value_name = "auto|io_uring|epoll", value_parser = parse_runtime)]
+    pub runtime: Option<RuntimeChoice>,
+
     /// Print the built-in config (commented TOML) and exit.
     #[arg(long)]
     pub print_default_config: bool,
+}
+
+fn parse_runtime(s: &str) -> Result<RuntimeChoice, String> {
+    s.parse()
 }
 
 /// Builds the effective config: file (or built-in), then `ORCHD_API_KEYS` from `env`,
@@ -60,6 +69,9 @@ pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<Config, C
     }
     if let Some(shards) = cli.shards {
         config.server.shards = shards;
+    }
+    if let Some(runtime) = cli.runtime {
+        config.server.runtime = runtime;
     }
     config.validate()?;
     Ok(config)

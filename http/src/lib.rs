@@ -59,6 +59,12 @@ impl Server {
         self.shards
     }
 
+    /// The runtime the shards run on: `io_uring` or `epoll` (`server.runtime`
+    /// resolved on this host).
+    pub fn runtime(&self) -> &'static str {
+        self.runtime.kind().as_str()
+    }
+
     /// Graceful shutdown: stop accepting, let in-flight requests finish up to
     /// `server.shutdown_grace_ms`, end the rest, stop the dispatcher, join every thread.
     pub fn shutdown(self) -> Result<(), String> {

@@ -27,7 +27,10 @@ pub(crate) async fn shard_main(
     listener: std::net::TcpListener,
     ready: Ready,
 ) {
-    let listener = Listener::adopt(listener);
+    let listener = match Listener::adopt(listener) {
+        Ok(l) => l,
+        Err(e) => return ready.fail(format!("cannot adopt the listening socket: {e}")),
+    };
     let grace = Duration::from_millis(app.config.server.shutdown_grace_ms);
     let shards = shard.shard_count();
     let app = Rc::new(ShardApp::new(app, shard));

@@ -7,23 +7,37 @@ use std::time::{Duration, Instant};
 
 use orchd_testkit::{assert_well_formed, open_stream, submit, task_body, uuid, Client};
 use support::process::{
-    fresh_dir, orchd, run_to_end, start_ready, start_ready_with, temp_file, wait_bounded,
+    fresh_dir, orchd, run_to_end, start_logged, start_ready, start_ready_with, temp_file,
+    wait_bounded, KillOnDrop,
 };
 
 #[test]
 fn bad_config_names_every_offending_key() {
     let p = temp_file(
         "bad",
-        "[server]\nadress = \"x\"\nshards = \"two\"\n[[pools]]\nid = \"p\"\nslots = 0\npolicy = \"lifo\"\n",
+        "[server]\nadress = \"x\"\nshards = \"two\"\nruntime = \"uring\"\n[[pools]]\nid = \"p\"\nslots = 0\npolicy = \"lifo\"\n",
     );
     let (code, err) = run_to_end(orchd().arg("--config").arg(&p));
     assert_eq!(code, 2, "{err}");
     for key in [
         "server.adress: unknown key",
         "server.shards",
+        "server.runtime",
         "pools[0].policy",
     ] {
         assert!(err.contains(key), "{key:?} not named in:\n{err}");
+    }
+}
+
+#[test]
+fn an_unknown_runtime_is_named_with_the_choices() {
+    for cmd in [
+        orchd().args(["--runtime", "uring"]),
+        orchd().env("ORCHD_RUNTIME", "uring"),
+    ] {
+        let (code, err) = run_to_end(cmd);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("uring") && err.contains("`auto`, `io_uring`, `epoll`"), "{err}");
     }
 }
 
@@ -89,9 +103,36 @@ fn sigint_stops_cleanly_too() {
 
 #[test]
 fn too_low_memlock_limit_fails_fast_naming_the_fix() {
+    let mut cmd = low_memlock();
+    cmd.args(["--runtime", "io_uring"])
+        .env("ORCHD_ADDR", "127.0.0.1:0");
+    let (code, err) = run_to_end(&mut cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("locked-memory limit is 64 KiB"), "{err}");
+    assert!(err.contains("ulimit -l"), "{err}");
+    assert!(err.contains("server.runtime"), "{err}");
+}
+
+#[test]
+fn too_low_memlock_limit_on_auto_runs_on_epoll_saying_why() {
+    let mut cmd = low_memlock();
+    cmd.env_remove("ORCHD_RUNTIME");
+    let started = start_logged(cmd);
+    let _child = KillOnDrop(started.child);
+    assert_eq!(started.ready["runtime"], "epoll", "{}", started.ready);
+    let warned = started.before.iter().any(|l| {
+        l["level"] == "WARN"
+            && l["cause"]
+                .as_str()
+                .is_some_and(|c| c.contains("locked-memory limit is 64 KiB"))
+    });
+    assert!(warned, "{:#?}", started.before);
+}
+
+/// `orchd` with a locked-memory limit (soft and hard) of 64 KiB, below glommio's need.
+fn low_memlock() -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = orchd();
-    cmd.env("ORCHD_ADDR", "127.0.0.1:0");
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
         cmd.pre_exec(|| {
@@ -105,10 +146,7 @@ fn too_low_memlock_limit_fails_fast_naming_the_fix() {
             Ok(())
         });
     }
-    let (code, err) = run_to_end(&mut cmd);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("locked-memory limit is 64 KiB"), "{err}");
-    assert!(err.contains("ulimit -l"), "{err}");
+    cmd
 }
 
 #[test]

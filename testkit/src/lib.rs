@@ -14,17 +14,20 @@
 //! - [`task`]: request bodies with sensible defaults, fresh ids.
 //! - [`fake_engine`]: an upstream engine speaking the OpenAI and llama.cpp streaming
 //!   formats, with faults on request.
+//! - [`seccomp`]: a real seccomp filter denying io_uring as container runtimes do (also
+//!   the `deny-io-uring` wrapper binary).
 //!
 //! Why a crate of its own: `orchd-features` depends on `orchd-http` (it starts orchd
 //! through `orchd_http::serve`), so `orchd-http`'s tests could use it only through a
 //! dev-dependency cycle, which compiles `orchd-http` twice. This crate sits below both
 //! and must not depend on any orchd crate: it talks HTTP like a user, so a server
 //! started in-process (`orchd_http::serve`), as a process, or elsewhere are all the same
-//! to it. std, serde_json and uuid only; tokio's timer with the `async` feature.
+//! to it. std, libc, serde_json and uuid only; tokio's timer with the `async` feature.
 
 pub mod fake_engine;
 pub mod frames;
 pub mod http;
+pub mod seccomp;
 pub mod sse;
 pub mod task;
 pub mod wait;

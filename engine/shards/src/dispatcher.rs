@@ -112,7 +112,8 @@ impl Dispatcher {
                 let adm = self.admission.borrow();
                 let mut cached = self.capabilities.borrow_mut();
                 if cached.0 != adm.pools_version || cached.1.is_empty() {
-                    let doc = adm.capabilities(self.max_body_bytes);
+                    let runtime = rt::current().expect("the dispatcher runs on an executor");
+                    let doc = adm.capabilities(self.max_body_bytes, runtime.as_str());
                     *cached = (
                         adm.pools_version,
                         Bytes::from(serde_json::to_vec(&doc).expect("serializes")),

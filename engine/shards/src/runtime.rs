@@ -71,6 +71,7 @@ pub enum StartError {
 
 /// The running shards and dispatcher.
 pub struct Runtime {
+    kind: rt::Kind,
     stop: watch::Sender<bool>,
     shards: Vec<rt::ExecutorThread<()>>,
     dispatcher_halt: Option<oneshot::Sender<()>>,
@@ -79,6 +80,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The runtime the shards run on (`server.runtime` resolved on this host).
+    pub fn kind(&self) -> rt::Kind {
+        self.kind
+    }
+
     /// Starts the dispatcher and `opts.shards` shards. Shard `i` runs
     /// `shard_main(shard, seeds[i], ready)`; this returns once every shard called
     /// `ready.ok()`, or fails with the first shard's error.
@@ -93,7 +99,15 @@ impl Runtime {
         Fut: Future<Output = ()> + 'static,
     {
         assert_eq!(seeds.len(), opts.shards, "one seed per shard");
-        rt::preflight(opts.shards + 1)?;
+        let choice = rt::choose(opts.config.server.runtime, opts.shards + 1)?;
+        let kind = choice.kind;
+        if let Some(why) = &choice.fallback {
+            tracing::warn!(
+                runtime = kind.as_str(),
+                cause = %why,
+                "io_uring cannot start here; running on epoll (server.runtime = \"auto\")"
+            );
+        }
         let cores = rt::available_cores();
         let (stop, stop_rx) = watch::channel(false);
 
@@ -114,7 +128,7 @@ impl Runtime {
             let (inbox, halted, dpeers) = dispatcher_parts.take().expect("not taken yet");
             let config = Arc::clone(&opts.config);
             Some(
-                rt::spawn_executor("orchd-dispatcher", None, move || {
+                rt::spawn_executor(kind, "orchd-dispatcher", None, move || {
                     crate::dispatcher::dispatcher_main(inbox, halted, config, dpeers, epoch)
                 })
                 .map_err(StartError::Spawn)?,
@@ -122,6 +136,7 @@ impl Runtime {
         };
 
         let mut runtime = Runtime {
+            kind,
             stop,
             shards: Vec::with_capacity(opts.shards),
             dispatcher_halt: Some(halt),
@@ -146,8 +161,11 @@ impl Runtime {
                 None
             };
             let cpu = cores[i % cores.len()];
-            let thread =
-                rt::spawn_executor(&format!("orchd-shard-{i}"), Some(cpu), move || async move {
+            let thread = rt::spawn_executor(
+                kind,
+                &format!("orchd-shard-{i}"),
+                Some(cpu),
+                move || async move {
                     if let Some((inbox, halted, dpeers)) = dispatcher_here {
                         let config = Arc::clone(&config);
                         rt::spawn(
@@ -167,7 +185,8 @@ impl Runtime {
                     };
                     let shard = Shard::start(parts, inbox);
                     shard_main(shard, seed, Ready { tx }).await
-                });
+                },
+            );
             match thread {
                 Ok(t) => runtime.shards.push(t),
                 Err(e) => {

@@ -270,8 +270,6 @@ impl Admission {
         }
     }
 
-    /// `GET /v1/capabilities` from the pools as they are now: concurrency counts the
-    /// slots of pools that admit tasks, and each pool shows its model and state.
     /// The models the pools serve now, each once, in pool order: a pool's model, or
     /// its id when it serves any model (`*`), which then names it to clients.
     pub fn models_served(&self) -> Vec<String> {
@@ -289,7 +287,10 @@ impl Admission {
         out
     }
 
-    pub fn capabilities(&self, max_body_bytes: usize) -> serde_json::Value {
+    /// `GET /v1/capabilities` from the pools as they are now: concurrency counts the
+    /// slots of pools that admit tasks, and each pool shows its model and state;
+    /// `runtime` names the runtime under the shards.
+    pub fn capabilities(&self, max_body_bytes: usize, runtime: &str) -> serde_json::Value {
         let mut engines: Vec<serde_json::Value> = Vec::new();
         for engine in Engine::ALL {
             let pools: Vec<&PoolMirror> = self
@@ -336,6 +337,6 @@ impl Admission {
                 })).collect::<Vec<_>>(),
             }));
         }
-        serde_json::json!({"api_version": "1.0.0", "engines": engines})
+        serde_json::json!({"api_version": "1.0.0", "runtime": runtime, "engines": engines})
     }
 }

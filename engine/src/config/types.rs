@@ -54,6 +54,34 @@ pub struct ServerConfig {
     /// from a browser (CORS): preflights are answered before auth, and responses name
     /// the origin and expose orchd's headers. Default none.
     pub cors_allow_origins: Vec<String>,
+    /// The runtime under the shards: `io_uring` (glommio), `epoll` (tokio, for hosts and
+    /// containers that deny io_uring), or `auto` (io_uring when it can start here, else
+    /// epoll with one warning naming why). Also `ORCHD_RUNTIME` and `--runtime`.
+    pub runtime: RuntimeChoice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum RuntimeChoice {
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "io_uring")]
+    IoUring,
+    #[serde(rename = "epoll")]
+    Epoll,
+}
+
+impl std::str::FromStr for RuntimeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(RuntimeChoice::Auto),
+            "io_uring" => Ok(RuntimeChoice::IoUring),
+            "epoll" => Ok(RuntimeChoice::Epoll),
+            other => Err(format!(
+                "unknown runtime `{other}`, expected one of `auto`, `io_uring`, `epoll`"
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -263,6 +291,7 @@ impl Default for ServerConfig {
             mailbox_capacity: 8192,
             dispatcher: DispatcherPlacement::Shard0,
             cors_allow_origins: Vec::new(),
+            runtime: RuntimeChoice::Auto,
         }
     }
 }

@@ -56,7 +56,8 @@ fn admits(s: &PoolState) -> bool {
 pub(crate) async fn get(app: &ShardApp) -> Result<Response<Body>, ApiError> {
     let shards = app.shard.scrape_all().await?;
     let dispatcher = app.shard.dispatcher().scrape().await?;
-    let text = render(&app.app.config, &shards, &dispatcher).await;
+    let runtime = rt::current().expect("scrapes are served on a shard");
+    let text = render(&app.app.config, runtime, &shards, &dispatcher).await;
     let mut r = Response::new(Body::full(text));
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -212,6 +213,7 @@ impl Exposition {
 /// Renders the exposition, yielding to the shard's other tasks between families.
 pub(crate) async fn render(
     config: &Config,
+    runtime: rt::Kind,
     shards: &[ShardSnapshot],
     d: &DispatcherSnapshot,
 ) -> String {
@@ -371,6 +373,13 @@ pub(crate) async fn render(
 
     // Beyond the contract, in Prometheus base units.
     x.family(
+        "runtime_info",
+        GAUGE,
+        "1 for the runtime the shards run on (io_uring or epoll; server.runtime resolved at startup).",
+        vec![labeled(gauge(1.0), vec![label("runtime", runtime.as_str())])],
+    )
+    .await;
+    x.family(
         "queue_wait_seconds",
         HISTOGRAM,
         "Admission to start of execution.",
@@ -512,7 +521,7 @@ mod tests {
     #[test]
     fn histograms_counters_and_escaping_in_the_text_format() {
         let (config, shards, d) = one_pool("v\"1\\");
-        let text = futures_lite::future::block_on(render(&config, &shards, &d));
+        let text = futures_lite::future::block_on(render(&config, rt::Kind::Epoll, &shards, &d));
         let pool = r#"engine="llamacpp",engine_version="v\"1\\",pool_id="default""#;
         let ttft = |rest: &str| format!("latency_first_token_ms{rest}");
         let block = [
@@ -547,6 +556,7 @@ mod tests {
             format!("queue_depth{{{pool},priority=\"interactive\"}} 4"),
             format!("vram_used_bytes{{{pool},replica_id=\"shard-0\",device=\"mock0\"}} 8589934592"),
             format!("pool_ready{{{pool}}} 1"),
+            "runtime_info{runtime=\"epoll\"} 1".into(),
             "tasks_rejected_total{engine=\"triton\",reason=\"INTERNAL\"} 0".into(),
             "http_responses_total{shard=\"0\",class=\"2xx\"} 7".into(),
             "shard_cpu_seconds_total{shard=\"0\"} 0.25".into(),

@@ -73,6 +73,7 @@ fn main() -> ExitCode {
     tracing::info!(
         addr = %server.local_addr(),
         shards = server.shards(),
+        runtime = server.runtime(),
         startup_ms = started.elapsed().as_secs_f64() * 1e3,
         "ready"
     );

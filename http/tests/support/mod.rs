@@ -21,6 +21,11 @@ pub struct TestServer {
 impl TestServer {
     pub fn start(mut config: Config) -> TestServer {
         config.server.addr = "127.0.0.1:0".parse().unwrap();
+        // `.ci/run` runs the tests once per runtime: ORCHD_RUNTIME picks it, as for the
+        // binary (which reads it itself).
+        if let Ok(runtime) = std::env::var("ORCHD_RUNTIME") {
+            config.server.runtime = runtime.parse().expect("ORCHD_RUNTIME names a runtime");
+        }
         let server = serve(config).expect("orchd starts");
         let addr = server.local_addr();
         TestServer {

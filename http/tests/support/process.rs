@@ -63,18 +63,39 @@ pub fn start_ready(
 }
 
 /// Like [`start_ready`], with extra arguments.
-// The child is handed to the caller, which waits for it; clippy cannot see that.
-#[allow(clippy::zombie_processes)]
 pub fn start_ready_with(
     extra_env: &[(&str, &str)],
     args: &[&std::ffi::OsStr],
 ) -> (Child, String, BufReader<std::process::ChildStderr>) {
     let mut cmd = orchd();
-    cmd.args(args)
-        .env("ORCHD_ADDR", "127.0.0.1:0")
-        .env("ORCHD_LOG", "info");
+    cmd.args(args);
     for (k, v) in extra_env {
         cmd.env(k, v);
+    }
+    let started = start_logged(cmd);
+    (started.child, started.addr, started.err)
+}
+
+/// An orchd process that logged `ready`, with what it logged up to then.
+pub struct Started {
+    pub child: Child,
+    pub addr: String,
+    /// The `ready` line.
+    pub ready: serde_json::Value,
+    /// The lines before it.
+    pub before: Vec<serde_json::Value>,
+    pub err: BufReader<std::process::ChildStderr>,
+}
+
+/// Starts `cmd` on 127.0.0.1:0 with info logs (unless it sets them) and waits
+/// (bounded) for its `ready` line.
+// The child is handed to the caller, which waits for it; clippy cannot see that.
+#[allow(clippy::zombie_processes)]
+pub fn start_logged(mut cmd: Command) -> Started {
+    for (k, default) in [("ORCHD_ADDR", "127.0.0.1:0"), ("ORCHD_LOG", "info")] {
+        if !cmd.get_envs().any(|(name, v)| name == k && v.is_some()) {
+            cmd.env(k, default);
+        }
     }
     let mut child = cmd
         .stdout(Stdio::null())
@@ -84,17 +105,25 @@ pub fn start_ready_with(
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let t = Instant::now();
     let mut line = String::new();
+    let mut before = Vec::new();
     loop {
         line.clear();
         if err.read_line(&mut line).unwrap() == 0 || t.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("orchd never logged ready");
+            panic!("orchd never logged ready; it logged:\n{before:#?}\n{line}");
         }
         let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
         if v["message"] == "ready" {
-            return (child, v["addr"].as_str().unwrap().to_string(), err);
+            return Started {
+                child,
+                addr: v["addr"].as_str().unwrap().to_string(),
+                ready: v,
+                before,
+                err,
+            };
         }
+        before.push(v);
     }
 }
 

@@ -1,9 +1,5 @@
-//! The thin runtime seam: every use of glommio in orchd is in this module.
-//!
-//! Executors, pinning, timers, the socket adapter for hyper, and the startup preflight.
-//! Everything above this module sees plain futures, `Rc`s and the hyper IO traits, so an
-//! epoll fallback (one current-thread tokio runtime per core) can replace this file
-//! without touching the shard logic or the engine.
+//! The io_uring runtime: glommio executors, its timers, and its sockets adapted to
+//! hyper. Only `rt` (the module above) uses this file.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -28,20 +24,23 @@ const IO_MEMORY: usize = 64 * 1024;
 pub enum PreflightError {
     #[error(
         "io_uring is disabled on this host (kernel.io_uring_disabled = {0}); \
-         fix: `sysctl -w kernel.io_uring_disabled=0`, or run orchd on a host that allows io_uring"
+         fix: `sysctl -w kernel.io_uring_disabled=0`, or run orchd on epoll (server.runtime = \"epoll\" \
+         or \"auto\", --runtime, ORCHD_RUNTIME)"
     )]
     Disabled(u32),
     #[error(
         "io_uring_setup failed: {0}; io_uring is blocked here (Docker's and containerd's default \
          seccomp profiles block it). fix: run the container with a seccomp profile that allows \
          io_uring_setup, io_uring_enter and io_uring_register (e.g. --security-opt seccomp=unconfined), \
-         or run orchd on the host"
+         or run orchd on epoll, which needs no seccomp change (server.runtime = \"epoll\" or \"auto\", \
+         --runtime, ORCHD_RUNTIME)"
     )]
     Blocked(io::Error),
     #[error(
         "the locked-memory limit is {have} KiB, orchd needs at least {need} KiB for its io_uring \
          executors; fix: `ulimit -l {need}` (or higher) in the shell, LimitMEMLOCK= in a systemd \
-         unit, or `--ulimit memlock=-1` for a container"
+         unit, or `--ulimit memlock=-1` for a container; or run orchd on epoll (server.runtime = \"epoll\" \
+         or \"auto\", --runtime, ORCHD_RUNTIME)"
     )]
     MemLock { have: u64, need: u64 },
 }
@@ -58,10 +57,9 @@ pub fn preflight(executors: usize) -> Result<(), PreflightError> {
         }
     }
     probe_io_uring().map_err(PreflightError::Blocked)?;
-    raise_soft_limit(libc::RLIMIT_NOFILE);
 
     let need = (MIN_MEMLOCK + (IO_MEMORY as u64) * executors as u64).div_ceil(1024);
-    let lim = raise_soft_limit(libc::RLIMIT_MEMLOCK);
+    let lim = super::raise_soft_limit(libc::RLIMIT_MEMLOCK);
     let have = if lim.rlim_cur == libc::RLIM_INFINITY {
         u64::MAX
     } else {
@@ -72,29 +70,6 @@ pub fn preflight(executors: usize) -> Result<(), PreflightError> {
         return Err(PreflightError::MemLock { have, need });
     }
     Ok(())
-}
-
-/// Raises a soft resource limit to its hard limit and returns the limit in force (a
-/// failure leaves it as it was). For locked memory (io_uring rings) and file
-/// descriptors (one per connection).
-fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> libc::rlimit {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(resource, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(resource, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
-    lim
 }
 
 /// A raw `io_uring_setup(2)`: the cheapest way to learn whether seccomp or a sysctl
@@ -112,23 +87,19 @@ fn probe_io_uring() -> io::Result<()> {
     Ok(())
 }
 
-/// A running executor thread.
-pub struct ExecutorThread<T: Send + 'static>(glommio::ExecutorJoinHandle<T>);
+/// A running glommio executor thread.
+pub struct Executor<T: Send + 'static>(glommio::ExecutorJoinHandle<T>);
 
-impl<T: Send + 'static> ExecutorThread<T> {
+impl<T: Send + 'static> Executor<T> {
     /// Waits for the executor to finish; a failure to start (e.g. memlock) shows here.
     pub fn join(self) -> Result<T, String> {
         self.0.join().map_err(|e| e.to_string())
     }
 }
 
-/// Starts an executor on its own thread, pinned to `cpu` when given, and runs the
-/// future built by `main` on it.
-pub fn spawn_executor<G, F, T>(
-    name: &str,
-    cpu: Option<usize>,
-    main: G,
-) -> io::Result<ExecutorThread<T>>
+/// Starts a glommio executor on its own thread, pinned to `cpu` when given, and runs
+/// the future built by `main` on it.
+pub fn spawn_executor<G, F, T>(name: &str, cpu: Option<usize>, main: G) -> io::Result<Executor<T>>
 where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = T> + 'static,
@@ -142,27 +113,12 @@ where
         .name(name)
         .io_memory(IO_MEMORY)
         .spawn(main)
-        .map(ExecutorThread)
+        .map(Executor)
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
-/// What kind of work a spawned task is, so that a runtime can run latency-sensitive
-/// work ahead of throughput work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    /// Accepting and serving connections, admission, subscribe, control messages:
-    /// what a client waits on.
-    Latency,
-    /// Engine drivers and background work (token production, transcripts, probes).
-    Throughput,
-}
-
-/// Spawns a future of class `class` on the current executor and lets it run on its
-/// own. Both classes share the executor's one task queue today, in spawn order (what
-/// every measurement so far was taken with); the latency work gives each its own
-/// glommio task queue here, and nowhere else.
-pub fn spawn(class: Class, fut: impl Future<Output = ()> + 'static) {
-    let _ = class;
+/// Spawns a task on the current executor and lets it run on its own.
+pub fn spawn(fut: impl Future<Output = ()> + 'static) {
     glommio::spawn_local(fut).detach();
 }
 
@@ -202,29 +158,6 @@ impl Future for Sleep {
                 Poll::Pending
             }
         }
-    }
-}
-
-/// The grid [`sleep_until_tick`] rounds deadlines up to.
-pub const TICK: Duration = Duration::from_millis(1);
-
-/// Sleeps until `at`, rounded up to the next whole [`TICK`] (counted from the first call
-/// in the process). Timers on one grid fire together: one wakeup of the shard serves
-/// every task due in that millisecond, as tokio's timer wheel does, where deadlines
-/// that differ by microseconds would each wake the shard (a park and unpark, with
-/// glommio's memory barrier, per timer). For pacing many tasks (the mock engine).
-pub async fn sleep_until_tick(at: Instant) {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    let tick = TICK.as_nanos();
-    let ticks = at
-        .saturating_duration_since(epoch)
-        .as_nanos()
-        .div_ceil(tick);
-    let due = epoch + Duration::from_nanos((ticks * tick) as u64);
-    let now = Instant::now();
-    if due > now {
-        sleep(due - now).await
     }
 }
 
@@ -287,38 +220,19 @@ impl Conn {
         self.stream.peer_addr().ok()
     }
 
-    /// Answers and closes the connection, for a connection that will not be served:
-    /// reads the request head first (what it can within `limit`), writes what `answer`
-    /// makes of it (the refusal can speak the route's language), then reads and drops
-    /// whatever else comes until the client closes or `limit` passes. Closing with
-    /// unread bytes would reset the connection, and the client would lose the answer.
-    pub async fn answer_and_close(
-        mut self,
-        answer: impl FnOnce(&[u8]) -> Vec<u8>,
-        limit: Duration,
-    ) {
-        let until = Instant::now() + limit;
-        let mut head = Vec::new();
-        let mut sink = [0u8; 1024];
-        let read_head = async {
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                let n = futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await?;
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&sink[..n]);
-            }
-            io::Result::Ok(())
-        };
-        let _ = timeout(until.saturating_duration_since(Instant::now()), read_head).await;
-        let bytes = answer(&head);
-        let answer = async {
-            futures_lite::AsyncWriteExt::write_all(&mut self.stream, &bytes).await?;
-            self.stream.shutdown(std::net::Shutdown::Write).await?;
-            while futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await? > 0 {}
-            io::Result::Ok(())
-        };
-        let _ = timeout(until.saturating_duration_since(Instant::now()), answer).await;
+    pub async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::AsyncReadExt::read(&mut self.stream, buf).await
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        futures_lite::AsyncWriteExt::write_all(&mut self.stream, bytes).await
+    }
+
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .await
+            .map_err(io::Error::from)
     }
 }
 
@@ -421,58 +335,6 @@ impl hyper::rt::Write for Conn {
     }
 }
 
-/// hyper's timer on the shard's executor (header read timeouts, keep-alive).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ShardTimer;
-
-impl hyper::rt::Timer for ShardTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(ShardSleep(sleep(duration)))
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep(deadline.saturating_duration_since(Instant::now()))
-    }
-}
-
-/// A shard timer that claims `Send + Sync` because hyper's `Sleep` requires it.
-struct ShardSleep(Sleep);
-
-// SAFETY: hyper only requires these bounds; it never moves a Sleep across threads here,
-// because every connection (and so every timer it creates) is spawned with
-// `spawn_local` on one shard's executor and lives and dies on that shard's thread.
-unsafe impl Send for ShardSleep {}
-// SAFETY: as above; no `&ShardSleep` is ever shared with another thread.
-unsafe impl Sync for ShardSleep {}
-
-impl Future for ShardSleep {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.get_mut().0).poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for ShardSleep {}
-
-/// The cores this process may run on (honours cgroup/cpuset affinity, unlike glommio's
-/// own `CpuSet::online()`).
-pub fn available_cores() -> Vec<usize> {
-    let mut cores: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    if cores.is_empty() {
-        cores.push(0);
-    }
-    cores
-}
-
-/// Lets the other tasks of this executor run before continuing.
-pub async fn yield_now() {
-    futures_lite::future::yield_now().await
-}
-
 /// Runs blocking work (file IO) on the executor's blocking thread, so the shard's other
 /// tasks keep running meanwhile.
 pub async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -489,13 +351,4 @@ pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Resul
         stream,
         window: READ_WINDOW_MIN,
     })
-}
-
-/// Runs `fut`, or gives up after `d`.
-pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(fut.await) }, async {
-        sleep(d).await;
-        None
-    })
-    .await
 }
