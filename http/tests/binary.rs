@@ -37,7 +37,10 @@ fn an_unknown_runtime_is_named_with_the_choices() {
     ] {
         let (code, err) = run_to_end(cmd);
         assert_eq!(code, 2, "{err}");
-        assert!(err.contains("uring") && err.contains("`auto`, `io_uring`, `epoll`"), "{err}");
+        assert!(
+            err.contains("uring") && err.contains("`auto`, `io_uring`, `epoll`"),
+            "{err}"
+        );
     }
 }
 
