@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -243,20 +242,57 @@ impl Dispatcher {
     }
 }
 
-pub(crate) async fn dispatcher_main(
-    inbox: Inbox<DispatcherCommand>,
-    halted: oneshot::Receiver<()>,
-    config: Arc<Config>,
+/// The dispatcher on the thread it runs on.
+pub(crate) fn new(
+    config: &Config,
     peers: Vec<Mailbox<ShardCommand>>,
     epoch: Instant,
-) {
-    let d = Rc::new(Dispatcher {
-        admission: RefCell::new(Admission::new(&config)),
+) -> Rc<Dispatcher> {
+    Rc::new(Dispatcher {
+        admission: RefCell::new(Admission::new(config)),
         peers,
         epoch,
         max_body_bytes: config.server.max_body_bytes,
         capabilities: RefCell::new((0, Bytes::new())),
-    });
+    })
+}
+
+/// The dispatcher as the shard it runs on sees it (`server.dispatcher = "shard0"`):
+/// that shard's requests are admitted in place, in the turn that read them, after the
+/// commands already waiting in the dispatcher's mailbox (so every admission sees what
+/// was sent before it, as through the mailbox).
+pub(crate) struct Local {
+    d: Rc<Dispatcher>,
+    inbox: Inbox<DispatcherCommand>,
+}
+
+impl Local {
+    pub(crate) fn new(d: &Rc<Dispatcher>, inbox: &Inbox<DispatcherCommand>) -> Local {
+        Local {
+            d: Rc::clone(d),
+            inbox: inbox.clone(),
+        }
+    }
+
+    pub(crate) fn admit(
+        &self,
+        spec: Box<TaskSpec>,
+        correlation_id: String,
+        origin: Option<ShardId>,
+    ) -> Result<Admitted, ApiError> {
+        while let Some(cmd) = self.inbox.try_recv() {
+            self.d.handle(cmd);
+        }
+        self.d.admit(spec, correlation_id, origin)
+    }
+}
+
+/// Serves the dispatcher's mailbox until `halted`, and sweeps expired sessions.
+pub(crate) async fn serve(
+    d: Rc<Dispatcher>,
+    inbox: Inbox<DispatcherCommand>,
+    halted: oneshot::Receiver<()>,
+) {
     let sweeper = Rc::clone(&d);
     rt::spawn(rt::Class::Throughput, async move {
         loop {

@@ -18,14 +18,21 @@ pub struct Dispatcher<'a> {
     mailbox: &'a Mailbox<DispatcherCommand>,
     /// The shard asking, if a shard asks.
     origin: Option<ShardId>,
+    /// The dispatcher itself, when it runs on the asking shard.
+    local: Option<&'a crate::dispatcher::Local>,
 }
 
 impl<'a> Dispatcher<'a> {
     pub(crate) fn new(
         mailbox: &'a Mailbox<DispatcherCommand>,
         origin: Option<ShardId>,
+        local: Option<&'a crate::dispatcher::Local>,
     ) -> Dispatcher<'a> {
-        Dispatcher { mailbox, origin }
+        Dispatcher {
+            mailbox,
+            origin,
+            local,
+        }
     }
 
     /// Answers once the dispatcher serves its mailbox (`/readyz`).
@@ -44,19 +51,23 @@ impl<'a> Dispatcher<'a> {
         correlation_id: String,
     ) -> Result<Admitted, ApiError> {
         let engine = spec.engine;
-        self.mailbox
-            .request(|reply| DispatcherCommand::Admit {
-                spec: Box::new(spec),
-                correlation_id,
-                origin: self.origin,
-                reply,
-            })
-            .await
-            .map_err(unavailable)?
-            .map_err(|e| {
-                let engine = e.engine.or(engine);
-                e.with_engine(engine)
-            })
+        let decided = match self.local {
+            Some(local) => local.admit(Box::new(spec), correlation_id, self.origin),
+            None => self
+                .mailbox
+                .request(|reply| DispatcherCommand::Admit {
+                    spec: Box::new(spec),
+                    correlation_id,
+                    origin: self.origin,
+                    reply,
+                })
+                .await
+                .map_err(unavailable)?,
+        };
+        decided.map_err(|e| {
+            let engine = e.engine.or(engine);
+            e.with_engine(engine)
+        })
     }
 
     /// The owner shard of a known task.

@@ -117,6 +117,19 @@ impl<C> Inbox<C> {
     pub async fn recv(&self) -> Option<C> {
         self.rx.recv_async().await.ok()
     }
+
+    /// The next command if one is waiting.
+    pub fn try_recv(&self) -> Option<C> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl<C> Clone for Inbox<C> {
+    fn clone(&self) -> Self {
+        Inbox {
+            rx: self.rx.clone(),
+        }
+    }
 }
 
 /// Sends `make(reply)` to every mailbox at once, then folds the replies in shard order.

@@ -129,7 +129,8 @@ impl Runtime {
             let config = Arc::clone(&opts.config);
             Some(
                 rt::spawn_executor(kind, "orchd-dispatcher", None, move || {
-                    crate::dispatcher::dispatcher_main(inbox, halted, config, dpeers, epoch)
+                    let d = crate::dispatcher::new(&config, dpeers, epoch);
+                    crate::dispatcher::serve(d, inbox, halted)
                 })
                 .map_err(StartError::Spawn)?,
             )
@@ -166,15 +167,15 @@ impl Runtime {
                 &format!("orchd-shard-{i}"),
                 Some(cpu),
                 move || async move {
-                    if let Some((inbox, halted, dpeers)) = dispatcher_here {
-                        let config = Arc::clone(&config);
+                    let local_dispatcher = dispatcher_here.map(|(inbox, halted, dpeers)| {
+                        let d = crate::dispatcher::new(&config, dpeers, epoch);
+                        let local = crate::dispatcher::Local::new(&d, &inbox);
                         rt::spawn(
                             rt::Class::Latency,
-                            crate::dispatcher::dispatcher_main(
-                                inbox, halted, config, dpeers, epoch,
-                            ),
+                            crate::dispatcher::serve(d, inbox, halted),
                         );
-                    }
+                        local
+                    });
                     let parts = ShardParts {
                         id: ShardId(i),
                         peers,
@@ -182,6 +183,7 @@ impl Runtime {
                         stop,
                         quiesced,
                         config,
+                        local_dispatcher,
                     };
                     let shard = Shard::start(parts, inbox);
                     shard_main(shard, seed, Ready { tx }).await
@@ -222,7 +224,7 @@ impl Runtime {
 
     /// The dispatcher, for callers outside the shards.
     pub fn dispatcher(&self) -> crate::handle::Dispatcher<'_> {
-        crate::handle::Dispatcher::new(&self.dispatcher, None)
+        crate::handle::Dispatcher::new(&self.dispatcher, None, None)
     }
 
     /// Begins shutdown: every shard's [`Shard::stopped`] resolves.

@@ -103,6 +103,11 @@ pub const QUIESCE_LIMIT: Duration = Duration::from_secs(3);
 pub struct Shard {
     id: ShardId,
     peers: Vec<Mailbox<ShardCommand>>,
+    /// This shard's own mailbox, read by `serve_commands`; a command from this shard to
+    /// itself runs in place once the commands waiting here have run (see `invoke_on`).
+    inbox: Inbox<ShardCommand>,
+    /// The dispatcher, when it runs on this shard: admission runs in place.
+    local_dispatcher: Option<crate::dispatcher::Local>,
     dispatcher: Mailbox<DispatcherCommand>,
     stop: watch::Receiver<bool>,
     pub probe: Probe,
@@ -131,6 +136,7 @@ pub(crate) struct ShardParts {
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) quiesced: Arc<AtomicUsize>,
     pub(crate) config: Arc<Config>,
+    pub(crate) local_dispatcher: Option<crate::dispatcher::Local>,
 }
 
 impl Shard {
@@ -143,6 +149,8 @@ impl Shard {
             artifacts: RefCell::new(ArtifactStore::new(&parts.config, shards)),
             id: parts.id,
             peers: parts.peers,
+            inbox: inbox.clone(),
+            local_dispatcher: parts.local_dispatcher,
             dispatcher: parts.dispatcher,
             stop: parts.stop,
             probe: Probe::default(),
@@ -328,16 +336,36 @@ impl Shard {
 
     /// The dispatcher, through its typed handle.
     pub fn dispatcher(&self) -> crate::handle::Dispatcher<'_> {
-        crate::handle::Dispatcher::new(&self.dispatcher, Some(self.id))
+        crate::handle::Dispatcher::new(
+            &self.dispatcher,
+            Some(self.id),
+            self.local_dispatcher.as_ref(),
+        )
     }
 
-    /// Sends a command to shard `to` (possibly this one) and waits for the reply.
+    /// Sends a command to shard `to` and waits for the reply. A command to this shard
+    /// runs in place, after the commands already waiting in its mailbox (so it sees
+    /// every command sent before it, as through the mailbox): the request that asked
+    /// is answered in the same turn, not after every other request of a burst.
     pub(crate) async fn invoke_on<R>(
-        &self,
+        self: &Rc<Self>,
         to: ShardId,
         make: impl FnOnce(Reply<R>) -> ShardCommand,
     ) -> Result<R, MeshError> {
-        self.peers[to.0].request(make).await
+        if to != self.id {
+            return self.peers[to.0].request(make).await;
+        }
+        self.run_waiting();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.handle(make(reply));
+        answer.await.map_err(|_| MeshError::Gone)
+    }
+
+    /// Runs the commands waiting in this shard's mailbox.
+    fn run_waiting(self: &Rc<Self>) {
+        while let Some(cmd) = self.inbox.try_recv() {
+            self.handle(cmd);
+        }
     }
 
     /// Sends a command to every shard and folds the replies in shard order.
@@ -365,6 +393,13 @@ impl Shard {
 
     async fn serve_commands(self: Rc<Self>, inbox: Inbox<ShardCommand>) {
         while let Some(cmd) = inbox.recv().await {
+            self.handle(cmd);
+        }
+    }
+
+    /// Carries out one command (from the mailbox, or in place from this shard).
+    fn handle(self: &Rc<Self>, cmd: ShardCommand) {
+        {
             match cmd {
                 ShardCommand::Scrape(reply) => {
                     let _ = reply.send(self.snapshot());
@@ -403,7 +438,7 @@ impl Shard {
                     done,
                 } => {
                     // Loading takes time; the shard serves everything else meanwhile.
-                    let shard = Rc::clone(&self);
+                    let shard = Rc::clone(self);
                     rt::spawn(rt::Class::Latency, async move {
                         let engine = shard.owner().engine(pool);
                         let loaded = match engine {
@@ -465,7 +500,7 @@ async fn probe_forever(shard: Rc<Shard>, pool: usize, engine: Adapter) {
 impl Shard {
     /// Streams task `task`'s frames from `from` on into `tx`, from its owner shard.
     pub async fn subscribe(
-        &self,
+        self: &Rc<Self>,
         owner: ShardId,
         task: Uuid,
         from: u64,
@@ -483,7 +518,7 @@ impl Shard {
 
     /// How a task's stream looks through the OpenAI door, `None` if unknown.
     pub async fn rendering(
-        &self,
+        self: &Rc<Self>,
         owner: ShardId,
         task: Uuid,
     ) -> Result<Option<Rendering>, ApiError> {
@@ -493,14 +528,21 @@ impl Shard {
     }
 
     /// Cancels a task on its owner shard: the tokens it produced, `None` if unknown.
-    pub async fn cancel(&self, owner: ShardId, task: Uuid) -> Result<Option<u32>, ApiError> {
+    pub async fn cancel(
+        self: &Rc<Self>,
+        owner: ShardId,
+        task: Uuid,
+    ) -> Result<Option<u32>, ApiError> {
         self.invoke_on(owner, |reply| ShardCommand::Cancel { task, reply })
             .await
             .map_err(unavailable)
     }
 
     /// A stored artifact's document, from the shard that keeps it.
-    pub async fn artifact(&self, id: &str) -> Result<Result<Option<Bytes>, StoreError>, ApiError> {
+    pub async fn artifact(
+        self: &Rc<Self>,
+        id: &str,
+    ) -> Result<Result<Option<Bytes>, StoreError>, ApiError> {
         let keeper = crate::placement::shard_for_artifact(id, self.shard_count());
         self.invoke_on(keeper, |reply| ShardCommand::Artifact {
             id: id.to_string(),
@@ -512,7 +554,7 @@ impl Shard {
 
     /// Stores a client's artifact on the shard that keeps it; the stored document.
     pub async fn put_artifact(
-        &self,
+        self: &Rc<Self>,
         stored: Stored,
     ) -> Result<Result<Bytes, StoreError>, ApiError> {
         let keeper = crate::placement::shard_for_artifact(&stored.id, self.shard_count());
@@ -526,7 +568,7 @@ impl Shard {
     }
 
     /// Live figures of pool `pool` (its config index), from its owner shard.
-    pub async fn pool_stats(&self, pool: usize) -> Result<Option<PoolStats>, ApiError> {
+    pub async fn pool_stats(self: &Rc<Self>, pool: usize) -> Result<Option<PoolStats>, ApiError> {
         let owner = crate::placement::shard_for(pool, self.shard_count());
         self.invoke_on(owner, |reply| ShardCommand::PoolStats { pool, reply })
             .await
