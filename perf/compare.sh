@@ -21,6 +21,8 @@ OP=$(free_port 18781); BP=$(free_port $((OP + 1)))
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 RUNTIMES=${RUNTIMES:-io_uring epoll}
+# The runtime is the config's (below); an ORCHD_RUNTIME from the caller would override it.
+unset ORCHD_RUNTIME
 
 start_orchd() { # runtime tpot_ms slots_per_pool
   printf '[server]\ndispatcher = "%s"\n' "${DISPATCHER:-shard0}" > "$DIR/orchd.toml"

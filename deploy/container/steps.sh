@@ -19,7 +19,7 @@ build() {
   dir=$profile
   [ "$profile" = dev ] && dir=debug
   mkdir -p "$out"
-  cp "target/$dir/orchd" "$out/orchd"
+  cp "${CARGO_TARGET_DIR:-target}/$dir/orchd" "$out/orchd"
 }
 
 user() {
@@ -31,7 +31,7 @@ user() {
 
 # The environment the image sets (keep in step with the Dockerfile's ENV).
 image_env() {
-  echo "ORCHD_ADDR=0.0.0.0:$1 ORCHD_RUNTIME=auto ORCHD_LOG=info"
+  echo "ORCHD_ADDR=0.0.0.0:$1 ORCHD_LOG=info"
 }
 
 check() {
@@ -44,8 +44,9 @@ check() {
   grep -q '^USER '"$ORCHD_USER"'$' "$dockerfile" || { echo "the Dockerfile does not run as $ORCHD_USER" >&2; exit 1; }
   user
   work=$(mktemp -d)
-  # The binary where the image has it, readable by the image's user.
+  # The binary (and the seccomp wrapper) where the image's user can read them.
   install -m 0755 "$bin" "$work/orchd"
+  install -m 0755 "$deny" "$work/deny-io-uring"
   chmod 0755 "$work"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   key="ci-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
@@ -54,19 +55,19 @@ check() {
   # shellcheck disable=SC2046 # image_env is words on purpose
   env -i PATH=/usr/bin:/bin $(image_env "$port") ORCHD_API_KEYS="$key" \
     setpriv --reuid="$ORCHD_USER" --regid="$ORCHD_USER" --init-groups \
-    "$deny" EPERM "$work/orchd" 2>"$log" &
+    "$work/deny-io-uring" EPERM "$work/orchd" 2>"$log" &
   pid=$!
-  trap 'kill -KILL $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+  trap 'kill -KILL $pid 2>/dev/null || true; echo "orchd log:" >&2; cat "$log" >&2; rm -rf "$work"' EXIT
   i=0
   until grep -q '"message":"ready"' "$log"; do
     i=$((i + 1))
     if [ $i -gt 100 ] || ! kill -0 $pid 2>/dev/null; then
-      echo "orchd did not start as the image runs it:" >&2; cat "$log" >&2; exit 1
+      echo "orchd did not start as the image runs it" >&2; exit 1
     fi
     sleep 0.1
   done
   grep '"message":"ready"' "$log" | grep -q '"runtime":"epoll"' \
-    || { echo "not on epoll under the filter:" >&2; cat "$log" >&2; exit 1; }
+    || { echo "not on epoll under the filter" >&2; exit 1; }
   [ "$(ps -o user= -p $pid)" = "$ORCHD_USER" ] || { echo "not running as $ORCHD_USER" >&2; exit 1; }
   base="http://127.0.0.1:$port"
   curl -fsS "$base/readyz" >/dev/null
@@ -78,7 +79,8 @@ check() {
   kill -TERM $pid
   code=0
   wait $pid || code=$?
-  [ $code -eq 0 ] || { echo "orchd exited $code on SIGTERM:" >&2; cat "$log" >&2; exit 1; }
+  [ $code -eq 0 ] || { echo "orchd exited $code on SIGTERM" >&2; exit 1; }
+  trap 'rm -rf "$work"' EXIT
   echo "container recipe: orchd as user $ORCHD_USER, io_uring denied (EPERM), served a task on epoll, SIGTERM exit 0"
 }
 

@@ -1,22 +1,45 @@
-//! API keys (SPEC section 1): compared in constant time, never logged.
+//! API keys and the tenants they belong to (SPEC section 1, `[[tenants]]`): compared in
+//! constant time, never logged.
 //!
-//! Keys are kept only as SHA-256 digests. A presented key is hashed and compared with
-//! every digest without early exit, so neither the position of a match nor the length
-//! of a stored key shows in the timing.
+//! Keys are kept only as SHA-256 digests, each with its tenant. A presented key is
+//! hashed and compared with every digest without early exit (the tenant of a match is
+//! picked with a constant-time select), so neither the position of a match nor the
+//! length of a stored key shows in the timing.
 
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
+use orchd_engine::config::{Role, Tenant, DEFAULT_TENANT};
 use orchd_engine::{ApiError, ErrorClass, ErrorKind};
 
 pub(crate) struct Keys {
-    digests: Vec<[u8; 32]>,
+    /// Every key's digest and the index of its tenant.
+    digests: Vec<([u8; 32], u32)>,
+    tenants: Vec<Caller>,
+}
+
+/// Who is calling: a tenant's name and role. With no key configured (loopback only),
+/// every request is the one implicit tenant `default`, an operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Caller {
+    pub name: String,
+    pub role: Role,
 }
 
 impl Keys {
-    pub fn new<'a>(keys: impl Iterator<Item = &'a str>) -> Keys {
+    pub fn new(tenants: Vec<Tenant>) -> Keys {
+        let mut digests = Vec::new();
+        let mut callers = Vec::with_capacity(tenants.len());
+        for (i, t) in tenants.into_iter().enumerate() {
+            digests.extend(t.digests.iter().map(|d| (*d, i as u32)));
+            callers.push(Caller {
+                name: t.name,
+                role: t.role,
+            });
+        }
         Keys {
-            digests: keys.map(|k| Sha256::digest(k.as_bytes()).into()).collect(),
+            digests,
+            tenants: callers,
         }
     }
 
@@ -25,11 +48,17 @@ impl Keys {
         !self.digests.is_empty()
     }
 
-    /// Checks an `X-API-Key` header value: missing is 401, unknown is 403.
-    pub fn check(&self, presented: Option<&[u8]>) -> Result<(), ApiError> {
-        if !self.enabled() {
-            return Ok(());
+    /// The caller when auth is off.
+    pub fn keyless() -> Caller {
+        Caller {
+            name: DEFAULT_TENANT.to_string(),
+            role: Role::Operator,
         }
+    }
+
+    /// The tenant of one presented key (an `X-API-Key` value or a Bearer token):
+    /// missing is 401, unknown is 403.
+    pub fn check(&self, presented: Option<&[u8]>) -> Result<&Caller, ApiError> {
         let Some(presented) = presented else {
             return Err(ApiError::new(
                 ErrorClass::Unauthenticated,
@@ -39,11 +68,14 @@ impl Keys {
         };
         let digest: [u8; 32] = Sha256::digest(presented).into();
         let mut found = subtle::Choice::from(0);
-        for d in &self.digests {
-            found |= d.ct_eq(&digest);
+        let mut tenant = 0u32;
+        for (d, t) in &self.digests {
+            let eq = d.ct_eq(&digest);
+            found |= eq;
+            tenant = u32::conditional_select(&tenant, t, eq);
         }
         if bool::from(found) {
-            Ok(())
+            Ok(&self.tenants[tenant as usize])
         } else {
             Err(ApiError::new(
                 ErrorClass::Forbidden,
@@ -54,32 +86,82 @@ impl Keys {
     }
 }
 
+/// Refuses a caller whose role may not do `what` (403, naming the role it needs).
+pub(crate) fn require_operator(caller: &Caller, what: &str) -> Result<(), ApiError> {
+    match caller.role {
+        Role::Operator => Ok(()),
+        Role::Client => Err(ApiError::new(
+            ErrorClass::Forbidden,
+            ErrorKind::InvalidParams,
+            format!(
+                "{what} needs a key of a tenant with role operator; tenant {:?} has role {}",
+                caller.name,
+                caller.role.as_str()
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tenant(name: &str, role: Role, keys: &[&str]) -> Tenant {
+        Tenant {
+            name: name.into(),
+            role,
+            digests: keys
+                .iter()
+                .map(|k| orchd_engine::config::key_digest(k))
+                .collect(),
+        }
+    }
+
     #[test]
-    fn missing_unknown_and_known() {
-        let keys = Keys::new(["alpha", "beta"].into_iter());
+    fn missing_unknown_and_known_with_their_tenant() {
+        let keys = Keys::new(vec![
+            tenant("ops", Role::Operator, &["alpha"]),
+            tenant("team-b", Role::Client, &["beta", "gamma"]),
+        ]);
+        assert!(keys.enabled());
         assert_eq!(
             keys.check(None).unwrap_err().class,
             ErrorClass::Unauthenticated
         );
         assert_eq!(
-            keys.check(Some(b"gamma")).unwrap_err().class,
+            keys.check(Some(b"delta")).unwrap_err().class,
             ErrorClass::Forbidden
         );
         assert_eq!(
             keys.check(Some(b"alph")).unwrap_err().class,
             ErrorClass::Forbidden
         );
-        keys.check(Some(b"beta")).unwrap();
-        keys.check(Some(b"alpha")).unwrap();
+        assert_eq!(keys.check(Some(b"alpha")).unwrap().name, "ops");
+        assert_eq!(keys.check(Some(b"beta")).unwrap().name, "team-b");
+        let gamma = keys.check(Some(b"gamma")).unwrap();
+        assert_eq!((gamma.name.as_str(), gamma.role), ("team-b", Role::Client));
+    }
+
+    #[test]
+    fn only_operators_drain() {
+        let ops = Caller {
+            name: "ops".into(),
+            role: Role::Operator,
+        };
+        let client = Caller {
+            name: "team-b".into(),
+            role: Role::Client,
+        };
+        require_operator(&ops, "pool drain").unwrap();
+        let e = require_operator(&client, "pool drain").unwrap_err();
+        assert_eq!(e.class, ErrorClass::Forbidden);
+        assert!(e.message.contains("role operator") && e.message.contains("team-b"));
     }
 
     #[test]
     fn no_keys_means_auth_off() {
-        let keys = Keys::new(std::iter::empty());
-        keys.check(None).unwrap();
+        let keys = Keys::new(Vec::new());
+        assert!(!keys.enabled());
+        assert_eq!(Keys::keyless().role, Role::Operator);
     }
 }

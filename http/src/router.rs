@@ -12,7 +12,7 @@ use orchd_engine::{ApiError, ErrorClass, ErrorKind};
 
 use crate::api;
 use crate::app::ShardApp;
-use crate::auth::Keys;
+use crate::auth::{require_operator, Caller, Keys};
 use crate::body::Body;
 use crate::respond;
 
@@ -166,10 +166,11 @@ pub(crate) fn openai_path(path: &str) -> bool {
 /// Checks the keys a request presents: `X-API-Key` and `Authorization: Bearer KEY` (as
 /// the OpenAI SDKs and harnesses send it). None is 401, and so is an `Authorization`
 /// that is not `Bearer KEY`; each key presented must be known (403), so a wrong
-/// credential is never outweighed by a right one beside it.
-fn check_keys(keys: &Keys, headers: &http::HeaderMap) -> Result<(), ApiError> {
+/// credential is never outweighed by a right one beside it, and two keys must be of one
+/// tenant. Returns the caller.
+fn check_keys(keys: &Keys, headers: &http::HeaderMap) -> Result<Caller, ApiError> {
     if !keys.enabled() {
-        return Ok(());
+        return Ok(Keys::keyless());
     }
     let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
     let bearer = match headers.get(http::header::AUTHORIZATION) {
@@ -190,8 +191,18 @@ fn check_keys(keys: &Keys, headers: &http::HeaderMap) -> Result<(), ApiError> {
         }
     };
     match (api_key, bearer) {
-        (Some(a), Some(b)) => keys.check(Some(a)).and_then(|()| keys.check(Some(b))),
-        (one, other) => keys.check(one.or(other)),
+        (Some(a), Some(b)) => {
+            let (a, b) = (keys.check(Some(a))?, keys.check(Some(b))?);
+            if a != b {
+                return Err(ApiError::new(
+                    ErrorClass::Forbidden,
+                    ErrorKind::InvalidParams,
+                    "X-API-Key and Authorization are keys of two different tenants",
+                ));
+            }
+            Ok(a.clone())
+        }
+        (one, other) => keys.check(one.or(other)).cloned(),
     }
 }
 
@@ -202,9 +213,16 @@ async fn route(
 ) -> Result<Response<Body>, Refusal> {
     let (head, body) = req.into_parts();
     let path = head.uri.path();
-    if !exempt(path) {
-        check_keys(&app.app.keys, &head.headers)?;
-    }
+    let caller = if exempt(path) {
+        None
+    } else {
+        Some(check_keys(&app.app.keys, &head.headers)?)
+    };
+    // Drain and reload are not exempt: `caller` is known there.
+    let operator = |what: &str| match &caller {
+        Some(c) => require_operator(c, what),
+        None => Ok(()),
+    };
     check_declared_length(app, &head.headers)?;
     let method = head.method.clone();
     let mut segs = path.split('/').skip(1);
@@ -226,10 +244,12 @@ async fn route(
         }
         (["v1", "pools", id, "health"], _) if !id.is_empty() => return Err(allow("GET")),
         (["v1", "pools", id, "drain"], &Method::POST) if !id.is_empty() => {
+            operator("pool drain")?;
             let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
             api::pools::drain(app, id, body).await?
         }
         (["v1", "pools", id, "reload"], &Method::POST) if !id.is_empty() => {
+            operator("pool reload")?;
             let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
             api::pools::reload(app, id, body).await?
         }

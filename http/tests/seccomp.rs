@@ -11,18 +11,22 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use orchd_testkit::seccomp::deny_io_uring;
+use orchd_testkit::seccomp::{deny_calls, IO_URING_CALLS, IO_URING_REGISTER};
 use orchd_testkit::{assert_well_formed, cancel, open_stream, submit, task_body, uuid, Client};
 use support::process::{orchd, run_to_end, start_logged, temp_file, wait_bounded, KillOnDrop};
 
 /// `orchd` with `args`, under a filter denying io_uring with `errno`, on the runtime
 /// `auto` (the default: ORCHD_RUNTIME, which CI sets per runtime, is not passed on).
 fn denied(errno: i32, args: &[&std::ffi::OsStr]) -> Command {
+    denied_calls(errno, IO_URING_CALLS, args)
+}
+
+fn denied_calls(errno: i32, calls: [u32; 3], args: &[&std::ffi::OsStr]) -> Command {
     let mut cmd = orchd();
     cmd.env_remove("ORCHD_RUNTIME").args(args);
-    // SAFETY: deny_io_uring makes two prctl calls and allocates nothing.
+    // SAFETY: deny_calls makes two prctl calls and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || deny_io_uring(errno));
+        cmd.pre_exec(move || deny_calls(errno, calls));
     }
     cmd
 }
@@ -116,6 +120,21 @@ fn auto_runs_on_epoll_where_seccomp_answers_io_uring_with_eperm() {
 #[test]
 fn auto_runs_on_epoll_where_io_uring_does_not_exist_enosys() {
     auto_serves_on_epoll(libc::ENOSYS, "Function not implemented");
+}
+
+#[test]
+fn auto_runs_on_epoll_where_a_ring_can_be_set_up_but_not_probed() {
+    // glommio probes the ring's operations with io_uring_register when it starts and
+    // panics when it cannot; the preflight makes the same call first.
+    let started = start_logged(denied_calls(libc::EPERM, IO_URING_REGISTER, &[]));
+    let _child = KillOnDrop(started.child);
+    assert_eq!(started.ready["runtime"], "epoll", "{}", started.ready);
+    let warned = started.before.iter().any(|l| {
+        l["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("io_uring_register failed"))
+    });
+    assert!(warned, "{:#?}", started.before);
 }
 
 #[test]

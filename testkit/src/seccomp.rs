@@ -1,5 +1,5 @@
 //! A real seccomp filter that denies io_uring the way container runtimes do: Docker's
-//! (since 25.0) and containerd's (since 1.7) default profiles and Kubernetes'
+//! (since 25.0) and containerd's (since 2.0) default profiles and Kubernetes'
 //! `RuntimeDefault` answer `io_uring_setup`, `io_uring_enter` and `io_uring_register`
 //! with `EPERM`; a kernel or sandbox without io_uring answers `ENOSYS`. Installed with
 //! `prctl(PR_SET_SECCOMP)` in the process that then runs orchd: no container engine.
@@ -8,12 +8,17 @@ use std::io;
 
 /// `io_uring_setup`, `io_uring_enter`, `io_uring_register`: the same numbers on every
 /// architecture (the unified syscall table).
-const IO_URING_CALLS: [u32; 3] = [425, 426, 427];
+pub const IO_URING_CALLS: [u32; 3] = [425, 426, 427];
+/// `io_uring_register` alone: a profile that lets a ring be set up but not probed.
+pub const IO_URING_REGISTER: [u32; 3] = [427, 427, 427];
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
+                                     // Elsewhere the filter matches no call (the seccomp tests then fail, saying so).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const AUDIT_ARCH: u32 = 0;
 
 /// Offsets in `struct seccomp_data`.
 const NR: u32 = 0;
@@ -34,8 +39,13 @@ fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 /// which the three io_uring calls fail with `errno` and every other call is allowed.
 /// Async-signal-safe (two `prctl`s, no allocation): fit for `Command::pre_exec`.
 pub fn deny_io_uring(errno: i32) -> io::Result<()> {
+    deny_calls(errno, IO_URING_CALLS)
+}
+
+/// As [`deny_io_uring`], for the three system calls `calls` (repeat one to deny fewer).
+pub fn deny_calls(errno: i32, calls: [u32; 3]) -> io::Result<()> {
     let deny = SECCOMP_RET_ERRNO | (errno as u32 & 0xffff);
-    let [setup, enter, register] = IO_URING_CALLS;
+    let [setup, enter, register] = calls;
     let mut prog = [
         op(BPF_LD_W_ABS, 0, 0, ARCH),
         op(BPF_JEQ_K, 0, 4, AUDIT_ARCH), // another ABI: allow

@@ -336,6 +336,11 @@ impl Shard {
 
     /// The dispatcher, through its typed handle.
     pub fn dispatcher(&self) -> crate::handle::Dispatcher<'_> {
+        if self.local_dispatcher.is_some() {
+            // An admission in place sees the mailbox's commands; notices of this shard
+            // still parked here (the mailbox was full) go there first.
+            self.flush_outbox();
+        }
         crate::handle::Dispatcher::new(
             &self.dispatcher,
             Some(self.id),

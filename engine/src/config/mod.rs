@@ -19,7 +19,7 @@ mod validate;
 pub use error::ConfigError;
 pub use types::{
     AdapterConfig, AdapterKind, ApiKey, ArtifactBackend, ArtifactsConfig, Config,
-    DispatcherPlacement, OpenAiConfig, PoolConfig, QueuePolicy, RuntimeChoice, ServerConfig,
-    SessionsConfig, StreamConfig, DEFAULT_TOML,
+    DispatcherPlacement, OpenAiConfig, PoolConfig, QueuePolicy, Role, RuntimeChoice, ServerConfig,
+    SessionsConfig, StreamConfig, TenantConfig, DEFAULT_TOML,
 };
-pub use validate::{parse_http_url, HttpUrl};
+pub use validate::{key_digest, parse_http_url, HttpUrl, Tenant, DEFAULT_TENANT};

@@ -21,6 +21,54 @@ pub struct Config {
     pub openai: OpenAiConfig,
     /// At least one pool; the default is one mock pool `default` serving any model.
     pub pools: Vec<PoolConfig>,
+    /// Who may call orchd with which keys, and in which role (`[[tenants]]`). The keys
+    /// of `server.api_keys` are one more tenant, `default`, with role `operator`.
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// A tenant: a name, the keys its clients present, and its role.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TenantConfig {
+    /// Unique name, `[A-Za-z0-9_.-]{1,64}` (`default` is the tenant of
+    /// `server.api_keys`). Shown in logs; keys never are.
+    pub name: String,
+    /// Its keys, as clients present them (`X-API-Key` or `Authorization: Bearer`).
+    pub keys: Vec<ApiKey>,
+    /// Its keys as lowercase hex SHA-256 digests, so the config need not hold them.
+    pub key_sha256: Vec<String>,
+    /// `client` (tasks, sessions, artifacts) or `operator` (also drain and reload).
+    pub role: Role,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        TenantConfig {
+            name: String::new(),
+            keys: Vec::new(),
+            key_sha256: Vec::new(),
+            role: Role::Client,
+        }
+    }
+}
+
+/// What a tenant's keys may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Submit, stream and cancel tasks, read sessions, store and fetch artifacts.
+    Client,
+    /// A client that may also drain and reload pools.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Operator => "operator",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -387,6 +435,7 @@ impl Default for Config {
             openai: OpenAiConfig::default(),
             artifacts: ArtifactsConfig::default(),
             pools: vec![PoolConfig::default()],
+            tenants: Vec::new(),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{AdapterKind, ArtifactBackend, Config, ConfigError, PoolConfig};
+use super::{AdapterKind, ArtifactBackend, Config, ConfigError, PoolConfig, Role};
 
 /// Limits on numbers a user may write; anything larger is a mistake, not a wish.
 const MAX_SHARDS: usize = 1024;
@@ -64,13 +64,14 @@ impl Config {
                 ));
             }
         }
-        if s.api_keys.is_empty() && !s.addr.ip().is_loopback() {
+        if s.api_keys.is_empty() && self.tenants.is_empty() && !s.addr.ip().is_loopback() {
             p.push(format!(
                 "server.addr: {} is not a loopback address and no API key is configured; \
-                 set server.api_keys or ORCHD_API_KEYS, or listen on 127.0.0.1",
+                 set server.api_keys, ORCHD_API_KEYS or [[tenants]], or listen on 127.0.0.1",
                 s.addr
             ));
         }
+        self.validate_tenants(&mut p);
         let ss = &self.sessions;
         if ss.ttl_ms == 0 {
             p.push("sessions.ttl_ms: must be at least 1".into());
@@ -131,6 +132,135 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError { problems: p })
+        }
+    }
+}
+
+/// A key as orchd keeps and compares it: its SHA-256 digest.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
+}
+
+/// A `key_sha256` entry: 64 hex digits.
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Who may call orchd: a tenant's name, role and key digests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    pub name: String,
+    pub role: Role,
+    pub digests: Vec<[u8; 32]>,
+}
+
+/// The name of the tenant of `server.api_keys`, and of the one implicit tenant when no
+/// key is configured at all (loopback only).
+pub const DEFAULT_TENANT: &str = "default";
+
+impl Config {
+    /// Every tenant with the digests of its keys: `server.api_keys` as `default`
+    /// (operator) first when set, then `[[tenants]]` in order. Digests that do not
+    /// parse are left out ([`Config::validate`] names them).
+    pub fn tenants(&self) -> Vec<Tenant> {
+        let mut out = Vec::with_capacity(self.tenants.len() + 1);
+        if !self.server.api_keys.is_empty() {
+            out.push(Tenant {
+                name: DEFAULT_TENANT.to_string(),
+                role: Role::Operator,
+                digests: self
+                    .server
+                    .api_keys
+                    .iter()
+                    .map(|k| key_digest(k.expose()))
+                    .collect(),
+            });
+        }
+        for t in &self.tenants {
+            let plain = t.keys.iter().map(|k| key_digest(k.expose()));
+            let hashed = t.key_sha256.iter().filter_map(|h| parse_digest(h));
+            out.push(Tenant {
+                name: t.name.clone(),
+                role: t.role,
+                digests: plain.chain(hashed).collect(),
+            });
+        }
+        out
+    }
+
+    fn validate_tenants(&self, p: &mut Vec<String>) {
+        let mut names = HashSet::new();
+        if !self.server.api_keys.is_empty() {
+            names.insert(DEFAULT_TENANT.to_string());
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            let at = format!("tenants[{i}]");
+            let name_ok = (1..=64).contains(&t.name.len())
+                && t.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !name_ok {
+                p.push(format!(
+                    "{at}.name: {:?} must match [A-Za-z0-9_.-]{{1,64}}",
+                    t.name
+                ));
+            } else if t.name == DEFAULT_TENANT && !self.server.api_keys.is_empty() {
+                p.push(format!(
+                    "{at}.name: \"default\" is the tenant of server.api_keys (ORCHD_API_KEYS); \
+                     name this one otherwise, or move those keys here"
+                ));
+            } else if !names.insert(t.name.clone()) {
+                p.push(format!("{at}.name: {:?} is used by another tenant", t.name));
+            }
+            if t.keys.is_empty() && t.key_sha256.is_empty() {
+                p.push(format!("{at}: needs at least one key (keys or key_sha256)"));
+            }
+            for (j, key) in t.keys.iter().enumerate() {
+                let k = key.expose();
+                if k.is_empty() || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                    p.push(format!(
+                        "{at}.keys[{j}]: must be 1 to 256 visible ASCII characters"
+                    ));
+                }
+            }
+            for (j, h) in t.key_sha256.iter().enumerate() {
+                if parse_digest(h).is_none() {
+                    p.push(format!(
+                        "{at}.key_sha256[{j}]: must be a SHA-256 digest, 64 hex digits \
+                         (`printf %s KEY | sha256sum`)"
+                    ));
+                }
+            }
+        }
+        // One key, one tenant: a key shared by two tenants would make its owner a guess.
+        let offset = usize::from(!self.server.api_keys.is_empty());
+        let path = |k: usize| match k.checked_sub(offset) {
+            None => "server.api_keys".to_string(),
+            Some(i) => format!("tenants[{i}]"),
+        };
+        let mut seen: std::collections::HashMap<[u8; 32], usize> = Default::default();
+        for (k, t) in self.tenants().into_iter().enumerate() {
+            let mut own = HashSet::new();
+            for d in t.digests {
+                if !own.insert(d) {
+                    continue;
+                }
+                if let Some(other) = seen.insert(d, k) {
+                    p.push(format!(
+                        "{}: has a key that {} has too; each key belongs to one tenant",
+                        path(k),
+                        path(other)
+                    ));
+                }
+            }
         }
     }
 }
@@ -333,6 +463,82 @@ mod tests {
         );
         assert!(err.contains("pools[1].slots"), "{err}");
         assert!(err.contains("pools[1].workloads"), "{err}");
+    }
+
+    #[test]
+    fn tenants_are_named_keyed_and_own_their_keys() {
+        let text = r#"
+[server]
+addr = "0.0.0.0:8080"
+api_keys = ["shared-1"]
+[[tenants]]
+name = "default"
+keys = ["k-a"]
+[[tenants]]
+name = "b c"
+[[tenants]]
+name = "team"
+keys = ["shared-1", "k-x"]
+key_sha256 = ["abc"]
+role = "operator"
+[[tenants]]
+name = "team"
+keys = ["k-y"]
+key_sha256 = ["9ff6f84bc5dd8e0f5f1b7ec4d2b7f0a40b5c13d3e2c4a1e7d5a7f3a47e0c1e25"]
+[[tenants]]
+name = "other"
+keys = ["k-x"]
+"#;
+        let c = Config::from_toml_str(text).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        for want in [
+            "tenants[0].name: \"default\" is the tenant of server.api_keys",
+            "tenants[1].name: \"b c\" must match",
+            "tenants[1]: needs at least one key",
+            "tenants[2].key_sha256[0]: must be a SHA-256 digest",
+            "tenants[3].name: \"team\" is used by another tenant",
+            "tenants[2]: has a key that server.api_keys has too",
+            "tenants[4]: has a key that tenants[2] has too",
+        ] {
+            assert!(err.contains(want), "{want:?} not in:\n{err}");
+        }
+        assert!(
+            !err.contains("shared-1") && !err.contains("k-x"),
+            "keys in: {err}"
+        );
+        // Roles and fields not yet supported are named like any bad key.
+        let err =
+            Config::from_toml_str("[[tenants]]\nname = \"t\"\nrole = \"admin\"\nweight = 2\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("tenants[0].role") && err.contains("tenants[0].weight"),
+            "{err}"
+        );
+        // A tenant's keys alone allow a non-loopback address; server.api_keys come first.
+        let mut ok = Config::default();
+        ok.server.addr = "0.0.0.0:8080".parse().unwrap();
+        ok.tenants = vec![super::super::TenantConfig {
+            name: "t".into(),
+            key_sha256: vec![hex(key_digest("k"))],
+            ..Default::default()
+        }];
+        ok.validate().unwrap();
+        let t = ok.tenants();
+        assert_eq!(
+            (t.len(), t[0].role, t[0].digests[0]),
+            (1, Role::Client, key_digest("k"))
+        );
+        ok.server.api_keys = vec![ApiKey::new("legacy")];
+        let t = ok.tenants();
+        assert_eq!(
+            (t[0].name.as_str(), t[0].role),
+            (DEFAULT_TENANT, Role::Operator)
+        );
+    }
+
+    fn hex(d: [u8; 32]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]

@@ -71,7 +71,7 @@ Feature: Server-Sent Events — the stream of a task, frame by frame
 
   Scenario: An idle stream gets heartbeats
     When I submit task A with:
-      | max_tokens | 40 |
+      | max_tokens | 100 |
     And I submit task B with:
       | max_tokens | 4 |
     And I stream task B to its end

@@ -8,10 +8,12 @@
 //! most used and maintained reactor in Rust; a current-thread runtime per core keeps
 //! the shape of the glommio one.
 
+use std::any::Any;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -45,21 +47,82 @@ where
         .name(name.to_string())
         .spawn(move || {
             if let Some(id) = cpu {
-                core_affinity::set_for_current(core_affinity::CoreId { id });
+                if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                    tracing::warn!(cpu = id, "could not pin the executor thread to its core");
+                }
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
                 .build()
                 .unwrap_or_else(|e| panic!("cannot start an epoll runtime: {e}"));
-            tokio::task::LocalSet::new().block_on(&runtime, main())
+            let local = tokio::task::LocalSet::new();
+            // `main` is called inside the runtime and the LocalSet, as glommio calls it
+            // inside its executor; a spawned task's panic ends the executor.
+            local.block_on(&runtime, async move {
+                futures_lite::future::or(main(), panicked()).await
+            })
         })
         .map(Executor)
 }
 
+/// The panic of a task spawned on this thread's executor, for [`panicked`], and the
+/// waker of the executor's main future.
+type Panicked = (Option<Box<dyn Any + Send>>, Option<Waker>);
+
+thread_local! {
+    static PANIC: std::cell::RefCell<Panicked> = const { std::cell::RefCell::new((None, None)) };
+}
+
+/// Never resolves; unwinds with the panic of a spawned task. tokio's `LocalSet` would
+/// catch it and keep the executor running without the task (a shard whose command
+/// loop died, still holding its mailbox); glommio lets the panic end the executor
+/// thread, and so does this.
+fn panicked<T>() -> impl Future<Output = T> {
+    std::future::poll_fn(|cx| {
+        PANIC.with(|p| {
+            let mut p = p.borrow_mut();
+            if let Some(payload) = p.0.take() {
+                drop(p);
+                std::panic::resume_unwind(payload);
+            }
+            p.1 = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    })
+}
+
 /// Spawns a task on the current thread's `LocalSet` and lets it run on its own.
 pub fn spawn(fut: impl Future<Output = ()> + 'static) {
-    drop(tokio::task::spawn_local(fut));
+    drop(tokio::task::spawn_local(CatchPanic(fut)));
+}
+
+/// A spawned task that hands its panic to [`panicked`]. A struct rather than an
+/// `async` block around `fut`: the block would keep `fut` twice in its state (as the
+/// captured value and as the future it awaits), and every connection is such a task
+/// (it cost ~1.4 KB per idle connection, `http/tests/hostile.rs`).
+struct CatchPanic<F>(F);
+
+impl<F: Future<Output = ()>> Future for CatchPanic<F> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: structural pinning of the only field: it is never moved out of `self`
+        // and `CatchPanic` has no Drop of its own.
+        let fut = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => {
+                PANIC.with(|p| {
+                    let mut p = p.borrow_mut();
+                    p.0.get_or_insert(payload);
+                    if let Some(w) = p.1.take() {
+                        w.wake();
+                    }
+                });
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// Sleeps on the current runtime (tokio's timer wheel: millisecond ticks).

@@ -459,3 +459,28 @@ impl Future for ShardSleep {
 }
 
 impl hyper::rt::Sleep for ShardSleep {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spawned task's panic ends its executor on both runtimes (glommio lets it
+    /// unwind; the epoll runtime re-raises it from the executor's main future), so a
+    /// shard never keeps running without, say, its command loop.
+    #[test]
+    fn a_task_panic_ends_the_executor_on_both_runtimes() {
+        for kind in [Kind::Epoll, Kind::IoUring] {
+            let t = spawn_executor(kind, "panics", None, || async {
+                spawn(Class::Throughput, async { panic!("boom in a task") });
+                sleep(Duration::from_secs(30)).await;
+            })
+            .unwrap();
+            let started = Instant::now();
+            let err = t.join().expect_err("the executor ended with the panic");
+            assert!(started.elapsed() < Duration::from_secs(10), "{kind:?}");
+            if kind == Kind::Epoll {
+                assert!(err.contains("boom in a task"), "{err}");
+            }
+        }
+    }
+}

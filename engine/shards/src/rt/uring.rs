@@ -29,13 +29,16 @@ pub enum PreflightError {
     )]
     Disabled(u32),
     #[error(
-        "io_uring_setup failed: {0}; io_uring is blocked here (Docker's and containerd's default \
+        "{call} failed: {error}; io_uring is blocked here (Docker's and containerd's default \
          seccomp profiles block it). fix: run the container with a seccomp profile that allows \
          io_uring_setup, io_uring_enter and io_uring_register (e.g. --security-opt seccomp=unconfined), \
          or run orchd on epoll, which needs no seccomp change (server.runtime = \"epoll\" or \"auto\", \
          --runtime, ORCHD_RUNTIME)"
     )]
-    Blocked(io::Error),
+    Blocked {
+        call: &'static str,
+        error: io::Error,
+    },
     #[error(
         "the locked-memory limit is {have} KiB, orchd needs at least {need} KiB for its io_uring \
          executors; fix: `ulimit -l {need}` (or higher) in the shell, LimitMEMLOCK= in a systemd \
@@ -56,7 +59,7 @@ pub fn preflight(executors: usize) -> Result<(), PreflightError> {
             }
         }
     }
-    probe_io_uring().map_err(PreflightError::Blocked)?;
+    probe_io_uring().map_err(|(call, error)| PreflightError::Blocked { call, error })?;
 
     let need = (MIN_MEMLOCK + (IO_MEMORY as u64) * executors as u64).div_ceil(1024);
     let lim = super::raise_soft_limit(libc::RLIMIT_MEMLOCK);
@@ -66,25 +69,41 @@ pub fn preflight(executors: usize) -> Result<(), PreflightError> {
         lim.rlim_cur / 1024
     };
     // root (CAP_IPC_LOCK) is not bound by the limit, but glommio checks it anyway.
-    if have < MIN_MEMLOCK / 1024 {
+    if have < need {
         return Err(PreflightError::MemLock { have, need });
     }
     Ok(())
 }
 
-/// A raw `io_uring_setup(2)`: the cheapest way to learn whether seccomp or a sysctl
-/// forbids io_uring without letting glommio find out by panicking.
-fn probe_io_uring() -> io::Result<()> {
+/// A raw `io_uring_setup(2)`, then the `io_uring_register(2)` probe of supported
+/// operations that glommio makes when it starts: the cheapest way to learn whether
+/// seccomp, a sysctl or an old kernel forbids io_uring without letting glommio find out
+/// by panicking.
+fn probe_io_uring() -> Result<(), (&'static str, io::Error)> {
     // struct io_uring_params is 120 bytes; zeroed is a valid request.
     let mut params = [0u8; 120];
     // SAFETY: the kernel writes at most sizeof(io_uring_params) into `params`.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
     if fd < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(("io_uring_setup", io::Error::last_os_error()));
     }
+    // struct io_uring_probe (16 bytes) and 256 struct io_uring_probe_op (8 bytes each),
+    // zeroed as the kernel requires; IORING_REGISTER_PROBE is 8.
+    let mut probe = vec![0u8; 16 + 256 * 8];
+    // SAFETY: the kernel writes at most the 256 ops asked for into `probe`.
+    let registered = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd as i32,
+            8u32,
+            probe.as_mut_ptr(),
+            256u32,
+        )
+    };
+    let err = (registered < 0).then(|| ("io_uring_register", io::Error::last_os_error()));
     // SAFETY: fd was just returned by the kernel and is owned here.
     unsafe { libc::close(fd as i32) };
-    Ok(())
+    err.map_or(Ok(()), Err)
 }
 
 /// A running glommio executor thread.
