@@ -144,7 +144,8 @@ pub fn key_digest(key: &str) -> [u8; 32] {
 
 /// A `key_sha256` entry: 64 hex digits.
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
+    // from_str_radix alone would take a leading `+`.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -479,7 +480,7 @@ name = "b c"
 [[tenants]]
 name = "team"
 keys = ["shared-1", "k-x"]
-key_sha256 = ["abc"]
+key_sha256 = ["+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f"]
 role = "operator"
 [[tenants]]
 name = "team"

@@ -40,12 +40,17 @@ pub enum PreflightError {
         error: io::Error,
     },
     #[error(
-        "the locked-memory limit is {have} KiB, orchd needs at least {need} KiB for its io_uring \
-         executors; fix: `ulimit -l {need}` (or higher) in the shell, LimitMEMLOCK= in a systemd \
+        "the locked-memory limit is {have} KiB, below the {need} KiB glommio needs for its io_uring \
+         executors; fix: `ulimit -l {recommended}` (or higher) in the shell, LimitMEMLOCK= in a systemd \
          unit, or `--ulimit memlock=-1` for a container; or run orchd on epoll (server.runtime = \"epoll\" \
          or \"auto\", --runtime, ORCHD_RUNTIME)"
     )]
-    MemLock { have: u64, need: u64 },
+    MemLock {
+        have: u64,
+        need: u64,
+        /// Enough to also register every executor's IO memory.
+        recommended: u64,
+    },
 }
 
 /// Checks that io_uring can be set up and that the memlock limit allows `executors`
@@ -61,16 +66,23 @@ pub fn preflight(executors: usize) -> Result<(), PreflightError> {
     }
     probe_io_uring().map_err(|(call, error)| PreflightError::Blocked { call, error })?;
 
-    let need = (MIN_MEMLOCK + (IO_MEMORY as u64) * executors as u64).div_ceil(1024);
+    let recommended = (MIN_MEMLOCK + (IO_MEMORY as u64) * executors as u64).div_ceil(1024);
     let lim = super::raise_soft_limit(libc::RLIMIT_MEMLOCK);
     let have = if lim.rlim_cur == libc::RLIM_INFINITY {
         u64::MAX
     } else {
         lim.rlim_cur / 1024
     };
-    // root (CAP_IPC_LOCK) is not bound by the limit, but glommio checks it anyway.
+    // root (CAP_IPC_LOCK) is not bound by the limit, but glommio checks it anyway. Below
+    // `recommended` only the IO memory registration fails, which glommio logs and
+    // orchd (no DMA file IO) does not need.
+    let need = MIN_MEMLOCK / 1024;
     if have < need {
-        return Err(PreflightError::MemLock { have, need });
+        return Err(PreflightError::MemLock {
+            have,
+            need,
+            recommended,
+        });
     }
     Ok(())
 }
