@@ -16,6 +16,8 @@ pub(crate) struct Keys {
     /// Every key's digest and the index of its tenant.
     digests: Vec<([u8; 32], u32)>,
     tenants: Vec<Caller>,
+    /// Every request's caller when no key is configured.
+    keyless: Caller,
 }
 
 /// Who is calling: a tenant's name and role. With no key configured (loopback only),
@@ -40,6 +42,10 @@ impl Keys {
         Keys {
             digests,
             tenants: callers,
+            keyless: Caller {
+                name: DEFAULT_TENANT.to_string(),
+                role: Role::Operator,
+            },
         }
     }
 
@@ -48,12 +54,9 @@ impl Keys {
         !self.digests.is_empty()
     }
 
-    /// The caller when auth is off.
-    pub fn keyless() -> Caller {
-        Caller {
-            name: DEFAULT_TENANT.to_string(),
-            role: Role::Operator,
-        }
+    /// The caller when auth is off: the implicit operator `default`.
+    pub fn keyless(&self) -> &Caller {
+        &self.keyless
     }
 
     /// The tenant of one presented key (an `X-API-Key` value or a Bearer token):
@@ -162,6 +165,6 @@ mod tests {
     fn no_keys_means_auth_off() {
         let keys = Keys::new(Vec::new());
         assert!(!keys.enabled());
-        assert_eq!(Keys::keyless().role, Role::Operator);
+        assert_eq!(keys.keyless().role, Role::Operator);
     }
 }

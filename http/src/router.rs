@@ -168,9 +168,9 @@ pub(crate) fn openai_path(path: &str) -> bool {
 /// that is not `Bearer KEY`; each key presented must be known (403), so a wrong
 /// credential is never outweighed by a right one beside it, and two keys must be of one
 /// tenant. Returns the caller.
-fn check_keys(keys: &Keys, headers: &http::HeaderMap) -> Result<Caller, ApiError> {
+fn check_keys<'k>(keys: &'k Keys, headers: &http::HeaderMap) -> Result<&'k Caller, ApiError> {
     if !keys.enabled() {
-        return Ok(Keys::keyless());
+        return Ok(keys.keyless());
     }
     let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
     let bearer = match headers.get(http::header::AUTHORIZATION) {
@@ -200,9 +200,9 @@ fn check_keys(keys: &Keys, headers: &http::HeaderMap) -> Result<Caller, ApiError
                     "X-API-Key and Authorization are keys of two different tenants",
                 ));
             }
-            Ok(a.clone())
+            Ok(a)
         }
-        (one, other) => keys.check(one.or(other)).cloned(),
+        (one, other) => keys.check(one.or(other)),
     }
 }
 

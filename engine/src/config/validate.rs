@@ -49,14 +49,7 @@ impl Config {
                 s.mailbox_capacity
             ));
         }
-        for (i, key) in s.api_keys.iter().enumerate() {
-            let k = key.expose();
-            if k.is_empty() || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-                p.push(format!(
-                    "server.api_keys[{i}]: must be 1 to 256 visible ASCII characters"
-                ));
-            }
-        }
+        check_keys("server.api_keys", &s.api_keys, &mut p);
         for (i, o) in s.cors_allow_origins.iter().enumerate() {
             if o != "*" && !is_origin(o) {
                 p.push(format!(
@@ -132,6 +125,18 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError { problems: p })
+        }
+    }
+}
+
+/// Every key of `keys` (named `at[i]`) is 1 to 256 visible ASCII characters.
+fn check_keys(at: &str, keys: &[super::ApiKey], p: &mut Vec<String>) {
+    for (i, key) in keys.iter().enumerate() {
+        let k = key.expose();
+        if k.is_empty() || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+            p.push(format!(
+                "{at}[{i}]: must be 1 to 256 visible ASCII characters"
+            ));
         }
     }
 }
@@ -224,14 +229,7 @@ impl Config {
             if t.keys.is_empty() && t.key_sha256.is_empty() {
                 p.push(format!("{at}: needs at least one key (keys or key_sha256)"));
             }
-            for (j, key) in t.keys.iter().enumerate() {
-                let k = key.expose();
-                if k.is_empty() || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-                    p.push(format!(
-                        "{at}.keys[{j}]: must be 1 to 256 visible ASCII characters"
-                    ));
-                }
-            }
+            check_keys(&format!("{at}.keys"), &t.keys, p);
             for (j, h) in t.key_sha256.iter().enumerate() {
                 if parse_digest(h).is_none() {
                     p.push(format!(
