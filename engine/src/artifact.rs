@@ -288,13 +288,23 @@ pub enum StoreError {
 
 /// The bounded in-memory backend of one shard. Transcripts are evicted oldest first to
 /// make room; user artifacts are never evicted, so a store full of them refuses more.
+///
+/// Each tenant has its own shelf (issue 19): an artifact is visible to the tenants
+/// that stored it, each with its own copy (its own `created_ms`, tags and metadata),
+/// so neither an id nor a timestamp tells one tenant what another stored.
 #[derive(Debug)]
 pub struct MemoryStore {
     max_bytes: u64,
     used: u64,
+    /// By [`shelf_key`].
     items: HashMap<String, Stored>,
-    /// Evictable (transcript) ids, oldest first.
+    /// Evictable (transcript) keys, oldest first.
     evictable: VecDeque<String>,
+}
+
+/// Where `tenant`'s artifact `id` is kept in a [`MemoryStore`].
+fn shelf_key(tenant: &str, id: &str) -> String {
+    format!("{tenant}/{id}")
 }
 
 impl MemoryStore {
@@ -307,10 +317,17 @@ impl MemoryStore {
         }
     }
 
-    /// Stores `item` (a no-op if present), evicting transcripts to make room. Returns
-    /// the stored document (the first one, for content already present).
-    pub fn put(&mut self, item: Stored, evictable: bool) -> Result<Bytes, StoreError> {
-        if let Some(s) = self.items.get(&item.id) {
+    /// Stores `item` on `tenant`'s shelf (a no-op if present there), evicting
+    /// transcripts to make room. Returns the stored document (the first one, for
+    /// content the tenant stored before).
+    pub fn put(
+        &mut self,
+        tenant: &str,
+        item: Stored,
+        evictable: bool,
+    ) -> Result<Bytes, StoreError> {
+        let key = shelf_key(tenant, &item.id);
+        if let Some(s) = self.items.get(&key) {
             return Ok(s.json.clone());
         }
         let size = item.json.len() as u64;
@@ -327,15 +344,18 @@ impl MemoryStore {
         }
         self.used += size;
         if evictable {
-            self.evictable.push_back(item.id.clone());
+            self.evictable.push_back(key.clone());
         }
         let json = item.json.clone();
-        self.items.insert(item.id.clone(), item);
+        self.items.insert(key, item);
         Ok(json)
     }
 
-    pub fn get(&self, id: &str) -> Option<Bytes> {
-        self.items.get(id).map(|s| s.json.clone())
+    /// `tenant`'s artifact `id`.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Bytes> {
+        self.items
+            .get(&shelf_key(tenant, id))
+            .map(|s| s.json.clone())
     }
 
     pub fn used_bytes(&self) -> u64 {
@@ -343,45 +363,74 @@ impl MemoryStore {
     }
 }
 
-/// The durable backend: one file `<dir>/<hex>.json` per artifact. Blocking IO: run it
-/// off the shard's executor.
+/// The durable backend: one file `<hex>.json` per artifact on its tenant's shelf, a
+/// directory: `<dir>` itself for the tenant `default` (so stores from before tenants
+/// keep working), `<dir>/tenants/<name>` for the others (names are `[A-Za-z0-9_.-]`,
+/// never `.` or `..`). Blocking IO: run it off the shard's executor.
 pub mod fs_store {
     use super::*;
 
-    fn path_of(dir: &Path, id: &str) -> PathBuf {
-        dir.join(format!("{}.json", &id[7..]))
+    fn shelf(dir: &Path, tenant: &str) -> PathBuf {
+        if tenant == crate::tenant::DEFAULT_TENANT {
+            dir.to_path_buf()
+        } else {
+            dir.join("tenants").join(tenant)
+        }
     }
 
-    /// Creates the directory and removes temp files a crash left behind.
+    fn path_of(dir: &Path, tenant: &str, id: &str) -> PathBuf {
+        shelf(dir, tenant).join(format!("{}.json", &id[7..]))
+    }
+
+    /// Creates the directory and removes temp files a crash left behind (on every
+    /// tenant's shelf).
     pub fn prepare(dir: &Path) -> io::Result<usize> {
         fs::create_dir_all(dir)?;
+        let mut shelves = vec![dir.to_path_buf()];
+        match fs::read_dir(dir.join("tenants")) {
+            Ok(entries) => {
+                for e in entries {
+                    shelves.push(e?.path());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         let mut removed = 0;
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                fs::remove_file(entry.path())?;
-                removed += 1;
+        for shelf in shelves {
+            for entry in fs::read_dir(shelf)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
             }
         }
         Ok(removed)
     }
 
-    /// Writes the artifact unless present: temp file, fsync, rename, fsync of the
-    /// directory. Returns the stored document (the existing one if present and sound).
-    pub fn put(dir: &Path, item: &Stored) -> Result<Bytes, StoreError> {
-        if let Some(existing) = get(dir, &item.id)? {
+    /// Writes the artifact to `tenant`'s shelf unless present there: temp file,
+    /// fsync, rename, fsync of the directory. Returns the stored document (the
+    /// existing one if present and sound).
+    pub fn put(dir: &Path, tenant: &str, item: &Stored) -> Result<Bytes, StoreError> {
+        if let Some(existing) = get(dir, tenant, &item.id)? {
             return Ok(existing);
         }
-        let path = path_of(dir, &item.id);
-        let tmp = dir.join(format!(".{}.{}.tmp", &item.id[7..], std::process::id()));
+        let shelf = shelf(dir, tenant);
+        let path = path_of(dir, tenant, &item.id);
+        let tmp = shelf.join(format!(".{}.{}.tmp", &item.id[7..], std::process::id()));
         let result = (|| -> io::Result<()> {
+            if !shelf.exists() {
+                fs::create_dir_all(&shelf)?;
+                fs::File::open(shelf.parent().unwrap_or(dir))?.sync_all()?;
+            }
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&item.json)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
-            fs::File::open(dir)?.sync_all()
+            fs::File::open(&shelf)?.sync_all()
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -390,10 +439,10 @@ pub mod fs_store {
         Ok(item.json.clone())
     }
 
-    /// Reads and verifies an artifact: a file whose content does not hash to its id
-    /// (truncated, edited, bit rot) is reported as corrupt, never served.
-    pub fn get(dir: &Path, id: &str) -> Result<Option<Bytes>, StoreError> {
-        let bytes = match fs::read(path_of(dir, id)) {
+    /// Reads and verifies `tenant`'s artifact: a file whose content does not hash to
+    /// its id (truncated, edited, bit rot) is reported as corrupt, never served.
+    pub fn get(dir: &Path, tenant: &str, id: &str) -> Result<Option<Bytes>, StoreError> {
+        let bytes = match fs::read(path_of(dir, tenant, id)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -522,17 +571,18 @@ mod tests {
         let size = item(0).json.len() as u64;
         let mut s = MemoryStore::new(size * 2 + size / 2);
         let t = item(1);
-        s.put(t.clone(), true).unwrap();
-        s.put(item(2), false).unwrap();
-        s.put(item(3), false).unwrap();
-        assert!(s.get(&t.id).is_none(), "the transcript made room");
+        s.put("a", t.clone(), true).unwrap();
+        s.put("a", item(2), false).unwrap();
+        assert!(s.get("b", &item(2).id).is_none(), "another tenant's");
+        s.put("a", item(3), false).unwrap();
+        assert!(s.get("a", &t.id).is_none(), "the transcript made room");
         assert!(matches!(
-            s.put(item(4), false),
+            s.put("a", item(4), false),
             Err(StoreError::Full { .. })
         ));
         assert!(s.used_bytes() <= size * 2 + size / 2);
         // The same content again is the same artifact, even when full.
-        s.put(item(2), false).unwrap();
+        s.put("a", item(2), false).unwrap();
     }
 
     #[test]
@@ -544,15 +594,29 @@ mod tests {
         fs::write(dir.join(".leftover.1.tmp"), b"junk").unwrap();
         assert_eq!(fs_store::prepare(&dir).unwrap(), 1);
         let a = item(7);
-        fs_store::put(&dir, &a).unwrap();
-        assert_eq!(fs_store::get(&dir, &a.id).unwrap().unwrap(), a.json);
+        fs_store::put(&dir, "default", &a).unwrap();
+        assert_eq!(
+            fs_store::get(&dir, "default", &a.id).unwrap().unwrap(),
+            a.json
+        );
+        assert!(fs_store::get(&dir, "team-b", &a.id).unwrap().is_none());
+        fs_store::put(&dir, "team-b", &a).unwrap();
+        let theirs = dir
+            .join("tenants/team-b")
+            .join(format!("{}.json", &a.id[7..]));
+        assert_eq!(fs::read(&theirs).unwrap(), a.json);
+        fs::write(dir.join("tenants/team-b/.x.2.tmp"), b"junk").unwrap();
+        assert_eq!(fs_store::prepare(&dir).unwrap(), 1, "every shelf is swept");
         let missing = item(8);
-        assert!(fs_store::get(&dir, &missing.id).unwrap().is_none());
+        assert!(fs_store::get(&dir, "default", &missing.id)
+            .unwrap()
+            .is_none());
+        // The tenant `default`'s shelf is the directory itself, as before tenants.
         let path = dir.join(format!("{}.json", &a.id[7..]));
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(matches!(
-            fs_store::get(&dir, &a.id),
+            fs_store::get(&dir, "default", &a.id),
             Err(StoreError::Corrupt { .. })
         ));
         fs::remove_dir_all(&dir).unwrap();

@@ -113,7 +113,62 @@ pub struct ApiError {
     /// Retry advice in milliseconds; when set, the response carries `Retry-After`
     /// (whole seconds, at least 1) and `X-Backoff-Ms` with this value.
     pub retry_after_ms: Option<u64>,
-    pub policy_label: Option<&'static str>,
+    pub policy_label: Option<Policy>,
+}
+
+/// The rule that refused an admission (`policy_label` of a 429), a closed vocabulary:
+/// each is a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// The pool's queue is full (policy `reject`).
+    Reject,
+    /// The pool's queue is full and nothing can be evicted (policy `drop-lru`).
+    DropLru,
+    SessionsFull,
+    SessionTurns,
+    BudgetTokens,
+    BudgetTime,
+    BudgetCost,
+    /// The tenant has `max_queued` tasks waiting in the pool.
+    TenantQueued,
+    /// The tenant's `tokens_per_minute` cannot cover the task now.
+    TenantTokens,
+    /// A shard's mailbox is full.
+    Overloaded,
+    /// The owner shard's mailbox is full.
+    ShardOverloaded,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 11] = [
+        Policy::Reject,
+        Policy::DropLru,
+        Policy::SessionsFull,
+        Policy::SessionTurns,
+        Policy::BudgetTokens,
+        Policy::BudgetTime,
+        Policy::BudgetCost,
+        Policy::TenantQueued,
+        Policy::TenantTokens,
+        Policy::Overloaded,
+        Policy::ShardOverloaded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Reject => "reject",
+            Policy::DropLru => "drop-lru",
+            Policy::SessionsFull => "sessions-full",
+            Policy::SessionTurns => "session-turns",
+            Policy::BudgetTokens => "budget-tokens",
+            Policy::BudgetTime => "budget-time",
+            Policy::BudgetCost => "budget-cost",
+            Policy::TenantQueued => "tenant-queued",
+            Policy::TenantTokens => "tenant-tokens",
+            Policy::Overloaded => "overloaded",
+            Policy::ShardOverloaded => "shard-overloaded",
+        }
+    }
 }
 
 impl ApiError {
@@ -167,7 +222,7 @@ impl ApiError {
         self
     }
 
-    pub fn policy(mut self, label: &'static str) -> Self {
+    pub fn policy(mut self, label: Policy) -> Self {
         self.policy_label = Some(label);
         self
     }
@@ -200,7 +255,7 @@ impl ApiError {
             pool_id: self.pool_id.as_deref(),
             retriable: self.retriable,
             retry_after_ms: self.retry_after_ms,
-            policy_label: self.policy_label,
+            policy_label: self.policy_label.map(Policy::as_str),
         };
         serde_json::to_vec(&env).expect("envelope serializes")
     }

@@ -17,9 +17,10 @@ pub mod eta;
 pub mod types;
 
 pub use config::Config;
-pub use error::{parse_json, ApiError, EngineError, ErrorClass, ErrorKind};
+pub use error::{parse_json, ApiError, EngineError, ErrorClass, ErrorKind, Policy};
 pub use types::{CancelReason, Engine, ModelState, Priority, Workload};
 pub mod frame;
 pub mod generation;
 pub mod mock;
 pub mod task;
+pub mod tenant;

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::generation::ChatMessage;
+use crate::tenant::{scoped, TenantId};
 use crate::types::{Engine, Priority, Workload};
 
 /// Upper bounds on numbers a client may send; larger is an error, not a wish.
@@ -64,6 +65,21 @@ pub struct TaskSpec {
     /// What an OpenAI-door request asks beyond a `TaskRequest`; never part of a body.
     #[serde(skip)]
     pub extras: Option<Box<Extras>>,
+    /// The tenant that submitted it (set by [`TaskSpec::scope`]); never part of a body.
+    #[serde(skip)]
+    pub tenant: TenantId,
+    /// The ids as the client sent them, for what is shown to it (responses,
+    /// transcripts, log lines): once [`TaskSpec::scope`] ran, `task_id` and
+    /// `session_id` are the tenant's scoped ids, the keys orchd knows the task by.
+    #[serde(skip)]
+    pub client: ClientIds,
+}
+
+/// A task's ids as its client named them (see [`crate::tenant::scoped`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientIds {
+    pub task_id: Uuid,
+    pub session_id: Option<Uuid>,
 }
 
 /// A field that must be present and not null, kept as an `Option` in Rust (serde
@@ -112,9 +128,25 @@ pub struct Extras {
 impl TaskSpec {
     /// Parses and validates a request body. Every error is a 400 naming the field.
     pub fn parse(body: &[u8]) -> Result<TaskSpec, ApiError> {
-        let spec: TaskSpec = crate::error::parse_json(body)?;
+        let mut spec: TaskSpec = crate::error::parse_json(body)?;
         spec.validate().map_err(|e| e.with_engine(spec.engine))?;
+        spec.client = ClientIds {
+            task_id: spec.task_id,
+            session_id: spec.session_id,
+        };
         Ok(spec)
+    }
+
+    /// Makes the task `tenant`'s own: its task and session ids become the tenant's
+    /// scoped ids; the client's stay in [`TaskSpec::client`].
+    pub fn scope(&mut self, tenant: TenantId, name: &str) {
+        self.client = ClientIds {
+            task_id: self.task_id,
+            session_id: self.session_id,
+        };
+        self.task_id = scoped(name, self.task_id);
+        self.session_id = self.session_id.map(|s| scoped(name, s));
+        self.tenant = tenant;
     }
 
     /// The checks that need no pool.

@@ -22,7 +22,7 @@ pub(crate) struct App {
 
 impl App {
     pub fn new(config: Config) -> App {
-        let keys = Keys::new(config.tenants());
+        let keys = Keys::new(&config.tenants());
         App {
             config,
             keys,

@@ -9,43 +9,43 @@
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use orchd_engine::config::{Role, Tenant, DEFAULT_TENANT};
+use orchd_engine::config::{Role, Tenant};
+use orchd_engine::tenant::TenantId;
 use orchd_engine::{ApiError, ErrorClass, ErrorKind};
 
 pub(crate) struct Keys {
     /// Every key's digest and the index of its tenant.
     digests: Vec<([u8; 32], u32)>,
+    /// Every tenant, in [`TenantId`] order; with no key configured, the one implicit
+    /// `default` operator is every request's caller.
     tenants: Vec<Caller>,
-    /// Every request's caller when no key is configured.
-    keyless: Caller,
 }
 
-/// Who is calling: a tenant's name and role. With no key configured (loopback only),
-/// every request is the one implicit tenant `default`, an operator.
+/// Who is calling: a tenant's id, name and role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Caller {
+    pub id: TenantId,
     pub name: String,
     pub role: Role,
 }
 
 impl Keys {
-    pub fn new(tenants: Vec<Tenant>) -> Keys {
+    /// `tenants` as [`orchd_engine::Config::tenants`] lists them (never empty).
+    pub fn new(tenants: &[Tenant]) -> Keys {
         let mut digests = Vec::new();
         let mut callers = Vec::with_capacity(tenants.len());
-        for (i, t) in tenants.into_iter().enumerate() {
+        for (i, t) in tenants.iter().enumerate() {
             digests.extend(t.digests.iter().map(|d| (*d, i as u32)));
             callers.push(Caller {
-                name: t.name,
+                id: TenantId(i as u16),
+                name: t.name.clone(),
                 role: t.role,
             });
         }
+        assert!(!callers.is_empty(), "Config::tenants is never empty");
         Keys {
             digests,
             tenants: callers,
-            keyless: Caller {
-                name: DEFAULT_TENANT.to_string(),
-                role: Role::Operator,
-            },
         }
     }
 
@@ -56,7 +56,7 @@ impl Keys {
 
     /// The caller when auth is off: the implicit operator `default`.
     pub fn keyless(&self) -> &Caller {
-        &self.keyless
+        &self.tenants[0]
     }
 
     /// The tenant of one presented key (an `X-API-Key` value or a Bearer token):
@@ -111,18 +111,19 @@ mod tests {
 
     fn tenant(name: &str, role: Role, keys: &[&str]) -> Tenant {
         Tenant {
-            name: name.into(),
             role,
-            digests: keys
-                .iter()
-                .map(|k| orchd_engine::config::key_digest(k))
-                .collect(),
+            name: name.into(),
+            ..Tenant::default_operator(
+                keys.iter()
+                    .map(|k| orchd_engine::config::key_digest(k))
+                    .collect(),
+            )
         }
     }
 
     #[test]
     fn missing_unknown_and_known_with_their_tenant() {
-        let keys = Keys::new(vec![
+        let keys = Keys::new(&[
             tenant("ops", Role::Operator, &["alpha"]),
             tenant("team-b", Role::Client, &["beta", "gamma"]),
         ]);
@@ -142,16 +143,21 @@ mod tests {
         assert_eq!(keys.check(Some(b"alpha")).unwrap().name, "ops");
         assert_eq!(keys.check(Some(b"beta")).unwrap().name, "team-b");
         let gamma = keys.check(Some(b"gamma")).unwrap();
-        assert_eq!((gamma.name.as_str(), gamma.role), ("team-b", Role::Client));
+        assert_eq!(
+            (gamma.id, gamma.name.as_str(), gamma.role),
+            (TenantId(1), "team-b", Role::Client)
+        );
     }
 
     #[test]
     fn only_operators_drain() {
         let ops = Caller {
+            id: TenantId(0),
             name: "ops".into(),
             role: Role::Operator,
         };
         let client = Caller {
+            id: TenantId(1),
             name: "team-b".into(),
             role: Role::Client,
         };
@@ -163,8 +169,12 @@ mod tests {
 
     #[test]
     fn no_keys_means_auth_off() {
-        let keys = Keys::new(Vec::new());
+        let keys = Keys::new(&orchd_engine::Config::default().tenants());
         assert!(!keys.enabled());
-        assert_eq!(keys.keyless().role, Role::Operator);
+        let c = keys.keyless();
+        assert_eq!(
+            (c.id, c.name.as_str(), c.role),
+            (TenantId(0), "default", Role::Operator)
+        );
     }
 }

@@ -218,11 +218,9 @@ async fn route(
     } else {
         Some(check_keys(&app.app.keys, &head.headers)?)
     };
-    // Drain and reload are not exempt: `caller` is known there.
-    let operator = |what: &str| match &caller {
-        Some(c) => require_operator(c, what),
-        None => Ok(()),
-    };
+    // Exempt routes take no caller; every other route has one.
+    let who = caller.unwrap_or(app.app.keys.keyless());
+    let operator = |what: &str| require_operator(who, what);
     check_declared_length(app, &head.headers)?;
     let method = head.method.clone();
     let mut segs = path.split('/').skip(1);
@@ -260,20 +258,20 @@ async fn route(
         (["v1", "tasks", "", ""], &Method::POST) => {
             let limit = app.app.config.server.max_body_bytes;
             let body = api::tasks::read_body(body, limit).await?;
-            api::tasks::create(app, body, cid).await?
+            api::tasks::create(app, who, body, cid).await?
         }
         (["v1", "tasks", "", ""], _) => return Err(allow("POST")),
         (["v1", "completions", "", ""], &Method::POST) => {
             let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
-            api::openai::completions(app, body, &head.headers, cid).await?
+            api::openai::completions(app, who, body, &head.headers, cid).await?
         }
         (["v1", "chat", "completions", ""], &Method::POST) => {
             let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
-            api::openai::chat(app, body, &head.headers, cid).await?
+            api::openai::chat(app, who, body, &head.headers, cid).await?
         }
         (["v1", "embeddings", "", ""], &Method::POST) => {
             let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
-            api::openai::embeddings(app, body, &head.headers, cid).await?
+            api::openai::embeddings(app, who, body, &head.headers, cid).await?
         }
         (
             ["v1", "completions", "", ""]
@@ -286,27 +284,27 @@ async fn route(
         (["health", "", "", ""], &Method::GET) => api::openai::health(app).await?,
         (["health", "", "", ""], _) => return Err(allow("GET")),
         (["v1", "tasks", id, "stream"], &Method::GET) if !id.is_empty() => {
-            api::tasks::stream(app, id, &head.headers, head.uri.query()).await?
+            api::tasks::stream(app, who, id, &head.headers, head.uri.query()).await?
         }
         (["v1", "tasks", id, "stream"], _) if !id.is_empty() => return Err(allow("GET")),
         (["v1", "tasks", id, "cancel"], &Method::POST) if !id.is_empty() => {
-            api::tasks::cancel(app, id).await?
+            api::tasks::cancel(app, who, id).await?
         }
         (["v1", "tasks", id, "cancel"], _) if !id.is_empty() => return Err(allow("POST")),
         (["v1", "sessions", id, ""], &Method::GET) if !id.is_empty() => {
-            api::sessions::get(app, id).await?
+            api::sessions::get(app, who, id).await?
         }
         (["v1", "sessions", id, ""], &Method::DELETE) if !id.is_empty() => {
-            api::sessions::delete(app, id).await?
+            api::sessions::delete(app, who, id).await?
         }
         (["v1", "sessions", id, ""], _) if !id.is_empty() => return Err(allow("GET, DELETE")),
         (["v1", "artifacts", id, ""], &Method::GET) if !id.is_empty() => {
-            api::artifacts::get(app, id).await?
+            api::artifacts::get(app, who, id).await?
         }
         (["v1", "artifacts", id, ""], _) if !id.is_empty() => return Err(allow("GET")),
         (["v1", "artifacts", "", ""], &Method::POST) => {
             let body = api::tasks::read_body(body, app.app.config.server.max_body_bytes).await?;
-            api::artifacts::create(app, body).await?
+            api::artifacts::create(app, who, body).await?
         }
         (["v1", "artifacts", "", ""], _) => return Err(allow("POST")),
         _ => return Err(not_found(path)),

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use orchd_engine::admission::{Admitted, Eta, Outcome, PoolState, SessionView};
 use orchd_engine::artifact::{StoreError, Stored};
 use orchd_engine::task::TaskSpec;
+use orchd_engine::tenant::TenantId;
 use orchd_engine::{ApiError, ModelState};
 
 use crate::mesh::{Reply, ShardId};
@@ -88,13 +89,16 @@ pub enum ShardCommand {
         task: Uuid,
         reply: Reply<Option<u32>>,
     },
-    /// A stored artifact's document, from the shard that keeps it.
+    /// A tenant's stored artifact's document, from the shard that keeps it.
     Artifact {
+        tenant: TenantId,
         id: String,
         reply: Reply<Result<Option<Bytes>, StoreError>>,
     },
-    /// Store an artifact on the shard that keeps it; replies with the stored document.
+    /// Store an artifact on its tenant's shelf on the shard that keeps it; replies
+    /// with the stored document.
     StoreArtifact {
+        tenant: TenantId,
         stored: Stored,
         evictable: bool,
         reply: Option<Reply<Result<Bytes, StoreError>>>,
@@ -217,6 +221,8 @@ pub struct ShardSnapshot {
     pub live_tasks: u64,
     /// CPU time of the shard's thread so far.
     pub cpu_seconds: f64,
+    /// Every tenant's counters on this shard, by `TenantId`.
+    pub tenants: Vec<crate::metrics::TenantSnapshot>,
 }
 
 /// A copy of one shard's HTTP probe, sent across cores.

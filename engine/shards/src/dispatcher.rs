@@ -235,7 +235,7 @@ impl Dispatcher {
                     "the pool's shard is overloaded; retry shortly",
                 )
                 .with_pool(pool)
-                .policy("shard-overloaded")
+                .policy(orchd_engine::Policy::ShardOverloaded)
                 .retry_after_ms(OVERLOADED_RETRY_MS))
             }
         }

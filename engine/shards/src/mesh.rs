@@ -66,7 +66,7 @@ pub fn unavailable(e: MeshError) -> orchd_engine::ApiError {
             ErrorKind::AdmissionReject,
             "orchd is overloaded; retry shortly",
         )
-        .policy("overloaded")
+        .policy(orchd_engine::Policy::Overloaded)
         .retry_after_ms(50),
         MeshError::Gone => ApiError::new(
             ErrorClass::Unavailable,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use orchd_engine::{CancelReason, Engine, ErrorKind};
+use orchd_engine::{ApiError, CancelReason, Engine, ErrorKind, Policy};
 
 /// Upper bounds of the latency histograms' buckets, in ms: 0.25 ms doubling to
 /// 131 s (20 buckets), enough for sub-millisecond hops and minute-long decodes.
@@ -78,6 +78,17 @@ pub struct LatencySnapshot {
     pub cumulative: [u64; 20],
     pub count: u64,
     pub sum_ms: f64,
+}
+
+impl LatencySnapshot {
+    /// Adds another shard's distribution of the same thing.
+    pub fn merge(&mut self, other: &LatencySnapshot) {
+        for (a, b) in self.cumulative.iter_mut().zip(other.cumulative) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_ms += other.sum_ms;
+    }
 }
 
 /// Latencies of recent tasks: the current window and the one before it, so a reading
@@ -261,6 +272,85 @@ pub struct AdmissionSnapshot {
     pub rejected: [[u64; 12]; 4],
     pub backpressure: [[u64; 2]; 4],
     pub active_streams: u64,
+}
+
+/// Refusal reasons of `tenant_rejected_total`: the policy that refused (a 429's
+/// `policy_label`), else the error code.
+pub const REFUSALS: usize = Policy::ALL.len() + ErrorKind::ALL.len();
+
+/// The reason a refusal is counted under (an index into [`REFUSALS`]).
+pub fn refusal_index(e: &ApiError) -> usize {
+    match e.policy_label {
+        Some(p) => Policy::ALL
+            .iter()
+            .position(|x| *x == p)
+            .expect("every policy is listed"),
+        None => Policy::ALL.len() + kind_index(e.kind),
+    }
+}
+
+/// The `reason` label of refusal index `i`.
+pub fn refusal_label(i: usize) -> &'static str {
+    match Policy::ALL.get(i) {
+        Some(p) => p.as_str(),
+        None => ErrorKind::ALL[i - Policy::ALL.len()].as_str(),
+    }
+}
+
+/// One tenant's name and its counters on one shard (issue 19): admissions and refusals
+/// where its requests were served, tokens, slot time and queue waits where its tasks
+/// run.
+pub struct TenantProbe {
+    pub name: String,
+    pub admitted: Cell<u64>,
+    /// By [`refusal_index`].
+    pub rejected: [Cell<u64>; REFUSALS],
+    pub tokens_out: Cell<u64>,
+    /// Microseconds its ended tasks held slots.
+    pub slot_us: Cell<u64>,
+    /// Admission to start, of its tasks that queued or not; allocated on first use
+    /// (a histogram is some KiB, and most tenants never run on most shards).
+    queue_wait: RefCell<Option<Box<Latency>>>,
+}
+
+impl TenantProbe {
+    pub fn new(name: &str) -> TenantProbe {
+        TenantProbe {
+            name: name.to_string(),
+            admitted: Cell::new(0),
+            rejected: std::array::from_fn(|_| Cell::new(0)),
+            tokens_out: Cell::new(0),
+            slot_us: Cell::new(0),
+            queue_wait: RefCell::new(None),
+        }
+    }
+
+    pub fn record_queue_wait(&self, d: Duration) {
+        self.queue_wait
+            .borrow_mut()
+            .get_or_insert_with(Box::default)
+            .record(d);
+    }
+
+    pub fn snapshot(&self) -> TenantSnapshot {
+        TenantSnapshot {
+            admitted: self.admitted.get(),
+            rejected: std::array::from_fn(|i| self.rejected[i].get()),
+            tokens_out: self.tokens_out.get(),
+            slot_seconds: self.slot_us.get() as f64 / 1e6,
+            queue_wait: self.queue_wait.borrow().as_ref().map(|l| l.snapshot()),
+        }
+    }
+}
+
+/// A copy of one tenant's counters on one shard, sent across cores.
+#[derive(Clone, Debug)]
+pub struct TenantSnapshot {
+    pub admitted: u64,
+    pub rejected: [u64; REFUSALS],
+    pub tokens_out: u64,
+    pub slot_seconds: f64,
+    pub queue_wait: Option<LatencySnapshot>,
 }
 
 /// CPU time this thread has used (for per-shard busy ratios).

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use orchd_engine::artifact::{StoreError, Stored};
+use orchd_engine::tenant::TenantId;
 use orchd_engine::Config;
 
 use orchd_engine::ApiError;
@@ -27,13 +28,15 @@ use crate::commands::{
 };
 use crate::engines::Adapter;
 use crate::mesh::{self, unavailable, Inbox, Mailbox, MeshError, Reply, ShardId};
+use crate::metrics::TenantProbe;
 use crate::owner::task::{Step, TaskRun, Terminal};
 use crate::owner::{Effects, Owner};
 use crate::rt;
 
 /// Shard-local counters: plain cells, no atomics; read by a scrape on the same core.
-#[derive(Default)]
 pub struct Probe {
+    /// Every tenant's counters, in [`TenantId`] order (shared with the owner).
+    pub tenants: Vec<Rc<TenantProbe>>,
     /// Admission outcomes of the requests this shard served.
     pub admission: crate::metrics::AdmissionProbe,
     /// HTTP responses by status class: index 0 = 1xx ... 4 = 5xx.
@@ -45,6 +48,26 @@ pub struct Probe {
 }
 
 impl Probe {
+    fn new(config: &Config) -> Probe {
+        Probe {
+            tenants: config
+                .tenants()
+                .iter()
+                .map(|t| Rc::new(TenantProbe::new(&t.name)))
+                .collect(),
+            admission: Default::default(),
+            responses: Default::default(),
+            connections_accepted: Default::default(),
+            connections_open: Default::default(),
+            connections_refused: Default::default(),
+        }
+    }
+
+    /// A tenant's counters on this shard.
+    pub fn tenant(&self, id: TenantId) -> &TenantProbe {
+        &self.tenants[id.index()]
+    }
+
     pub fn count_response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].set(self.responses[class].get() + 1);
@@ -144,8 +167,10 @@ impl Shard {
     /// `inbox`, the owner's periodic sweep, and its engines' health probes.
     pub(crate) fn start(parts: ShardParts, inbox: Inbox<ShardCommand>) -> Rc<Shard> {
         let shards = parts.peers.len();
+        let probe = Probe::new(&parts.config);
+        let owner = Owner::new(&parts.config, parts.id.0, shards, probe.tenants.clone());
         let shard = Rc::new(Shard {
-            owner: RefCell::new(Owner::new(&parts.config, parts.id.0, shards)),
+            owner: RefCell::new(owner),
             artifacts: RefCell::new(ArtifactStore::new(&parts.config, shards)),
             id: parts.id,
             peers: parts.peers,
@@ -153,7 +178,7 @@ impl Shard {
             local_dispatcher: parts.local_dispatcher,
             dispatcher: parts.dispatcher,
             stop: parts.stop,
-            probe: Probe::default(),
+            probe,
             outbox: RefCell::new(VecDeque::new()),
             writes_in_flight: Cell::new(0),
             quiesced: parts.quiesced,
@@ -201,8 +226,8 @@ impl Shard {
     }
 
     fn carry_out(self: &Rc<Self>, fx: Effects) {
-        for stored in fx.transcripts {
-            self.store_transcript(stored);
+        for (tenant, stored) in fx.transcripts {
+            self.store_transcript(tenant, stored);
         }
         if !fx.notices.is_empty() {
             self.flush_outbox();
@@ -255,15 +280,17 @@ impl Shard {
                 .collect(),
             live_tasks: owner.live_tasks() as u64,
             cpu_seconds: crate::metrics::thread_cpu_seconds(),
+            tenants: self.probe.tenants.iter().map(|t| t.snapshot()).collect(),
         }
     }
 
-    /// Hands a transcript to the shard that keeps its id.
-    fn store_transcript(self: &Rc<Self>, stored: Stored) {
+    /// Hands a transcript to the shard that keeps its id, for its tenant's shelf.
+    fn store_transcript(self: &Rc<Self>, tenant: TenantId, stored: Stored) {
         let keeper = crate::placement::shard_for_artifact(&stored.id, self.shard_count());
         if keeper == self.id {
-            self.store_artifact(stored, true, None);
+            self.store_artifact(tenant, stored, true, None);
         } else if let Err(back) = self.peers[keeper.0].try_send(ShardCommand::StoreArtifact {
+            tenant,
             stored,
             evictable: true,
             reply: None,
@@ -272,16 +299,24 @@ impl Shard {
         }
     }
 
-    fn get_artifact(self: &Rc<Self>, id: String, reply: Reply<Result<Option<Bytes>, StoreError>>) {
+    fn get_artifact(
+        self: &Rc<Self>,
+        tenant: TenantId,
+        id: String,
+        reply: Reply<Result<Option<Bytes>, StoreError>>,
+    ) {
+        let name = &self.probe.tenant(tenant).name;
         let dir = match &*self.artifacts.borrow() {
             ArtifactStore::Memory(m) => {
-                let _ = reply.send(Ok(m.get(&id)));
+                let _ = reply.send(Ok(m.get(name, &id)));
                 return;
             }
             ArtifactStore::Fs(dir) => dir.clone(),
         };
+        let name = name.clone();
         rt::spawn(rt::Class::Latency, async move {
-            let r = rt::blocking(move || orchd_engine::artifact::fs_store::get(&dir, &id)).await;
+            let r =
+                rt::blocking(move || orchd_engine::artifact::fs_store::get(&dir, &name, &id)).await;
             let _ = reply.send(r);
         });
     }
@@ -289,23 +324,27 @@ impl Shard {
     /// Stores an artifact this shard keeps (see [`crate::placement::shard_for_artifact`]).
     fn store_artifact(
         self: &Rc<Self>,
+        tenant: TenantId,
         stored: Stored,
         evictable: bool,
         reply: Option<Reply<Result<Bytes, StoreError>>>,
     ) {
+        let name = &self.probe.tenant(tenant).name;
         let dir = match &mut *self.artifacts.borrow_mut() {
             ArtifactStore::Memory(m) => {
-                let r = m.put(stored, evictable);
+                let r = m.put(name, stored, evictable);
                 answer_store(reply, r);
                 return;
             }
             ArtifactStore::Fs(dir) => dir.clone(),
         };
+        let name = name.clone();
         self.writes_in_flight.set(self.writes_in_flight.get() + 1);
         let shard = Rc::clone(self);
         rt::spawn(rt::Class::Throughput, async move {
             let r =
-                rt::blocking(move || orchd_engine::artifact::fs_store::put(&dir, &stored)).await;
+                rt::blocking(move || orchd_engine::artifact::fs_store::put(&dir, &name, &stored))
+                    .await;
             shard.writes_in_flight.set(shard.writes_in_flight.get() - 1);
             answer_store(reply, r)
         });
@@ -424,12 +463,15 @@ impl Shard {
                 ShardCommand::Rendering { task, reply } => {
                     let _ = reply.send(self.owner().rendering(task));
                 }
-                ShardCommand::Artifact { id, reply } => self.get_artifact(id, reply),
+                ShardCommand::Artifact { tenant, id, reply } => {
+                    self.get_artifact(tenant, id, reply)
+                }
                 ShardCommand::StoreArtifact {
+                    tenant,
                     stored,
                     evictable,
                     reply,
-                } => self.store_artifact(stored, evictable, reply),
+                } => self.store_artifact(tenant, stored, evictable, reply),
                 ShardCommand::Drain {
                     pool,
                     deadline,
@@ -543,13 +585,15 @@ impl Shard {
             .map_err(unavailable)
     }
 
-    /// A stored artifact's document, from the shard that keeps it.
+    /// `tenant`'s stored artifact's document, from the shard that keeps it.
     pub async fn artifact(
         self: &Rc<Self>,
+        tenant: TenantId,
         id: &str,
     ) -> Result<Result<Option<Bytes>, StoreError>, ApiError> {
         let keeper = crate::placement::shard_for_artifact(id, self.shard_count());
         self.invoke_on(keeper, |reply| ShardCommand::Artifact {
+            tenant,
             id: id.to_string(),
             reply,
         })
@@ -557,13 +601,16 @@ impl Shard {
         .map_err(unavailable)
     }
 
-    /// Stores a client's artifact on the shard that keeps it; the stored document.
+    /// Stores a client's artifact on its tenant's shelf on the shard that keeps it;
+    /// the stored document.
     pub async fn put_artifact(
         self: &Rc<Self>,
+        tenant: TenantId,
         stored: Stored,
     ) -> Result<Result<Bytes, StoreError>, ApiError> {
         let keeper = crate::placement::shard_for_artifact(&stored.id, self.shard_count());
         self.invoke_on(keeper, |reply| ShardCommand::StoreArtifact {
+            tenant,
             stored,
             evictable: false,
             reply: Some(reply),

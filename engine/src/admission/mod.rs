@@ -14,6 +14,7 @@
 
 mod pool;
 mod session;
+mod tenant;
 #[cfg(test)]
 mod tests;
 
@@ -26,10 +27,11 @@ pub use self::pool::{PoolMirror, PoolState, MAX_MODELS};
 use self::session::Session;
 pub use self::session::{Budget, SessionView};
 use crate::config::{Config, QueuePolicy, SessionsConfig};
-use crate::error::{ApiError, ErrorClass, ErrorKind};
+use crate::error::{ApiError, ErrorClass, ErrorKind, Policy};
 pub use crate::eta::{Eta, Outcome};
 use crate::frame::BudgetRemaining;
 use crate::task::{KvHint, TaskSpec};
+use crate::tenant::TenantId;
 use crate::types::{ModelState, Priority};
 
 /// Bytes of KV cache the mock engine accounts per context token (a 7B-class model in
@@ -61,6 +63,9 @@ pub struct Admitted {
 #[derive(Debug)]
 struct Entry {
     pool: usize,
+    tenant: TenantId,
+    /// Reserved of its tenant's `tokens_per_minute` (prompt and `max_tokens`).
+    tenant_tokens: u64,
     digest: [u8; 16],
     session: Option<Uuid>,
     admitted: Admitted,
@@ -117,6 +122,8 @@ pub struct Admission {
     session_touches: VecDeque<(u64, Uuid)>,
     tasks: HashMap<Uuid, Entry>,
     expiries: VecDeque<(u64, Uuid)>,
+    /// Every tenant's limits and token bucket, by [`TenantId`].
+    tenants: Vec<tenant::Quota>,
     scfg: SessionsConfig,
     retention_ms: u64,
 }
@@ -138,6 +145,7 @@ impl Admission {
             session_touches: VecDeque::new(),
             tasks: HashMap::new(),
             expiries: VecDeque::new(),
+            tenants: config.tenants().iter().map(tenant::Quota::new).collect(),
             scfg: config.sessions.clone(),
             retention_ms: config.stream.retention_ms,
         }
@@ -164,7 +172,9 @@ impl Admission {
         let route = self.find_pool(spec, now_ms, near)?;
         self.check_session(spec, &route, now_ms)?;
         let reserve = self.check_budgets(spec, &route)?;
+        self.check_tenant_tokens(spec, &route, now_ms)?;
         let place = self.check_deadline(spec, &route, reserve.time_ms)?;
+        self.check_tenant_queued(spec, &route, place.must_queue)?;
         let place = self.apply_queue_policy(&route, place)?;
         Ok(self.commit(spec, route, place, reserve, now_ms))
     }
@@ -289,7 +299,7 @@ impl Admission {
     }
 
     /// A session-rule refusal (429, not retriable) naming the rule.
-    fn refuse(&self, route: &Route, label: &'static str, msg: String) -> ApiError {
+    fn refuse(&self, route: &Route, label: Policy, msg: String) -> ApiError {
         let p = &self.pools[route.pool].cfg;
         ApiError::new(ErrorClass::TooManyRequests, ErrorKind::AdmissionReject, msg)
             .with_engine(p.engine)
@@ -319,7 +329,7 @@ impl Admission {
                     self.sessions.len()
                 );
                 return Err(self
-                    .refuse(route, "sessions-full", msg)
+                    .refuse(route, Policy::SessionsFull, msg)
                     .retriable(true)
                     .retry_after_ms(self.next_session_expiry_ms(now_ms)));
             }
@@ -329,7 +339,7 @@ impl Admission {
                 "session_id: the session has used all {} turns",
                 self.scfg.max_turns
             );
-            return Err(self.refuse(route, "session-turns", msg));
+            return Err(self.refuse(route, Policy::SessionTurns, msg));
         }
         Ok(())
     }
@@ -349,18 +359,18 @@ impl Admission {
             None
         } else if c.tokens_budget > 0 && s.tokens + r.tokens + reserve.tokens > c.tokens_budget {
             Some((
-                "budget-tokens",
+                Policy::BudgetTokens,
                 "max_tokens: the session's token budget cannot cover this task",
             ))
         } else if c.time_budget_ms > 0 && s.time_ms + r.time_ms + reserve.time_ms > c.time_budget_ms
         {
             Some((
-                "budget-time",
+                Policy::BudgetTime,
                 "session_id: the session's time budget cannot cover this task",
             ))
         } else if c.cost_budget > 0.0 && s.cost + r.cost + reserve.cost > c.cost_budget {
             Some((
-                "budget-cost",
+                Policy::BudgetCost,
                 "session_id: the session's cost budget cannot cover this task",
             ))
         } else {
@@ -382,14 +392,15 @@ impl Admission {
     ) -> Result<Place, ApiError> {
         let mirror = &self.pools[route.pool];
         let class = usize::from(spec.priority == Priority::Batch);
-        let queued_total = mirror.queued_len();
-        let must_queue = mirror.running >= mirror.cfg.slots || queued_total > 0;
-        let position = if !must_queue {
-            0
-        } else if class == 0 {
-            mirror.queued[0] + 1
+        // A task waits when the slots are taken, when its tenant holds all it may, or
+        // when tasks that may start are waiting already.
+        let must_queue = mirror.running >= mirror.cfg.slots
+            || self.capped(mirror, spec.tenant)
+            || self.queued_eligible(mirror) > 0;
+        let position = if must_queue {
+            self.fair_position(mirror, spec.tenant, class)
         } else {
-            queued_total as u32 + 1
+            0
         };
         let predicted_start_ms = mirror.predicted_start_ms(position);
         if predicted_start_ms + predicted_decode_ms > spec.deadline_ms {
@@ -422,7 +433,7 @@ impl Admission {
         if !place.must_queue || queued_total < mirror.cfg.queue_capacity as usize {
             return Ok(place);
         }
-        let full = |kind, label: &'static str, msg: String| {
+        let full = |kind, label: Policy, msg: String| {
             ApiError::new(ErrorClass::TooManyRequests, kind, msg)
                 .with_engine(mirror.cfg.engine)
                 .with_pool(mirror.cfg.id.clone())
@@ -432,7 +443,7 @@ impl Admission {
         match mirror.cfg.policy {
             QueuePolicy::Reject => Err(full(
                 ErrorKind::AdmissionReject,
-                "reject",
+                Policy::Reject,
                 format!(
                     "pool {} queue is full ({} queued)",
                     mirror.cfg.id, queued_total
@@ -443,7 +454,7 @@ impl Admission {
                 if mirror.queued[victim_class] == 0 {
                     return Err(full(
                         ErrorKind::QueueFullDropLru,
-                        "drop-lru",
+                        Policy::DropLru,
                         format!(
                             "pool {} queue is full and nothing can be evicted",
                             mirror.cfg.id
@@ -475,9 +486,13 @@ impl Admission {
         let predicted_start_ms = self.pools[pool].predicted_start_ms(place.position);
         let m = &mut self.pools[pool];
         if place.position == 0 && !place.must_queue {
-            m.running += 1;
+            m.count_running(spec.tenant, true);
         } else {
-            m.queued[place.class] += 1;
+            m.count_queued(spec.tenant, place.class, true);
+        }
+        let tenant_tokens = tenant::tokens_of(spec);
+        if let Some(q) = self.tenants.get_mut(spec.tenant.index()) {
+            q.take(tenant_tokens, now_ms);
         }
         let budgets = spec
             .session_id
@@ -498,6 +513,8 @@ impl Admission {
             spec.task_id,
             Entry {
                 pool,
+                tenant: spec.tenant,
+                tenant_tokens,
                 digest: spec.digest(),
                 session: spec.session_id,
                 admitted: admitted.clone(),
@@ -519,9 +536,12 @@ impl Admission {
         // Nothing was evicted: that happens on the owner shard, which never got it.
         let m = &mut self.pools[e.pool];
         if e.in_queue {
-            m.queued[e.class] = m.queued[e.class].saturating_sub(1);
+            m.count_queued(e.tenant, e.class, false);
         } else {
-            m.running = m.running.saturating_sub(1);
+            m.count_running(e.tenant, false);
+        }
+        if let Some(q) = self.tenants.get_mut(e.tenant.index()) {
+            q.give_back(e.tenant_tokens, 0);
         }
         if let Some(s) = e.session.and_then(|id| self.sessions.get_mut(&id)) {
             s.turns = s.turns.saturating_sub(1);
@@ -536,10 +556,10 @@ impl Admission {
         };
         let m = &mut self.pools[e.pool];
         if e.in_queue {
-            m.queued[e.class] = m.queued[e.class].saturating_sub(1);
+            m.count_queued(e.tenant, e.class, false);
             e.in_queue = false;
         }
-        m.running += 1;
+        m.count_running(e.tenant, true);
     }
 
     /// A task ended (any way); settles its session and starts its retention window.
@@ -553,12 +573,19 @@ impl Admission {
         }
         let m = &mut self.pools[e.pool];
         if e.in_queue {
-            m.queued[e.class] = m.queued[e.class].saturating_sub(1);
+            m.count_queued(e.tenant, e.class, false);
             e.in_queue = false;
         } else if outcome.ran {
-            m.running = m.running.saturating_sub(1);
+            m.count_running(e.tenant, false);
         }
         m.eta = eta;
+        // The tenant's bucket keeps what the task used (its prompt and the tokens it
+        // produced) and gets the rest back.
+        let used = e.prompt_tokens + u64::from(outcome.tokens_out);
+        let unused = e.tenant_tokens.saturating_sub(used);
+        if let Some(q) = self.tenants.get_mut(e.tenant.index()) {
+            q.give_back(unused, now_ms);
+        }
         let cost = f64::from(outcome.tokens_out) * m.cfg.cost_per_token;
         let expires = now_ms + self.retention_ms;
         e.expires_ms = Some(expires);

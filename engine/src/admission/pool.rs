@@ -54,6 +54,8 @@ pub struct PoolMirror {
     pub(super) queued: [u32; 2],
     /// The pool's ETA model as its owner shard last reported it.
     pub(super) eta: Eta,
+    /// Each tenant's running and queued tasks here, by [`crate::tenant::TenantId`].
+    pub(super) tenants: Vec<super::tenant::Load>,
 }
 
 impl PoolMirror {
@@ -65,6 +67,7 @@ impl PoolMirror {
             running: 0,
             queued: [0, 0],
             eta: Eta::new(cfg.adapter.ttft_ms, cfg.adapter.tpot_ms),
+            tenants: Vec::new(),
             cfg,
         }
     }

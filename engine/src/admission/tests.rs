@@ -28,7 +28,7 @@ fn positions_count_up_with_one_slot() {
     assert_eq!(pos, [0, 1, 2]);
     let p1 = a.admit(&spec(9, 9, ""), 0).unwrap_err();
     assert_eq!(p1.kind, ErrorKind::AdmissionReject);
-    assert_eq!(p1.policy_label, Some("reject"));
+    assert_eq!(p1.policy_label, Some(Policy::Reject));
     assert!(p1.retry_after_ms.unwrap() > 0);
 }
 
@@ -65,7 +65,7 @@ fn drop_lru_evicts_the_oldest_batch_task() {
     z.admit(&spec(1, 1, ""), 0).unwrap();
     let e = z.admit(&spec(2, 2, ""), 0).unwrap_err();
     assert_eq!(e.kind, ErrorKind::QueueFullDropLru);
-    assert_eq!(e.policy_label, Some("drop-lru"));
+    assert_eq!(e.policy_label, Some(Policy::DropLru));
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn sessions_are_bounded_and_expire_in_order() {
     let e = a.admit(&spec(4, 3, ""), 600).unwrap_err();
     assert_eq!(e.class, ErrorClass::TooManyRequests);
     assert_eq!(e.kind, ErrorKind::AdmissionReject);
-    assert_eq!(e.policy_label, Some("sessions-full"));
+    assert_eq!(e.policy_label, Some(Policy::SessionsFull));
     assert!(e.retriable);
     // Session 1 was touched again at 500, so the first to expire is session 2
     // (touched at 400, expires at 1400); the stale entry of session 1 at 0 is
@@ -243,7 +243,7 @@ fn turns_and_token_budget_are_enforced() {
     a.admit(&spec(1, 7, ""), 0).unwrap();
     a.admit(&spec(2, 7, ""), 0).unwrap();
     let e = a.admit(&spec(3, 7, ""), 0).unwrap_err();
-    assert_eq!(e.policy_label, Some("session-turns"));
+    assert_eq!(e.policy_label, Some(Policy::SessionTurns));
     assert!(!e.retriable);
 
     let mut c = Config::default();
@@ -253,7 +253,7 @@ fn turns_and_token_budget_are_enforced() {
     assert_eq!(first.budgets.unwrap().tokens_budget_remaining, Some(12));
     a.admit(&spec(2, 7, ""), 0).unwrap();
     let e = a.admit(&spec(3, 7, ""), 0).unwrap_err();
-    assert_eq!(e.policy_label, Some("budget-tokens"));
+    assert_eq!(e.policy_label, Some(Policy::BudgetTokens));
     // Settling refunds what was not used.
     finish(
         &mut a,
@@ -421,4 +421,114 @@ mod lifecycle_tests {
         assert_eq!(a.pools[0].state, PoolState::Ready);
         assert_eq!(a.pools[0].model_ref, "m2");
     }
+}
+
+/// A pool with `slots` slots and room for 100, and tenants `a` (first) and `b` with
+/// their weights and limits set by `f`.
+fn two_tenants(slots: u32, f: impl FnOnce(&mut [crate::config::TenantConfig])) -> Admission {
+    let mut c = Config::default();
+    c.pools[0].slots = slots;
+    c.pools[0].queue_capacity = 100;
+    let tenant = |name: &str| crate::config::TenantConfig {
+        name: name.into(),
+        keys: vec![crate::config::ApiKey::new(name)],
+        ..Default::default()
+    };
+    c.tenants = vec![tenant("a"), tenant("b")];
+    f(&mut c.tenants);
+    Admission::new(&c)
+}
+
+fn of(tenant: u16, task: u128, extra: &str) -> TaskSpec {
+    let mut s = spec(task, task, extra);
+    s.tenant = TenantId(tenant);
+    s
+}
+
+#[test]
+fn a_tenant_alone_keeps_the_spec_positions_and_a_newcomer_is_placed_fairly() {
+    let mut a = two_tenants(1, |t| t[0].weight = 3);
+    let pos: Vec<u32> = (1..=5)
+        .map(|i| a.admit(&of(0, i, ""), 0).unwrap().queue_position)
+        .collect();
+    assert_eq!(pos, [0, 1, 2, 3, 4], "one tenant: 0, 1, 2, ...");
+    // b's first task waits behind one of a's (a's counter ties with b's, a's head is
+    // older), its second behind a's next three (weight 3 to 1).
+    let b1 = a.admit(&of(1, 11, ""), 0).unwrap();
+    assert_eq!(b1.queue_position, 2);
+    let b2 = a.admit(&of(1, 12, ""), 0).unwrap();
+    assert_eq!(b2.queue_position, 1 + 1 + 4);
+}
+
+#[test]
+fn max_running_holds_a_tenants_tasks_back_while_others_start() {
+    let mut a = two_tenants(4, |t| t[0].max_running = 1);
+    assert_eq!(a.admit(&of(0, 1, ""), 0).unwrap().queue_position, 0);
+    let held = a.admit(&of(0, 2, ""), 0).unwrap();
+    assert_eq!(held.queue_position, 1, "a holds its one slot: it waits");
+    // Slots are free and the one waiting task may not start: b starts at once.
+    assert_eq!(a.admit(&of(1, 3, ""), 0).unwrap().queue_position, 0);
+}
+
+#[test]
+fn max_queued_refuses_with_advice_from_the_queue() {
+    let mut a = two_tenants(1, |t| t[0].max_queued = 2);
+    a.admit(&of(0, 1, ""), 0).unwrap();
+    a.admit(&of(0, 2, ""), 0).unwrap();
+    a.admit(&of(0, 3, ""), 0).unwrap();
+    let e = a.admit(&of(0, 4, ""), 0).unwrap_err();
+    assert_eq!(
+        (e.kind, e.policy_label, e.retriable),
+        (ErrorKind::AdmissionReject, Some(Policy::TenantQueued), true)
+    );
+    let slot = a.pools[0].eta.service_ms();
+    assert_eq!(
+        e.retry_after_ms,
+        Some(slot.ceil() as u64),
+        "its first waiting task starts when the running one ends"
+    );
+    assert!(e.message.contains("\"a\"") && e.message.contains("max_queued"));
+    // b is not limited by a's quota.
+    // b goes after a's first waiting task (the tie goes to the older head).
+    assert_eq!(a.admit(&of(1, 5, ""), 0).unwrap().queue_position, 2);
+}
+
+#[test]
+fn tokens_per_minute_reserve_settle_and_refill() {
+    // Each task reserves its prompt (1 word) and max_tokens (8): 9 tokens.
+    let mut a = two_tenants(8, |t| t[1].tokens_per_minute = 20);
+    a.admit(&of(1, 1, ""), 0).unwrap();
+    a.admit(&of(1, 2, ""), 0).unwrap();
+    let e = a.admit(&of(1, 3, ""), 0).unwrap_err();
+    assert_eq!(e.policy_label, Some(Policy::TenantTokens));
+    // 2 tokens left, 7 more needed at 20 a minute: 21 s.
+    assert_eq!(e.retry_after_ms, Some(21_000));
+    // a has no bucket.
+    a.admit(&of(0, 4, ""), 0).unwrap();
+    // Task 1 ends having produced 1 of its 8 tokens: 7 come back (2 + 7 = 9).
+    let outcome = Outcome {
+        tokens_out: 1,
+        decode_ms: 1,
+        ttft_ms: Some(1),
+        service_ms: Some(2),
+        ran: true,
+    };
+    let eta = a.pools[0].eta;
+    a.on_finished(Uuid::from_u128(1), outcome, eta, 0);
+    a.admit(&of(1, 3, ""), 0).unwrap();
+    // Refilled with time: 9 tokens at 20 a minute take 27 s.
+    let e = a.admit(&of(1, 5, ""), 0).unwrap_err();
+    assert_eq!(e.retry_after_ms, Some(27_000));
+    let e = a.admit(&of(1, 5, ""), 24_000).unwrap_err();
+    assert_eq!(e.retry_after_ms, Some(3_000));
+    a.admit(&of(1, 5, ""), 27_000).unwrap();
+    // A task larger than a minute's tokens can never run: not retriable.
+    let mut big = of(1, 6, "");
+    big.max_tokens = 30;
+    let big = a.admit(&big, 90_000).unwrap_err();
+    assert_eq!(
+        (big.policy_label, big.retriable),
+        (Some(Policy::TenantTokens), false)
+    );
+    assert!(big.message.starts_with("max_tokens:"), "{}", big.message);
 }

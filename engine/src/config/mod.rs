@@ -16,10 +16,11 @@ mod load;
 mod types;
 mod validate;
 
+pub use crate::tenant::{Tenant, DEFAULT_TENANT};
 pub use error::ConfigError;
 pub use types::{
     AdapterConfig, AdapterKind, ApiKey, ArtifactBackend, ArtifactsConfig, Config,
     DispatcherPlacement, OpenAiConfig, PoolConfig, QueuePolicy, Role, RuntimeChoice, ServerConfig,
     SessionsConfig, StreamConfig, TenantConfig, DEFAULT_TOML,
 };
-pub use validate::{key_digest, parse_http_url, HttpUrl, Tenant, DEFAULT_TENANT};
+pub use validate::{key_digest, parse_http_url, HttpUrl};

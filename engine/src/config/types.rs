@@ -39,6 +39,19 @@ pub struct TenantConfig {
     pub key_sha256: Vec<String>,
     /// `client` (tasks, sessions, artifacts) or `operator` (also drain and reload).
     pub role: Role,
+    /// Its share of a contended pool's slots, relative to the other tenants' weights
+    /// (1 to 1000).
+    pub weight: u32,
+    /// The most of its tasks waiting in one pool's queue; more is `429` with
+    /// `policy_label` `tenant-queued` (0: only the pool's own capacity).
+    pub max_queued: u32,
+    /// The most slots of one pool its tasks hold at once; its further tasks wait in
+    /// the queue (0: no limit).
+    pub max_running: u32,
+    /// Prompt plus completion tokens per minute over all pools, reserved as
+    /// `max_tokens` at admission and settled at the end; more is `429` with
+    /// `policy_label` `tenant-tokens` (0: no limit).
+    pub tokens_per_minute: u64,
 }
 
 impl Default for TenantConfig {
@@ -48,6 +61,10 @@ impl Default for TenantConfig {
             keys: Vec::new(),
             key_sha256: Vec::new(),
             role: Role::Client,
+            weight: 1,
+            max_queued: 0,
+            max_running: 0,
+            tokens_per_minute: 0,
         }
     }
 }

@@ -2,13 +2,26 @@
 
 use std::collections::HashSet;
 
-use super::{AdapterKind, ArtifactBackend, Config, ConfigError, PoolConfig, Role};
+use super::{AdapterKind, ArtifactBackend, Config, ConfigError, PoolConfig};
+use crate::tenant::{Tenant, DEFAULT_TENANT, MAX_TENANTS};
 
 /// Limits on numbers a user may write; anything larger is a mistake, not a wish.
 const MAX_SHARDS: usize = 1024;
 const MAX_SLOTS: u32 = 65_536;
 const MAX_QUEUE: u32 = 10_000_000;
 const MAX_BODY: usize = 1 << 30;
+const MAX_TOKENS_PER_MINUTE: u64 = 1_000_000_000_000;
+
+/// What a pool id or a tenant name may be (each names a directory or a metric label).
+const NAME_RULE: &str = "1 to 64 of [A-Za-z0-9_.-], not . or ..";
+
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && s != "."
+        && s != ".."
+}
 
 impl Config {
     /// Checks the rules that span fields; call after env and flag overrides.
@@ -160,35 +173,19 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Who may call orchd: a tenant's name, role and key digests.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tenant {
-    pub name: String,
-    pub role: Role,
-    pub digests: Vec<[u8; 32]>,
-}
-
-/// The name of the tenant of `server.api_keys`, and of the one implicit tenant when no
-/// key is configured at all (loopback only).
-pub const DEFAULT_TENANT: &str = "default";
-
 impl Config {
-    /// Every tenant with the digests of its keys: `server.api_keys` as `default`
-    /// (operator) first when set, then `[[tenants]]` in order. Digests that do not
-    /// parse are left out ([`Config::validate`] names them).
+    /// Every tenant with the digests of its keys, in [`TenantId`](crate::tenant::TenantId)
+    /// order: `server.api_keys` as `default` (operator) first when set, then
+    /// `[[tenants]]` in order; with no key at all, the one implicit `default` operator
+    /// (never empty). Digests that do not parse are left out ([`Config::validate`]
+    /// names them).
     pub fn tenants(&self) -> Vec<Tenant> {
         let mut out = Vec::with_capacity(self.tenants.len() + 1);
-        if !self.server.api_keys.is_empty() {
-            out.push(Tenant {
-                name: DEFAULT_TENANT.to_string(),
-                role: Role::Operator,
-                digests: self
-                    .server
-                    .api_keys
-                    .iter()
-                    .map(|k| key_digest(k.expose()))
-                    .collect(),
-            });
+        if !self.server.api_keys.is_empty() || self.tenants.is_empty() {
+            let keys = self.server.api_keys.iter();
+            out.push(Tenant::default_operator(
+                keys.map(|k| key_digest(k.expose())).collect(),
+            ));
         }
         for t in &self.tenants {
             let plain = t.keys.iter().map(|k| key_digest(k.expose()));
@@ -197,6 +194,10 @@ impl Config {
                 name: t.name.clone(),
                 role: t.role,
                 digests: plain.chain(hashed).collect(),
+                weight: t.weight,
+                max_queued: t.max_queued,
+                max_running: t.max_running,
+                tokens_per_minute: t.tokens_per_minute,
             });
         }
         out
@@ -207,17 +208,17 @@ impl Config {
         if !self.server.api_keys.is_empty() {
             names.insert(DEFAULT_TENANT.to_string());
         }
+        if self.tenants.len() >= MAX_TENANTS {
+            p.push(format!(
+                "tenants: {} tenants; at most {} (each has its own metric series)",
+                self.tenants.len(),
+                MAX_TENANTS - 1
+            ));
+        }
         for (i, t) in self.tenants.iter().enumerate() {
             let at = format!("tenants[{i}]");
-            let name_ok = (1..=64).contains(&t.name.len())
-                && t.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-            if !name_ok {
-                p.push(format!(
-                    "{at}.name: {:?} must match [A-Za-z0-9_.-]{{1,64}}",
-                    t.name
-                ));
+            if !is_name(&t.name) {
+                p.push(format!("{at}.name: {:?} must be {NAME_RULE}", t.name));
             } else if t.name == DEFAULT_TENANT && !self.server.api_keys.is_empty() {
                 p.push(format!(
                     "{at}.name: \"default\" is the tenant of server.api_keys (ORCHD_API_KEYS); \
@@ -228,6 +229,27 @@ impl Config {
             }
             if t.keys.is_empty() && t.key_sha256.is_empty() {
                 p.push(format!("{at}: needs at least one key (keys or key_sha256)"));
+            }
+            if !(1..=1000).contains(&t.weight) {
+                p.push(format!("{at}.weight: {} is outside 1..=1000", t.weight));
+            }
+            if t.max_queued > MAX_QUEUE {
+                p.push(format!(
+                    "{at}.max_queued: {} is more than {MAX_QUEUE}",
+                    t.max_queued
+                ));
+            }
+            if t.max_running > MAX_SLOTS {
+                p.push(format!(
+                    "{at}.max_running: {} is more than {MAX_SLOTS}",
+                    t.max_running
+                ));
+            }
+            if t.tokens_per_minute > MAX_TOKENS_PER_MINUTE {
+                p.push(format!(
+                    "{at}.tokens_per_minute: {} is more than {MAX_TOKENS_PER_MINUTE}",
+                    t.tokens_per_minute
+                ));
             }
             check_keys(&format!("{at}.keys"), &t.keys, p);
             for (j, h) in t.key_sha256.iter().enumerate() {
@@ -266,16 +288,8 @@ impl Config {
 
 fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut Vec<String>) {
     let at = format!("pools[{i}]");
-    let id_ok = (1..=64).contains(&pool.id.len())
-        && pool
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if !id_ok {
-        p.push(format!(
-            "{at}.id: {:?} must match [A-Za-z0-9_.-]{{1,64}}",
-            pool.id
-        ));
+    if !is_name(&pool.id) {
+        p.push(format!("{at}.id: {:?} must be {NAME_RULE}", pool.id));
     } else if !ids.insert(pool.id.clone()) {
         p.push(format!("{at}.id: {:?} is used by another pool", pool.id));
     }
@@ -420,7 +434,7 @@ pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ApiKey;
+    use crate::config::{ApiKey, Role};
 
     #[test]
     fn cors_origins_are_origins() {
@@ -487,12 +501,22 @@ key_sha256 = ["9ff6f84bc5dd8e0f5f1b7ec4d2b7f0a40b5c13d3e2c4a1e7d5a7f3a47e0c1e25"
 [[tenants]]
 name = "other"
 keys = ["k-x"]
+[[tenants]]
+name = ".."
+keys = ["k-z"]
+weight = 0
+max_running = 70000
+tokens_per_minute = 2000000000000
 "#;
         let c = Config::from_toml_str(text).unwrap();
         let err = c.validate().unwrap_err().to_string();
         for want in [
             "tenants[0].name: \"default\" is the tenant of server.api_keys",
-            "tenants[1].name: \"b c\" must match",
+            "tenants[1].name: \"b c\" must be 1 to 64 of [A-Za-z0-9_.-], not . or ..",
+            "tenants[5].name: \"..\" must be",
+            "tenants[5].weight: 0 is outside 1..=1000",
+            "tenants[5].max_running: 70000 is more than 65536",
+            "tenants[5].tokens_per_minute: 2000000000000 is more than",
             "tenants[1]: needs at least one key",
             "tenants[2].key_sha256[0]: must be a SHA-256 digest",
             "tenants[3].name: \"team\" is used by another tenant",
@@ -505,13 +529,12 @@ keys = ["k-x"]
             !err.contains("shared-1") && !err.contains("k-x"),
             "keys in: {err}"
         );
-        // Roles and fields not yet supported are named like any bad key.
-        let err =
-            Config::from_toml_str("[[tenants]]\nname = \"t\"\nrole = \"admin\"\nweight = 2\n")
-                .unwrap_err()
-                .to_string();
+        // Roles and fields not known are named like any bad key.
+        let err = Config::from_toml_str("[[tenants]]\nname = \"t\"\nrole = \"admin\"\nburst = 2\n")
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("tenants[0].role") && err.contains("tenants[0].weight"),
+            err.contains("tenants[0].role") && err.contains("tenants[0].burst: unknown key"),
             "{err}"
         );
         // A tenant's keys alone allow a non-loopback address; server.api_keys come first.

@@ -18,7 +18,9 @@ use prometheus::TextEncoder;
 use orchd_engine::admission::PoolState;
 use orchd_engine::config::PoolConfig;
 use orchd_engine::{ApiError, CancelReason, Config, Engine, ErrorKind, ModelState};
-use orchd_shards::metrics::{LatencySnapshot, PoolSample, BUCKETS_MS};
+use orchd_shards::metrics::{
+    refusal_label, LatencySnapshot, PoolSample, TenantSnapshot, BUCKETS_MS, REFUSALS,
+};
 use orchd_shards::{rt, DispatcherSnapshot, ShardSnapshot};
 
 use crate::app::ShardApp;
@@ -434,6 +436,7 @@ pub(crate) async fn render(
         per_shard(shards, |s| counter(s.cpu_seconds)),
     )
     .await;
+    tenant_families(&mut x, config, shards).await;
     let mut responses = Vec::new();
     for (i, s) in shards.iter().enumerate() {
         for (class, n) in STATUS_CLASSES.iter().zip(s.http.responses) {
@@ -470,6 +473,80 @@ pub(crate) async fn render(
     )
     .await;
     x.text
+}
+
+/// The per-tenant series (issue 19), summed over shards: counters for every tenant
+/// from startup; refusal reasons and queue waits once a tenant has some.
+async fn tenant_families(x: &mut Exposition, config: &Config, shards: &[ShardSnapshot]) {
+    use MetricType::{COUNTER, HISTOGRAM};
+    let tenants = config.tenants();
+    let sum = |f: &dyn Fn(&TenantSnapshot) -> f64| -> Vec<Metric> {
+        tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let v = shards.iter().filter_map(|s| s.tenants.get(i)).map(f).sum();
+                labeled(counter(v), vec![label("tenant", &t.name)])
+            })
+            .collect()
+    };
+    x.family(
+        "tenant_tasks_admitted_total",
+        COUNTER,
+        "Tasks admitted, by tenant.",
+        sum(&|t| t.admitted as f64),
+    )
+    .await;
+    x.family(
+        "tenant_tokens_out_total",
+        COUNTER,
+        "Tokens streamed, by tenant.",
+        sum(&|t| t.tokens_out as f64),
+    )
+    .await;
+    x.family(
+        "tenant_slot_seconds_total",
+        COUNTER,
+        "Time the tenant's ended tasks held slots, in seconds.",
+        sum(&|t| t.slot_seconds),
+    )
+    .await;
+    let mut rejected = Vec::new();
+    let mut waits = Vec::new();
+    for (i, t) in tenants.iter().enumerate() {
+        let mine: Vec<&TenantSnapshot> = shards.iter().filter_map(|s| s.tenants.get(i)).collect();
+        for r in 0..REFUSALS {
+            let n: u64 = mine.iter().map(|s| s.rejected[r]).sum();
+            if n > 0 {
+                let labels = vec![label("tenant", &t.name), label("reason", refusal_label(r))];
+                rejected.push(labeled(counter(n as f64), labels));
+            }
+        }
+        let mut wait: Option<LatencySnapshot> = None;
+        for w in mine.iter().filter_map(|s| s.queue_wait.as_ref()) {
+            wait.get_or_insert_with(LatencySnapshot::default).merge(w);
+        }
+        if let Some(w) = wait {
+            waits.push(labeled(
+                histogram(&w, SECONDS),
+                vec![label("tenant", &t.name)],
+            ));
+        }
+    }
+    x.family(
+        "tenant_rejected_total",
+        COUNTER,
+        "Task submissions refused, by tenant and reason (the policy that refused, else the error code).",
+        rejected,
+    )
+    .await;
+    x.family(
+        "tenant_queue_wait_seconds",
+        HISTOGRAM,
+        "Admission to start of execution, by tenant.",
+        waits,
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -509,6 +586,7 @@ mod tests {
             pools: vec![sample],
             live_tasks: 1,
             cpu_seconds: 0.25,
+            tenants: vec![tenant_sample()],
         };
         let d = DispatcherSnapshot {
             models: Vec::new(),
@@ -516,6 +594,41 @@ mod tests {
             pool_states: vec![PoolState::Ready],
         };
         (config, vec![shard], d)
+    }
+
+    /// The tenant `default` on one shard: 3 admitted, 2 refused by a full queue, one
+    /// queue wait of 3 ms.
+    fn tenant_sample() -> TenantSnapshot {
+        let probe = orchd_shards::metrics::TenantProbe::new("default");
+        probe.admitted.set(3);
+        let full = ApiError::invalid("x").policy(orchd_engine::Policy::Reject);
+        probe.rejected[orchd_shards::metrics::refusal_index(&full)].set(2);
+        probe.tokens_out.set(24);
+        probe.slot_us.set(1_500_000);
+        probe.record_queue_wait(std::time::Duration::from_millis(3));
+        probe.snapshot()
+    }
+
+    #[test]
+    fn per_tenant_series_sum_over_shards() {
+        let (config, mut shards, d) = one_pool("v1");
+        shards.push(shards[0].clone());
+        let text = futures_lite::future::block_on(render(&config, rt::Kind::Epoll, &shards, &d));
+        for line in [
+            "tenant_tasks_admitted_total{tenant=\"default\"} 6",
+            "tenant_tokens_out_total{tenant=\"default\"} 48",
+            "tenant_slot_seconds_total{tenant=\"default\"} 3",
+            "tenant_rejected_total{tenant=\"default\",reason=\"reject\"} 4",
+            "tenant_queue_wait_seconds_bucket{tenant=\"default\",le=\"0.002\"} 0",
+            "tenant_queue_wait_seconds_bucket{tenant=\"default\",le=\"0.004\"} 2",
+            "tenant_queue_wait_seconds_count{tenant=\"default\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        let rejected = text
+            .lines()
+            .filter(|l| l.starts_with("tenant_rejected_total{"));
+        assert_eq!(rejected.count(), 1, "reasons never seen are not written");
     }
 
     #[test]

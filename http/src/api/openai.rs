@@ -30,6 +30,7 @@ use orchd_shards::{unavailable, MeshError, ShardId, Subscribed};
 
 use super::tasks::admit;
 use crate::app::{unix_secs, ShardApp};
+use crate::auth::Caller;
 use crate::body::{subscribe, Body, SseBody};
 use crate::chunks::{self, Chunks, Parsed, Route};
 use crate::respond;
@@ -152,6 +153,7 @@ struct Asked {
 
 pub(crate) async fn completions(
     app: &Rc<ShardApp>,
+    who: &Caller,
     body: Bytes,
     headers: &HeaderMap,
     cid: &HeaderValue,
@@ -171,11 +173,12 @@ pub(crate) async fn completions(
         None,
         rest,
     )?;
-    generate(app, spec, asked, cid).await
+    generate(app, who, spec, asked, cid).await
 }
 
 pub(crate) async fn chat(
     app: &Rc<ShardApp>,
+    who: &Caller,
     body: Bytes,
     headers: &HeaderMap,
     cid: &HeaderValue,
@@ -211,7 +214,7 @@ pub(crate) async fn chat(
     if let Some(x) = &mut spec.extras {
         x.open_ended = limit.is_none();
     }
-    generate(app, spec, asked, cid).await
+    generate(app, who, spec, asked, cid).await
 }
 
 /// The task a generation request asks for: every field checked and named as OpenAI
@@ -319,6 +322,9 @@ fn task(
             include_usage: asked.include_usage,
             ..Extras::default()
         })),
+        // Set when it is admitted (`tasks::admit` scopes it to its tenant).
+        tenant: Default::default(),
+        client: Default::default(),
     };
     spec.validate().map_err(openai_names)?;
     Ok((spec, asked))
@@ -484,11 +490,14 @@ fn openai_names(mut e: ApiError) -> ApiError {
 /// Admits the task, then answers: a stream of chunks, or the whole object.
 async fn generate(
     app: &Rc<ShardApp>,
+    who: &Caller,
     spec: TaskSpec,
     asked: Asked,
     cid: &HeaderValue,
 ) -> Result<Response<Body>, ApiError> {
-    let admitted = admit(app, spec, cid).await.map_err(openai_names)?;
+    // The id the client sees; `task` is its tenant's scoped id, orchd's key.
+    let client_id = spec.task_id;
+    let admitted = admit(app, who, spec, cid).await.map_err(openai_names)?;
     let task = admitted.task_id;
     let owner = orchd_shards::shard_for(admitted.pool, app.shard.shard_count());
     let created = asked.created;
@@ -501,7 +510,7 @@ async fn generate(
                 "task {task} was admitted but its owner does not stream it"
             )));
         }
-        let id = task.to_string();
+        let id = client_id.to_string();
         let chunks = Chunks::new(asked.route, &id, created, &asked.model, asked.include_usage);
         let body = SseBody::new(Rc::clone(app), task, owner, 0, rx, Some(Box::new(chunks)));
         let mut r = Response::new(Body::Sse(Box::new(body)));
@@ -511,16 +520,17 @@ async fn generate(
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         r
     } else {
-        whole(app, task, owner, &asked, created).await?
+        whole(app, task, client_id, owner, &asked, created).await?
     };
-    task_headers(r.headers_mut(), &admitted);
+    task_headers(r.headers_mut(), client_id, &admitted);
     Ok(r)
 }
 
-/// `X-Request-Id` (the task id) and the task's place when admitted.
-fn task_headers(h: &mut HeaderMap, a: &Admitted) {
+/// `X-Request-Id` (the task id, as the client knows it) and the task's place when
+/// admitted.
+fn task_headers(h: &mut HeaderMap, client_id: Uuid, a: &Admitted) {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = a.task_id.hyphenated().encode_lower(&mut buf);
+    let id = client_id.hyphenated().encode_lower(&mut buf);
     h.insert(
         "x-request-id",
         HeaderValue::from_str(id).expect("a UUID is a valid header value"),
@@ -580,12 +590,13 @@ async fn read_to_end(
 async fn whole(
     app: &Rc<ShardApp>,
     task: Uuid,
+    client_id: Uuid,
     owner: ShardId,
     asked: &Asked,
     created: u64,
 ) -> Result<Response<Body>, ApiError> {
     let (text, end) = read_to_end(app, task, owner).await?;
-    let id = task.to_string();
+    let id = client_id.to_string();
     let choice = match asked.route {
         Route::Completions => serde_json::json!({
             "index": 0, "text": text, "logprobs": null, "finish_reason": end.finish_reason(),
@@ -635,6 +646,7 @@ const MAX_EMBEDDING_COMPONENTS: u64 = 1 << 22;
 /// `base64` (little-endian f32, what the openai SDK asks for).
 pub(crate) async fn embeddings(
     app: &Rc<ShardApp>,
+    who: &Caller,
     body: Bytes,
     headers: &HeaderMap,
     cid: &HeaderValue,
@@ -718,9 +730,12 @@ pub(crate) async fn embeddings(
             created: unix_secs(),
             ..Extras::default()
         })),
+        tenant: Default::default(),
+        client: Default::default(),
     };
     spec.validate().map_err(openai_names)?;
-    let admitted = admit(app, spec, cid).await.map_err(openai_names)?;
+    let client_id = spec.task_id;
+    let admitted = admit(app, who, spec, cid).await.map_err(openai_names)?;
     let owner = orchd_shards::shard_for(admitted.pool, app.shard.shard_count());
     let (_, end) = read_to_end(app, admitted.task_id, owner).await?;
     let vectors = end.embeddings.as_deref().ok_or_else(|| {
@@ -751,7 +766,7 @@ pub(crate) async fn embeddings(
         StatusCode::OK,
         serde_json::to_vec(&doc).expect("serializes"),
     );
-    task_headers(r.headers_mut(), &admitted);
+    task_headers(r.headers_mut(), client_id, &admitted);
     Ok(r)
 }
 

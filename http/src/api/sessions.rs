@@ -4,10 +4,13 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use orchd_engine::frame::BudgetRemaining;
+use orchd_engine::tenant::scoped;
 use orchd_engine::ApiError;
+use uuid::Uuid;
 
 use crate::api::tasks::parse_id;
 use crate::app::ShardApp;
+use crate::auth::Caller;
 use crate::body::Body;
 use crate::respond;
 
@@ -21,8 +24,18 @@ struct SessionDoc {
     budgets: BudgetRemaining,
 }
 
-pub(crate) async fn get(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, ApiError> {
-    let id = parse_id(raw_id, "session id")?;
+/// A session id of the path as orchd keeps it for the caller's tenant (another
+/// tenant's session of the same id is not this one).
+fn session_of(who: &Caller, raw_id: &str) -> Result<Uuid, ApiError> {
+    Ok(scoped(&who.name, parse_id(raw_id, "session id")?))
+}
+
+pub(crate) async fn get(
+    app: &ShardApp,
+    who: &Caller,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = session_of(who, raw_id)?;
     let v = app.shard.dispatcher().session(id).await?;
     let doc = SessionDoc {
         ttl_ms_remaining: v.ttl_ms_remaining,
@@ -37,8 +50,12 @@ pub(crate) async fn get(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, 
     ))
 }
 
-pub(crate) async fn delete(app: &ShardApp, raw_id: &str) -> Result<Response<Body>, ApiError> {
-    let id = parse_id(raw_id, "session id")?;
+pub(crate) async fn delete(
+    app: &ShardApp,
+    who: &Caller,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = session_of(who, raw_id)?;
     app.shard.dispatcher().delete_session(id).await?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;

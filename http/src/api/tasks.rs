@@ -12,11 +12,13 @@ use uuid::Uuid;
 
 use orchd_engine::admission::Admitted;
 use orchd_engine::task::TaskSpec;
-use orchd_engine::{ApiError, ErrorClass, ErrorKind};
-use orchd_shards::metrics::{bump, engine_index, kind_index};
+use orchd_engine::tenant::scoped;
+use orchd_engine::{ApiError, ErrorClass, ErrorKind, Policy};
+use orchd_shards::metrics::{bump, engine_index, kind_index, refusal_index};
 use orchd_shards::{unavailable, MeshError, ShardId, Subscribed};
 
 use crate::app::ShardApp;
+use crate::auth::Caller;
 use crate::body::{subscribe, Body, SseBody};
 use crate::chunks::{Chunks, Route};
 use crate::respond;
@@ -35,16 +37,18 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
 
 pub(crate) async fn create(
     app: &Rc<ShardApp>,
+    who: &Caller,
     body: Bytes,
     cid: &HeaderValue,
 ) -> Result<Response<Body>, ApiError> {
     if app.shard.stopping() {
         return Err(unavailable(MeshError::Gone));
     }
-    let spec = TaskSpec::parse(&body).inspect_err(|e| count_refusal(app, e))?;
-    let admitted = admit(app, spec, cid).await?;
+    let spec = TaskSpec::parse(&body).inspect_err(|e| count_refusal(app, who, e))?;
+    let client_id = spec.task_id;
+    let admitted = admit(app, who, spec, cid).await?;
     let body = Accepted {
-        task_id: admitted.task_id,
+        task_id: client_id,
         queue_position: admitted.queue_position,
         predicted_start_ms: admitted.predicted_start_ms,
         backoff_ms: admitted.backoff_ms,
@@ -57,23 +61,28 @@ pub(crate) async fn create(
     Ok(r)
 }
 
-/// Admits a task from either front door (one admission path): refusals and evictions
-/// counted, the owner shard remembered for its stream, the admission logged.
+/// Admits a task from either front door (one admission path): the task made the
+/// caller's own (its ids scoped to its tenant), refusals and evictions counted, the
+/// owner shard remembered for its stream, the admission logged. The answer's
+/// `task_id` is the scoped id, orchd's key for the task.
 pub(crate) async fn admit(
     app: &Rc<ShardApp>,
-    spec: TaskSpec,
+    who: &Caller,
+    mut spec: TaskSpec,
     cid: &HeaderValue,
 ) -> Result<Admitted, ApiError> {
     if app.shard.stopping() {
         return Err(unavailable(MeshError::Gone));
     }
+    spec.scope(who.id, &who.name);
+    let client_id = spec.client.task_id;
     let correlation_id = cid.to_str().unwrap_or_default().to_string();
     let admitted = app
         .shard
         .dispatcher()
         .admit(spec, correlation_id.clone())
         .await
-        .inspect_err(|e| count_refusal(app, e))?;
+        .inspect_err(|e| count_refusal(app, who, e))?;
     let pool = &app.app.config.pools[admitted.pool];
     if admitted.evict {
         bump(&app.shard.probe.admission.backpressure[engine_index(pool.engine)][1]);
@@ -82,25 +91,27 @@ pub(crate) async fn admit(
         admitted.task_id,
         orchd_shards::shard_for(admitted.pool, app.shard.shard_count()),
     );
+    bump(&app.shard.probe.tenant(who.id).admitted);
     tracing::info!(
-        correlation_id = %correlation_id, task_id = %admitted.task_id, pool = %pool.id,
+        correlation_id = %correlation_id, tenant = %who.name, task_id = %client_id, pool = %pool.id,
         queue_position = admitted.queue_position, predicted_start_ms = admitted.predicted_start_ms,
         duplicate = admitted.duplicate, evicted = admitted.evict, "task admitted"
     );
     Ok(admitted)
 }
 
-/// Counts a refused submission whose engine is known (`tasks_rejected_total`), and
-/// queue-full refusals (`admission_backpressure_events_total`). Bodies that do not
-/// parse name no engine and are not counted.
-pub(crate) fn count_refusal(app: &ShardApp, e: &ApiError) {
+/// Counts a refused submission: for its tenant (`tenant_rejected_total`), and where
+/// its engine is known (`tasks_rejected_total`, and queue-full refusals in
+/// `admission_backpressure_events_total`; bodies that do not parse name no engine).
+pub(crate) fn count_refusal(app: &ShardApp, who: &Caller, e: &ApiError) {
+    bump(&app.shard.probe.tenant(who.id).rejected[refusal_index(e)]);
     let Some(engine) = e.engine else { return };
     let probe = &app.shard.probe.admission;
     let engine = engine_index(engine);
     bump(&probe.rejected[engine][kind_index(e.kind)]);
     match e.policy_label {
-        Some("reject") => bump(&probe.backpressure[engine][0]),
-        Some("drop-lru") => bump(&probe.backpressure[engine][1]),
+        Some(Policy::Reject) => bump(&probe.backpressure[engine][0]),
+        Some(Policy::DropLru) => bump(&probe.backpressure[engine][1]),
         _ => {}
     }
 }
@@ -120,7 +131,8 @@ fn budget_headers(h: &mut HeaderMap, a: &Admitted) {
     }
 }
 
-async fn locate(app: &ShardApp, task: Uuid) -> Result<ShardId, ApiError> {
+/// The owner shard of the task orchd keeps as `task` (the client's `client_id`).
+async fn locate(app: &ShardApp, client_id: Uuid, task: Uuid) -> Result<ShardId, ApiError> {
     if let Some(owner) = app.known_owner(&task) {
         return Ok(owner);
     }
@@ -128,16 +140,24 @@ async fn locate(app: &ShardApp, task: Uuid) -> Result<ShardId, ApiError> {
         .dispatcher()
         .locate(task)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))
+        .ok_or_else(|| ApiError::not_found(format!("task {client_id} is not known")))
+}
+
+/// A task id of the path as the caller's tenant knows it (`None`: not a UUID, 400) and
+/// the scoped id orchd keeps it by: another tenant's task is never found (404).
+pub(crate) fn task_of(who: &Caller, raw_id: &str) -> Result<(Uuid, Uuid), ApiError> {
+    let id = parse_id(raw_id, "task id")?;
+    Ok((id, scoped(&who.name, id)))
 }
 
 pub(crate) async fn stream(
     app: &Rc<ShardApp>,
+    who: &Caller,
     raw_id: &str,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let task = parse_id(raw_id, "task id")?;
+    let (client_id, task) = task_of(who, raw_id)?;
     let openai = match query_param(query, "format") {
         None => false,
         Some("openai") => true,
@@ -154,7 +174,7 @@ pub(crate) async fn stream(
                 ApiError::invalid("Last-Event-ID: must be a frame id (an integer >= 0)")
             })?,
     };
-    let owner = locate(app, task).await?;
+    let owner = locate(app, client_id, task).await?;
     // Re-attaching in OpenAI's format (issue 17): the chunks as the first stream had
     // them (a task of this door renders as a text completion).
     let chunks = match openai {
@@ -164,14 +184,14 @@ pub(crate) async fn stream(
                 .shard
                 .rendering(owner, task)
                 .await?
-                .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))?;
+                .ok_or_else(|| ApiError::not_found(format!("task {client_id} is not known")))?;
             let route = if r.chat {
                 Route::Chat
             } else {
                 Route::Completions
             };
             let created = r.created.unwrap_or(app.app.started_secs);
-            let id = task.to_string();
+            let id = client_id.to_string();
             Some(Box::new(Chunks::new(
                 route,
                 &id,
@@ -186,7 +206,9 @@ pub(crate) async fn stream(
         .ok_or_else(|| unavailable(MeshError::Gone))?;
     let body = match subscribed {
         Subscribed::NotFound => {
-            return Err(ApiError::not_found(format!("task {task} is not known")))
+            return Err(ApiError::not_found(format!(
+                "task {client_id} is not known"
+            )))
         }
         Subscribed::Ended => Body::empty(),
         Subscribed::Live => Body::Sse(Box::new(SseBody::new(
@@ -215,14 +237,18 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-pub(crate) async fn cancel(app: &Rc<ShardApp>, raw_id: &str) -> Result<Response<Body>, ApiError> {
-    let task = parse_id(raw_id, "task id")?;
-    let owner = locate(app, task).await?;
+pub(crate) async fn cancel(
+    app: &Rc<ShardApp>,
+    who: &Caller,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let (client_id, task) = task_of(who, raw_id)?;
+    let owner = locate(app, client_id, task).await?;
     let tokens = app
         .shard
         .cancel(owner, task)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("task {task} is not known")))?;
+        .ok_or_else(|| ApiError::not_found(format!("task {client_id} is not known")))?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     r.headers_mut()

@@ -75,7 +75,7 @@ impl Owner {
         let pool_name = pool.map_or("", |p| p.cfg.id.as_str());
         let engine = pool.map(|p| p.cfg.engine).or(t.spec.engine);
         let transcript = terminal_frame(&mut t, &how, &outcome, (pool_name, engine), now);
-        self.fx.transcripts.push(transcript);
+        self.fx.transcripts.push((t.spec.tenant, transcript));
         if let Some(first) = t.first_token_at {
             let decode = t.last_token_at.map(|last| last - first);
             t.probe.record_task(class, first - t.admitted_at, decode);
@@ -83,15 +83,20 @@ impl Owner {
         if let Some(reason) = how.cut_short() {
             t.probe.count_canceled(reason);
         }
-        let tokens = t.tokens_out;
+        let (tokens, tenant, asked) = (t.tokens_out, t.spec.tenant, t.spec.max_tokens);
+        if let Some(started) = t.started_at {
+            let held = (now - started).as_micros() as u64;
+            t.tenant.slot_us.set(t.tenant.slot_us.get() + held);
+        }
         drop(t);
         let Some(p) = self.pools.get_mut(&pool_index) else {
             return Some((tokens, None));
         };
         if ran {
             p.busy = p.busy.saturating_sub(1);
+            p.queue.ended(tenant, asked, tokens);
         } else {
-            p.queue[class].retain(|q| *q != id);
+            p.queue.remove(tenant, class, id);
         }
         p.eta.observe(&outcome);
         self.fx.notices.push(DispatcherCommand::Finished {
@@ -116,7 +121,8 @@ fn terminal_frame(
     now: Instant,
 ) -> orchd_engine::artifact::Stored {
     let transcript = |t: &mut TaskRun, summary: serde_json::Value| t.finish_transcript(&summary);
-    let (id, tokens_out, decode_ms) = (t.spec.task_id, t.tokens_out, outcome.decode_ms);
+    // Logged as its tenant knows it.
+    let (id, tokens_out, decode_ms) = (t.spec.client.task_id, t.tokens_out, outcome.decode_ms);
     match how {
         Terminal::Done { .. } | Terminal::Canceled(_) => {
             let canceled = matches!(how, Terminal::Canceled(_));
@@ -154,7 +160,7 @@ fn terminal_frame(
             let f = frame::encode(t.next_id(), Event::End, &end);
             t.emit(f, true, now);
             tracing::info!(
-                correlation_id = %t.correlation_id, task_id = %id, pool = %pool,
+                correlation_id = %t.correlation_id, tenant = %t.tenant.name, task_id = %id, pool = %pool,
                 queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
                 tokens_out, decode_ms, canceled, reason, transcript_id = %stored.id,
                 "{}", if canceled { "task canceled" } else { "task ended" }
@@ -172,7 +178,7 @@ fn terminal_frame(
             let f = frame::encode(t.next_id(), Event::Error, &err);
             t.emit(f, true, now);
             tracing::info!(
-                correlation_id = %t.correlation_id, task_id = %id, pool = %pool,
+                correlation_id = %t.correlation_id, tenant = %t.tenant.name, task_id = %id, pool = %pool,
                 queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
                 tokens_out, code = %kind, message = %message, "task failed"
             );

@@ -16,6 +16,7 @@
 //! blocks the shard.
 
 mod end;
+mod fair;
 pub(crate) mod pool;
 mod queue;
 pub(crate) mod task;
@@ -31,13 +32,15 @@ use uuid::Uuid;
 use orchd_engine::artifact::Stored;
 use orchd_engine::config::{Config, StreamConfig};
 use orchd_engine::generation::Generation;
+use orchd_engine::tenant::TenantId;
 use orchd_engine::{CancelReason, ErrorKind};
 
+use self::fair::Share;
 use self::pool::OwnerPool;
 use self::task::{State, Step, TaskRun, Terminal};
 use crate::commands::{DispatcherCommand, FrameMsg, PoolStats, Rendering, Subscribed};
 use crate::engines::{Adapter, Health};
-use crate::metrics::{PoolSample, RECENT_WINDOW};
+use crate::metrics::{PoolSample, TenantProbe, RECENT_WINDOW};
 
 /// Frames a subscriber may have in flight before it is dropped (and resubscribes).
 pub const SUBSCRIBER_BUFFER: usize = 1024;
@@ -58,8 +61,9 @@ pub(crate) struct Effects {
     pub(crate) starts: Vec<Start>,
     /// In order.
     pub(crate) notices: Vec<DispatcherCommand>,
-    /// Transcripts of ended tasks, for the shards that keep their ids.
-    pub(crate) transcripts: Vec<Stored>,
+    /// Transcripts of ended tasks with their tenants, for the shards that keep their
+    /// ids.
+    pub(crate) transcripts: Vec<(TenantId, Stored)>,
     /// Pools whose queued tasks are to hear their new places after this long.
     pub(crate) position_updates: Vec<(usize, Duration)>,
 }
@@ -67,6 +71,8 @@ pub(crate) struct Effects {
 /// One shard's tasks and pools. Lives on its shard; reached through its mailbox.
 pub struct Owner {
     pools: HashMap<usize, OwnerPool>,
+    /// Every tenant's counters on this shard, in [`TenantId`] order.
+    tenants: Vec<Rc<TenantProbe>>,
     tasks: HashMap<Uuid, Rc<RefCell<TaskRun>>>,
     retained: VecDeque<(Instant, Uuid)>,
     rotated_at: Instant,
@@ -81,16 +87,30 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Owner {
-    pub(crate) fn new(config: &Config, shard: usize, shards: usize) -> Owner {
+    pub(crate) fn new(
+        config: &Config,
+        shard: usize,
+        shards: usize,
+        tenants: Vec<Rc<TenantProbe>>,
+    ) -> Owner {
+        let shares: Vec<Share> = config
+            .tenants()
+            .iter()
+            .map(|t| Share {
+                weight: t.weight,
+                max_running: t.max_running,
+            })
+            .collect();
         let pools = config
             .pools
             .iter()
             .enumerate()
             .filter(|(i, _)| crate::placement::shard_for(*i, shards).0 == shard)
-            .map(|(i, p)| (i, OwnerPool::new(p)))
+            .map(|(i, p)| (i, OwnerPool::new(p, &shares)))
             .collect();
         Owner {
             pools,
+            tenants,
             tasks: HashMap::new(),
             retained: VecDeque::new(),
             rotated_at: Instant::now(),
@@ -138,7 +158,7 @@ impl Owner {
         let busy_share = f64::from(p.busy) / f64::from(p.cfg.slots);
         Some(PoolSample {
             pool,
-            queue_depth: [p.queue[0].len() as u64, p.queue[1].len() as u64],
+            queue_depth: [p.queue.len_of(0) as u64, p.queue.len_of(1) as u64],
             slots_busy: p.busy,
             slots_total: p.cfg.slots,
             kv_cache_usage_ratio: busy_share,

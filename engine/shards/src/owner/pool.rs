@@ -1,16 +1,14 @@
-//! One pool on its owner shard: its queue (interactive before batch, FIFO within a
-//! class), its slots, its ETA model, its drain deadline, its engine and its probe —
+//! One pool on its owner shard: its queue (tenants' fair shares, interactive before
+//! batch within a tenant, FIFO within a class: [`FairQueue`]), its slots, its ETA model, its drain deadline, its engine and its probe —
 //! every per-pool truth, in one place.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
-
-use uuid::Uuid;
 
 use orchd_engine::admission::Eta;
 use orchd_engine::config::PoolConfig;
 
+use super::fair::{FairQueue, Share};
 use crate::engines::Adapter;
 use crate::metrics::PoolProbe;
 
@@ -29,7 +27,7 @@ pub(crate) struct OwnerPool {
     /// The version the engine reports about itself, once probed.
     pub(super) reported_version: Option<String>,
     pub(super) busy: u32,
-    pub(super) queue: [VecDeque<Uuid>; 2],
+    pub(super) queue: FairQueue,
     /// A position update of this pool's queue is due (`stream.position_update_ms`).
     pub(super) positions_due: bool,
     /// Observed service times: predictions in metrics frames, and (sent along with
@@ -38,7 +36,7 @@ pub(crate) struct OwnerPool {
 }
 
 impl OwnerPool {
-    pub(super) fn new(cfg: &PoolConfig) -> OwnerPool {
+    pub(super) fn new(cfg: &PoolConfig, shares: &[Share]) -> OwnerPool {
         let engine = Adapter::from_config(&cfg.adapter);
         if let Adapter::Unusable(why) = &engine {
             tracing::error!(pool = %cfg.id, error = %why, "engine url unusable; its tasks will fail");
@@ -52,7 +50,7 @@ impl OwnerPool {
             up: true,
             reported_version: None,
             busy: 0,
-            queue: [VecDeque::new(), VecDeque::new()],
+            queue: FairQueue::new(shares),
             positions_due: false,
             eta: Eta::new(cfg.adapter.ttft_ms, cfg.adapter.tpot_ms),
             cfg: cfg.clone(),
@@ -60,7 +58,7 @@ impl OwnerPool {
     }
 
     pub(super) fn depth(&self) -> u32 {
-        (self.queue[0].len() + self.queue[1].len()) as u32
+        self.queue.len() as u32
     }
 
     /// Starts (or keeps the earlier of) a drain deadline; returns the time left.

@@ -2,7 +2,6 @@
 //! hear their places.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -29,19 +28,21 @@ impl Owner {
             return;
         }
         let victim = match self.pools.get(&new.admitted.pool) {
-            Some(p) if new.admitted.evict => p.queue[1].front().or(p.queue[0].front()).copied(),
+            Some(p) if new.admitted.evict => p.queue.victim(),
             _ => None,
         };
         if let Some(victim) = victim {
             let how = Terminal::Failed {
                 reason: CancelReason::DropLru,
                 kind: ErrorKind::QueueFullDropLru,
-                message: format!("evicted from a full queue for task {id}"),
+                // Not naming the newer task: it may be another tenant's.
+                message: "evicted from a full queue for a newer task".into(),
             };
             self.finish(victim, how, now);
         }
         let a = &new.admitted;
         let pool = a.pool;
+        let tenant = Rc::clone(&self.tenants[new.spec.tenant.index()]);
         let mut run = TaskRun {
             deadline_at: new.admitted_at + Duration::from_millis(new.spec.deadline_ms),
             spec: new.spec,
@@ -65,6 +66,7 @@ impl Owner {
                 .get(&pool)
                 .map(|p| Rc::clone(&p.probe))
                 .unwrap_or_default(),
+            tenant,
             stop: None,
             embeddings: None,
         };
@@ -75,19 +77,21 @@ impl Owner {
             predicted_start_ms: new.admitted.predicted_start_ms,
         };
         run.emit(frame::encode(0, Event::Started, &started), false, now);
+        let (tenant, cost) = (run.spec.tenant, run.spec.max_tokens);
         if let Some(p) = self.pools.get_mut(&pool) {
-            p.queue[class].push_back(id);
+            p.queue.push(tenant, class, id, cost);
         }
         let rc = Rc::new(RefCell::new(run));
         self.tasks.insert(id, Rc::clone(&rc));
         self.pump(pool, now);
-        // Still queued: it hears its place now (it is last of its class), whatever
-        // stream.position_update_ms holds back for the tasks already waiting.
+        // Still queued: it hears its place now, whatever stream.position_update_ms
+        // holds back for the tasks already waiting (whose places it may have changed:
+        // `pump` scheduled their update).
         let mut t = rc.borrow_mut();
         if t.state == State::Queued && t.position == u32::MAX {
             if let Some(p) = self.pools.get(&pool) {
-                let ahead: usize = p.queue[..=class].iter().map(VecDeque::len).sum();
-                t.position = ahead as u32;
+                let at = p.queue.order().iter().position(|q| *q == id);
+                t.position = at.map_or(p.depth(), |i| i as u32 + 1);
                 t.last_metrics_at = now;
                 let f = t.metrics_frame(p, now);
                 t.emit(f, false, now);
@@ -103,14 +107,11 @@ impl Owner {
         };
         let mut starting = Vec::new();
         while pool.busy < pool.cfg.slots {
-            let Some(id) = pool.queue[0]
-                .pop_front()
-                .or_else(|| pool.queue[1].pop_front())
-            else {
+            let Some(next) = pool.queue.pop() else {
                 break;
             };
             pool.busy += 1;
-            starting.push(id);
+            starting.push(next.id);
         }
         let mut ending = Vec::new();
         for id in starting {
@@ -172,6 +173,7 @@ impl Owner {
         t.probe.queue_wait[class]
             .borrow_mut()
             .record(now - t.admitted_at);
+        t.tenant.record_queue_wait(now - t.admitted_at);
         let prompt = t.spec.prompt_tokens();
         t.probe.tokens_in.set(t.probe.tokens_in.get() + prompt);
         let model = if pool.model_ref == "*" {
@@ -181,7 +183,7 @@ impl Owner {
         };
         let generation = Generation::from_spec(&t.spec, model);
         tracing::info!(
-            correlation_id = %t.correlation_id, task_id = %t.spec.task_id, pool = %pool.cfg.id,
+            correlation_id = %t.correlation_id, tenant = %t.tenant.name, task_id = %t.spec.client.task_id, pool = %pool.cfg.id,
             queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
             waited_ms = ms(now - t.admitted_at), "task started"
         );
@@ -205,8 +207,7 @@ impl Owner {
         };
         pool.positions_due = false;
         let pool = &self.pools[&pool_index];
-        let order = pool.queue[0].iter().chain(pool.queue[1].iter());
-        for (i, id) in order.enumerate() {
+        for (i, id) in pool.queue.order().iter().enumerate() {
             let Some(rc) = self.tasks.get(id) else {
                 continue;
             };

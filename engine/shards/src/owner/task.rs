@@ -15,7 +15,7 @@ use orchd_engine::{CancelReason, ErrorKind, Priority};
 
 use super::pool::OwnerPool;
 use crate::commands::FrameMsg;
-use crate::metrics::{bump, PoolProbe};
+use crate::metrics::{bump, PoolProbe, TenantProbe};
 
 /// Most frames a task's log reserves when it starts (64 KiB of handles); a longer
 /// generation grows the log from there.
@@ -99,6 +99,8 @@ pub(crate) struct TaskRun {
     pub(super) position: u32,
     /// Its pool's counters, shared so that per-token counting needs no other borrow.
     pub(super) probe: Rc<PoolProbe>,
+    /// Its tenant's name and counters on this shard.
+    pub(super) tenant: Rc<TenantProbe>,
     /// Dropped when the task ends, which tells its driver to stop (and an HTTP engine
     /// to close its request).
     pub(super) stop: Option<oneshot::Sender<()>>,
@@ -155,7 +157,12 @@ impl TaskRun {
             Some(w) => w,
             None => TranscriptWriter::starting_with(&self.frames, 0),
         };
-        w.finish(self.spec.task_id, self.spec.session_id, terminal)
+        // Shown to its tenant: the ids it sent, never the scoped ones.
+        w.finish(
+            self.spec.client.task_id,
+            self.spec.client.session_id,
+            terminal,
+        )
     }
 
     /// A `metrics` frame: queue depth, on-time chance, warmth, place and predicted
@@ -197,6 +204,7 @@ impl TaskRun {
         let f = frame::token(self.next_id(), self.tokens_out, text);
         self.tokens_out += 1;
         bump(&self.probe.tokens_out);
+        bump(&self.tenant.tokens_out);
         if let Some(prev) = self.last_token_at {
             self.probe.inter_token.borrow_mut().record(now - prev);
         }

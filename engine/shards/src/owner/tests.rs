@@ -44,7 +44,12 @@ fn new_task(n: u128, batch: bool, evict: bool) -> NewTask {
 fn one_slot() -> Owner {
     let mut c = Config::default();
     c.pools[0].slots = 1;
-    Owner::new(&c, 0, 1)
+    let tenants = c
+        .tenants()
+        .iter()
+        .map(|t| std::rc::Rc::new(crate::metrics::TenantProbe::new(&t.name)))
+        .collect();
+    Owner::new(&c, 0, 1, tenants)
 }
 
 /// The events of a task's frames so far, in order.
