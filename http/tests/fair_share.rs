@@ -105,10 +105,8 @@ fn a_trickle_is_not_stuck_behind_a_flood() {
     }
     for _ in 0..5 {
         let (task, admitted) = submit(&s, &B, 5);
-        // Its place is at most behind a's head (the tie goes to the older task), not
-        // behind a's backlog.
-        let pos = admitted["queue_position"].as_u64().unwrap();
-        assert!(pos <= 2, "b admitted at position {pos}");
+        // Next in line, not behind a's backlog.
+        assert_eq!(admitted["queue_position"], 1, "b admitted behind a's backlog");
         let frames: Vec<_> = Client::connect(s.addr)
             .open_stream(&format!("/v1/tasks/{task}/stream"), &B)
             .collect();
@@ -116,7 +114,7 @@ fn a_trickle_is_not_stuck_behind_a_flood() {
         assert_eq!(frames.last().unwrap().data["tokens_out"], 5);
         for m in frames.iter().filter(|f| f.event == "metrics") {
             if let Some(p) = m.data["queue_position"].as_u64() {
-                assert!(p <= 2, "told position {p} while waiting");
+                assert_eq!(p, 1, "told position {p} while waiting");
             }
         }
     }
@@ -188,4 +186,28 @@ fn quotas_refuse_with_advice_from_when_room_will_exist() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing");
     }
+}
+
+#[test]
+fn a_waiting_task_hears_its_place_move_back_as_well_as_up() {
+    let s = server(1, 20, |_| {});
+    // a: one task running, three waiting at places 1, 2, 3.
+    let tasks: Vec<String> = (0..4).map(|_| submit(&s, &A, 100).0).collect();
+    let mut last =
+        Client::connect(s.addr).open_stream(&format!("/v1/tasks/{}/stream", tasks[3]), &A);
+    let place = |e: &orchd_testkit::Event| e.data["queue_position"].as_u64();
+    let started = last.next_event().expect("started");
+    assert_eq!((started.event.as_str(), place(&started)), ("started", Some(3)));
+    // b's task goes next: a's waiting tasks move back one place, and are told.
+    let (_, b) = submit(&s, &B, 5);
+    assert_eq!(b["queue_position"], 1);
+    let mut told = Vec::new();
+    while told.last() != Some(&4) && told.len() < 20 {
+        let e = last.next_event().expect("the task is still waiting");
+        if let (true, Some(p)) = (e.event == "metrics", place(&e)) {
+            told.push(p);
+        }
+    }
+    assert_eq!(told.last(), Some(&4), "never told its new place 4: {told:?}");
+    assert!(told[..told.len() - 1].iter().all(|&p| p == 3), "{told:?}");
 }

@@ -80,7 +80,11 @@ async fn drive<H: Home, A: EngineAdapter>(
     generation: Generation,
     stop: oneshot::Receiver<()>,
 ) {
-    let id = task.borrow().spec.task_id;
+    // `id` is orchd's key for the task; logs show the id its client sent, and its tenant.
+    let (id, shown, tenant) = {
+        let t = task.borrow();
+        (t.spec.task_id, t.spec.client.task_id, Rc::clone(&t.tenant))
+    };
     let generate = async {
         let mut stream = match open(&*engine, id, &generation).await {
             Ok(s) => s,
@@ -107,7 +111,7 @@ async fn drive<H: Home, A: EngineAdapter>(
                     task.borrow_mut().embeddings = Some(vectors);
                 }
                 Ok(Some(Piece::End(usage))) => {
-                    tracing::debug!(task_id = %id, ?usage, "engine done");
+                    tracing::debug!(tenant = %tenant.name, task_id = %shown, ?usage, "engine done");
                     return Ended::Complete(Some((stream, usage.prompt_tokens)));
                 }
                 Ok(None) => {
@@ -152,7 +156,7 @@ async fn drive<H: Home, A: EngineAdapter>(
                 H::engine_down(&shard, pool, Health::default());
             }
             let kind = error.error_kind(streamed);
-            tracing::warn!(task_id = %id, error = %error, code = %kind, "engine call failed");
+            tracing::warn!(tenant = %tenant.name, task_id = %shown, error = %error, code = %kind, "engine call failed");
             let how = Terminal::Failed {
                 reason: CancelReason::Engine,
                 kind,

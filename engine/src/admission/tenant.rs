@@ -144,8 +144,8 @@ impl Admission {
 
     /// Where a task of `tenant` in `class` would stand in the pool's queue (1 = next):
     /// its own tasks ahead of it, and of every other waiting tenant as many as the fair
-    /// order lets go first — with a newcomer's counter starting at the others', about
-    /// `1 + (k - 1) * w_other / w_own` before the task that is its tenant's k-th in
+    /// order lets go first — with a newcomer's counter starting just below the others',
+    /// `ceil((k - 1) * w_other / w_own)` before the task that is its tenant's k-th in
     /// line. An estimate at admission when tenants share the queue (the owner shard
     /// keeps the exact order and tells the task its place in its first `metrics`
     /// frame); exact (interactive before batch, FIFO) for a tenant alone in it.
@@ -163,7 +163,7 @@ impl Admission {
             .filter(|&o| o != tenant)
             .map(|o| {
                 let q = u64::from(m.load(o).queued_len());
-                let before = u64::from(ahead) * u64::from(self.weight(o)) / w + 1;
+                let before = (u64::from(ahead) * u64::from(self.weight(o))).div_ceil(w);
                 q.min(before)
             })
             .sum();

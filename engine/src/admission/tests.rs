@@ -452,12 +452,12 @@ fn a_tenant_alone_keeps_the_spec_positions_and_a_newcomer_is_placed_fairly() {
         .map(|i| a.admit(&of(0, i, ""), 0).unwrap().queue_position)
         .collect();
     assert_eq!(pos, [0, 1, 2, 3, 4], "one tenant: 0, 1, 2, ...");
-    // b's first task waits behind one of a's (a's counter ties with b's, a's head is
-    // older), its second behind a's next three (weight 3 to 1).
+    // b's first task goes next (a newcomer is not behind a's backlog), its second
+    // behind a's next three (weight 3 to 1).
     let b1 = a.admit(&of(1, 11, ""), 0).unwrap();
-    assert_eq!(b1.queue_position, 2);
+    assert_eq!(b1.queue_position, 1);
     let b2 = a.admit(&of(1, 12, ""), 0).unwrap();
-    assert_eq!(b2.queue_position, 1 + 1 + 4);
+    assert_eq!(b2.queue_position, 1 + 3 + 1);
 }
 
 #[test]
@@ -489,8 +489,8 @@ fn max_queued_refuses_with_advice_from_the_queue() {
     );
     assert!(e.message.contains("\"a\"") && e.message.contains("max_queued"));
     // b is not limited by a's quota.
-    // b goes after a's first waiting task (the tie goes to the older head).
-    assert_eq!(a.admit(&of(1, 5, ""), 0).unwrap().queue_position, 2);
+    // b goes next, ahead of a's waiting tasks.
+    assert_eq!(a.admit(&of(1, 5, ""), 0).unwrap().queue_position, 1);
 }
 
 #[test]

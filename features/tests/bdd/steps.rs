@@ -140,6 +140,15 @@ async fn submit_many(w: &mut OrchWorld, n: usize, session: String) {
     }
 }
 
+#[when(regex = r"^I submit (\d+) tasks of (\d+) tokens$")]
+async fn submit_sized(w: &mut OrchWorld, n: usize, tokens: u32) {
+    for i in 0..n {
+        let body = w.task_body(None, &[("max_tokens".into(), json!(tokens))]);
+        w.submit(&format!("sized-{}-{i}", w.tasks.len()), body).await;
+        assert_eq!(w.last().status, 202, "task {i}: {}", w.last().text());
+    }
+}
+
 #[when(regex = r"^I submit task (\w+) again$")]
 async fn resubmit(w: &mut OrchWorld, name: String) {
     let body = w.tasks[&name].clone();
@@ -175,6 +184,14 @@ async fn stream_unknown(w: &mut OrchWorld, _name: String) {
     let id = orchd_features::uuid();
     let s = w.open_stream(&format!("/v1/tasks/{id}/stream"), &[]).await;
     assert!(s.is_none(), "an unknown task streamed");
+}
+
+/// A plain GET of a task's stream, for an answer that is not a stream (a 404 of a task
+/// this key's tenant does not own).
+#[when(regex = r"^I ask for the stream of task (\w+)$")]
+async fn ask_stream(w: &mut OrchWorld, name: String) {
+    let path = stream_path(w, &name);
+    w.send(Method::GET, &path, &[], b"").await;
 }
 
 fn stream_path(w: &OrchWorld, name: &str) -> String {
@@ -456,6 +473,15 @@ async fn error_mentions(w: &mut OrchWorld, what: String) {
 async fn response_field(w: &mut OrchWorld, path: String, value: String) {
     let body = w.last_json();
     assert_eq!(field(&body, &path), &literal(&value), "{body}");
+}
+
+#[then(regex = r#"^the response field "([\w.]+)" is at least (\d+)$"#)]
+async fn response_field_at_least(w: &mut OrchWorld, path: String, least: u64) {
+    let body = w.last_json();
+    assert!(
+        field(&body, &path).as_u64().is_some_and(|n| n >= least),
+        "{body}"
+    );
 }
 
 #[then(regex = r#"^the response field "([\w.]+)" is a positive number$"#)]

@@ -7,9 +7,11 @@
 //! weight — a task's `max_tokens` when it takes a slot, settled to the tokens it
 //! produced when it ends (as budgets are) — and a free slot goes to the waiting tenant
 //! with the smallest counter (the oldest head first on a tie). A tenant that starts
-//! waiting after an idle spell has its counter lifted to the smallest counter among the
-//! tenants waiting (to the last one served when nobody waits), so idle time banks no
-//! credit. A tenant at its `max_running` is passed over until one of its tasks ends.
+//! waiting after an idle spell has its counter lifted to just below the smallest counter
+//! among the tenants waiting (the last one served when nobody waits): idle time banks
+//! no credit, and the newcomer's task goes next, not behind the others' heads — a tenant
+//! that submits a little is never stuck behind another's backlog. A tenant at its
+//! `max_running` is passed over until one of its tasks ends.
 //!
 //! Plain data, no I/O: the owner decides with it and carries out what it returns.
 
@@ -144,7 +146,7 @@ impl FairQueue {
         self.seq += 1;
         let lane = self.lane(tenant);
         if !lane.waiting() {
-            lane.counter = lane.counter.max(floor);
+            lane.counter = lane.counter.max(floor.saturating_sub(1));
         }
         lane.queued[class].push_back(Waiting { seq, id, cost });
         self.len[class] += 1;
@@ -316,13 +318,13 @@ mod tests {
             let p = q.pop().unwrap();
             q.ended(p.tenant, 10, 10);
         }
-        // B arrives: its counter starts at A's (it was idle: no credit banked), so
-        // the two alternate from the next slot on; A's older head wins the tie.
+        // B arrives: its counter starts just below A's (it was idle: no credit
+        // banked), so its task goes next, then the two alternate.
         q.push(TenantId(1), 0, id(100), 10);
         q.push(TenantId(1), 0, id(101), 10);
-        assert_eq!(&q.order()[..5], [id(10), id(100), id(11), id(101), id(12)]);
-        assert_eq!(q.pop().unwrap().id, id(10));
+        assert_eq!(&q.order()[..5], [id(100), id(10), id(101), id(11), id(12)]);
         assert_eq!(q.pop().unwrap().id, id(100));
+        assert_eq!(q.pop().unwrap().id, id(10));
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub(crate) struct TaskRun {
     /// Its pool's counters, shared so that per-token counting needs no other borrow.
     pub(super) probe: Rc<PoolProbe>,
     /// Its tenant's name and counters on this shard.
-    pub(super) tenant: Rc<TenantProbe>,
+    pub(crate) tenant: Rc<TenantProbe>,
     /// Dropped when the task ends, which tells its driver to stop (and an HTTP engine
     /// to close its request).
     pub(super) stop: Option<oneshot::Sender<()>>,
