@@ -390,7 +390,10 @@ pub mod fs_store {
         match fs::read_dir(dir.join("tenants")) {
             Ok(entries) => {
                 for e in entries {
-                    shelves.push(e?.path());
+                    let e = e?;
+                    if e.file_type()?.is_dir() {
+                        shelves.push(e.path());
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -423,8 +426,12 @@ pub mod fs_store {
         let tmp = shelf.join(format!(".{}.{}.tmp", &item.id[7..], std::process::id()));
         let result = (|| -> io::Result<()> {
             if !shelf.exists() {
+                // A new shelf (and `tenants/`, the first time) survives a crash once
+                // every directory that gained an entry is synced.
                 fs::create_dir_all(&shelf)?;
-                fs::File::open(shelf.parent().unwrap_or(dir))?.sync_all()?;
+                let tenants = dir.join("tenants");
+                fs::File::open(&tenants)?.sync_all()?;
+                fs::File::open(dir)?.sync_all()?;
             }
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&item.json)?;

@@ -154,6 +154,23 @@ impl Policy {
         Policy::ShardOverloaded,
     ];
 
+    /// Its place in [`Policy::ALL`] (a metric's index).
+    pub fn index(self) -> usize {
+        match self {
+            Policy::Reject => 0,
+            Policy::DropLru => 1,
+            Policy::SessionsFull => 2,
+            Policy::SessionTurns => 3,
+            Policy::BudgetTokens => 4,
+            Policy::BudgetTime => 5,
+            Policy::BudgetCost => 6,
+            Policy::TenantQueued => 7,
+            Policy::TenantTokens => 8,
+            Policy::Overloaded => 9,
+            Policy::ShardOverloaded => 10,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Policy::Reject => "reject",
@@ -378,6 +395,13 @@ impl EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_policy_is_listed_at_its_index() {
+        for (i, p) in Policy::ALL.iter().enumerate() {
+            assert_eq!(p.index(), i, "{}", p.as_str());
+        }
+    }
 
     #[test]
     fn kinds_serialize_as_spec_names() {

@@ -49,12 +49,19 @@ impl Keys {
         }
     }
 
+    /// Every tenant's name, in [`TenantId`] order (metric labels).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tenants.iter().map(|c| c.name.as_str())
+    }
+
     /// Auth is off when no key is configured (allowed on loopback only).
     pub fn enabled(&self) -> bool {
         !self.digests.is_empty()
     }
 
-    /// The caller when auth is off: the implicit operator `default`.
+    /// The caller when auth is off: the implicit operator `default` (the one tenant
+    /// there is). With keys configured it is only the stand-in the router passes to
+    /// routes exempt from auth, which never look at their caller.
     pub fn keyless(&self) -> &Caller {
         &self.tenants[0]
     }

@@ -106,7 +106,10 @@ fn a_trickle_is_not_stuck_behind_a_flood() {
     for _ in 0..5 {
         let (task, admitted) = submit(&s, &B, 5);
         // Next in line, not behind a's backlog.
-        assert_eq!(admitted["queue_position"], 1, "b admitted behind a's backlog");
+        assert_eq!(
+            admitted["queue_position"], 1,
+            "b admitted behind a's backlog"
+        );
         let frames: Vec<_> = Client::connect(s.addr)
             .open_stream(&format!("/v1/tasks/{task}/stream"), &B)
             .collect();
@@ -197,7 +200,10 @@ fn a_waiting_task_hears_its_place_move_back_as_well_as_up() {
         Client::connect(s.addr).open_stream(&format!("/v1/tasks/{}/stream", tasks[3]), &A);
     let place = |e: &orchd_testkit::Event| e.data["queue_position"].as_u64();
     let started = last.next_event().expect("started");
-    assert_eq!((started.event.as_str(), place(&started)), ("started", Some(3)));
+    assert_eq!(
+        (started.event.as_str(), place(&started)),
+        ("started", Some(3))
+    );
     // b's task goes next: a's waiting tasks move back one place, and are told.
     let (_, b) = submit(&s, &B, 5);
     assert_eq!(b["queue_position"], 1);
@@ -208,6 +214,10 @@ fn a_waiting_task_hears_its_place_move_back_as_well_as_up() {
             told.push(p);
         }
     }
-    assert_eq!(told.last(), Some(&4), "never told its new place 4: {told:?}");
+    assert_eq!(
+        told.last(),
+        Some(&4),
+        "never told its new place 4: {told:?}"
+    );
     assert!(told[..told.len() - 1].iter().all(|&p| p == 3), "{told:?}");
 }

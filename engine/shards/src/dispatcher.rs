@@ -227,7 +227,7 @@ impl Dispatcher {
         match self.peers[owner.0].try_send(ShardCommand::Enqueue(Box::new(new))) {
             Ok(()) => Ok(admitted),
             Err(_) => {
-                adm.rollback(&admitted);
+                adm.rollback(&admitted, self.now_ms());
                 let pool = adm.pools[admitted.pool].cfg.id.clone();
                 Err(ApiError::new(
                     ErrorClass::TooManyRequests,

@@ -281,10 +281,7 @@ pub const REFUSALS: usize = Policy::ALL.len() + ErrorKind::ALL.len();
 /// The reason a refusal is counted under (an index into [`REFUSALS`]).
 pub fn refusal_index(e: &ApiError) -> usize {
     match e.policy_label {
-        Some(p) => Policy::ALL
-            .iter()
-            .position(|x| *x == p)
-            .expect("every policy is listed"),
+        Some(p) => p.index(),
         None => Policy::ALL.len() + kind_index(e.kind),
     }
 }

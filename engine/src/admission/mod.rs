@@ -130,6 +130,7 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(config: &Config) -> Admission {
+        let tenants = config.tenants();
         let mut models: Vec<(String, ModelState)> = Vec::new();
         for p in &config.pools {
             if !models.iter().any(|(m, _)| *m == p.model_ref) {
@@ -140,12 +141,16 @@ impl Admission {
             models,
             catalog: [[0; 2]; 4],
             pools_version: 0,
-            pools: config.pools.iter().cloned().map(PoolMirror::new).collect(),
+            pools: config
+                .pools
+                .iter()
+                .map(|p| PoolMirror::new(p.clone(), tenants.len()))
+                .collect(),
             sessions: HashMap::new(),
             session_touches: VecDeque::new(),
             tasks: HashMap::new(),
             expiries: VecDeque::new(),
-            tenants: config.tenants().iter().map(tenant::Quota::new).collect(),
+            tenants: tenants.iter().map(tenant::Quota::new).collect(),
             scfg: config.sessions.clone(),
             retention_ms: config.stream.retention_ms,
         }
@@ -395,7 +400,7 @@ impl Admission {
         // A task waits when the slots are taken, when its tenant holds all it may, or
         // when tasks that may start are waiting already.
         let must_queue = mirror.running >= mirror.cfg.slots
-            || self.capped(mirror, spec.tenant)
+            || self.room(mirror, spec.tenant) == 0
             || self.queued_eligible(mirror) > 0;
         let position = if must_queue {
             self.fair_position(mirror, spec.tenant, class)
@@ -490,10 +495,8 @@ impl Admission {
         } else {
             m.count_queued(spec.tenant, place.class, true);
         }
-        let tenant_tokens = tenant::tokens_of(spec);
-        if let Some(q) = self.tenants.get_mut(spec.tenant.index()) {
-            q.take(tenant_tokens, now_ms);
-        }
+        let tenant_tokens = spec.tokens_asked();
+        self.tenants[spec.tenant.index()].take(tenant_tokens, now_ms);
         let budgets = spec
             .session_id
             .and_then(|id| self.touch_session(id, pool, route.want_warm, &reserve, now_ms));
@@ -529,7 +532,7 @@ impl Admission {
     }
 
     /// Undoes an admission whose task could not be handed to its owner shard.
-    pub fn rollback(&mut self, admitted: &Admitted) {
+    pub fn rollback(&mut self, admitted: &Admitted, now_ms: u64) {
         let Some(e) = self.tasks.remove(&admitted.task_id) else {
             return;
         };
@@ -540,9 +543,7 @@ impl Admission {
         } else {
             m.count_running(e.tenant, false);
         }
-        if let Some(q) = self.tenants.get_mut(e.tenant.index()) {
-            q.give_back(e.tenant_tokens, 0);
-        }
+        self.tenants[e.tenant.index()].give_back(e.tenant_tokens, now_ms);
         if let Some(s) = e.session.and_then(|id| self.sessions.get_mut(&id)) {
             s.turns = s.turns.saturating_sub(1);
             s.reserved.release(&e.reserved);
@@ -580,12 +581,13 @@ impl Admission {
         }
         m.eta = eta;
         // The tenant's bucket keeps what the task used (its prompt and the tokens it
-        // produced) and gets the rest back.
-        let used = e.prompt_tokens + u64::from(outcome.tokens_out);
+        // produced; nothing if it never ran) and gets the rest back.
+        let used = match outcome.ran {
+            true => e.prompt_tokens + u64::from(outcome.tokens_out),
+            false => 0,
+        };
         let unused = e.tenant_tokens.saturating_sub(used);
-        if let Some(q) = self.tenants.get_mut(e.tenant.index()) {
-            q.give_back(unused, now_ms);
-        }
+        self.tenants[e.tenant.index()].give_back(unused, now_ms);
         let cost = f64::from(outcome.tokens_out) * m.cfg.cost_per_token;
         let expires = now_ms + self.retention_ms;
         e.expires_ms = Some(expires);

@@ -59,7 +59,7 @@ pub struct PoolMirror {
 }
 
 impl PoolMirror {
-    pub(super) fn new(cfg: PoolConfig) -> PoolMirror {
+    pub(super) fn new(cfg: PoolConfig, tenants: usize) -> PoolMirror {
         PoolMirror {
             model_ref: cfg.model_ref.clone(),
             state: PoolState::Ready,
@@ -67,7 +67,7 @@ impl PoolMirror {
             running: 0,
             queued: [0, 0],
             eta: Eta::new(cfg.adapter.ttft_ms, cfg.adapter.tpot_ms),
-            tenants: Vec::new(),
+            tenants: vec![super::tenant::Load::default(); tenants],
             cfg,
         }
     }

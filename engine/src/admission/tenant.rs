@@ -82,29 +82,17 @@ impl Quota {
     }
 }
 
-/// What a task reserves of its tenant's bucket: its prompt and `max_tokens`.
-pub(super) fn tokens_of(spec: &TaskSpec) -> u64 {
-    spec.prompt_tokens() + u64::from(spec.max_tokens)
-}
-
 impl PoolMirror {
+    /// Sized for every tenant of the config (see [`Admission::new`]).
     pub(super) fn load(&self, t: TenantId) -> Load {
-        self.tenants.get(t.index()).copied().unwrap_or_default()
-    }
-
-    fn load_mut(&mut self, t: TenantId) -> &mut Load {
-        let i = t.index();
-        if i >= self.tenants.len() {
-            self.tenants.resize(i + 1, Load::default());
-        }
-        &mut self.tenants[i]
+        self.tenants[t.index()]
     }
 
     /// A task of `t` takes (`up`) or frees a slot: the pool's count and its tenant's.
     pub(super) fn count_running(&mut self, t: TenantId, up: bool) {
         let step = |n: u32| if up { n + 1 } else { n.saturating_sub(1) };
         self.running = step(self.running);
-        let load = self.load_mut(t);
+        let load = &mut self.tenants[t.index()];
         load.running = step(load.running);
     }
 
@@ -112,43 +100,43 @@ impl PoolMirror {
     pub(super) fn count_queued(&mut self, t: TenantId, class: usize, up: bool) {
         let step = |n: u32| if up { n + 1 } else { n.saturating_sub(1) };
         self.queued[class] = step(self.queued[class]);
-        let load = self.load_mut(t);
+        let load = &mut self.tenants[t.index()];
         load.queued[class] = step(load.queued[class]);
     }
 }
 
 impl Admission {
-    fn quota(&self, t: TenantId) -> Option<&Quota> {
-        self.tenants.get(t.index())
+    pub(super) fn quota(&self, t: TenantId) -> &Quota {
+        &self.tenants[t.index()]
     }
 
-    pub(super) fn weight(&self, t: TenantId) -> u32 {
-        self.quota(t).map_or(1, |q| q.weight)
+    /// How many more of `t`'s tasks may take slots of the pool now (its
+    /// `max_running` less what it holds; `u32::MAX` without a cap).
+    pub(super) fn room(&self, m: &PoolMirror, t: TenantId) -> u32 {
+        match self.quota(t).max_running {
+            0 => u32::MAX,
+            cap => cap.saturating_sub(m.load(t).running),
+        }
     }
 
-    /// The tenant holds all the slots of the pool its `max_running` allows.
-    pub(super) fn capped(&self, m: &PoolMirror, t: TenantId) -> bool {
-        self.quota(t)
-            .is_some_and(|q| q.max_running > 0 && m.load(t).running >= q.max_running)
-    }
-
-    /// Tasks queued on the pool that may start when a slot frees (their tenants are
-    /// under their caps).
+    /// Tasks queued on the pool that may start when a slot frees (as many of each
+    /// tenant's as its cap leaves room for).
     pub(super) fn queued_eligible(&self, m: &PoolMirror) -> u32 {
         (0..m.tenants.len())
             .map(|i| TenantId(i as u16))
-            .filter(|&t| !self.capped(m, t))
-            .map(|t| m.load(t).queued_len())
+            .map(|t| m.load(t).queued_len().min(self.room(m, t)))
             .sum()
     }
 
-    /// Where a task of `tenant` in `class` would stand in the pool's queue (1 = next):
-    /// its own tasks ahead of it, and of every other waiting tenant as many as the fair
-    /// order lets go first — with a newcomer's counter starting just below the others',
-    /// `ceil((k - 1) * w_other / w_own)` before the task that is its tenant's k-th in
-    /// line. An estimate at admission when tenants share the queue (the owner shard
-    /// keeps the exact order and tells the task its place in its first `metrics`
-    /// frame); exact (interactive before batch, FIFO) for a tenant alone in it.
+    /// Where a task of `tenant` in `class` would stand in the pool's queue (1 = next),
+    /// in the owner's fair order (`owner::fair`): its own tasks ahead of it, and of
+    /// every other waiting tenant as many as go first — with a newcomer's counter
+    /// starting just below the others', `ceil(a * w_other / w_own)` before the task
+    /// with `a` of its tenant's tasks ahead. A tenant at its cap places only the tasks
+    /// it has room for; the rest follow all those of every tenant. An estimate at
+    /// admission when tenants share the queue (the owner keeps the exact order and
+    /// tells the task its place in a `metrics` frame); exact (interactive before batch,
+    /// FIFO) for a tenant alone in it.
     pub(super) fn fair_position(&self, m: &PoolMirror, tenant: TenantId, class: usize) -> u32 {
         let own = m.load(tenant);
         let ahead = own.queued[0] + if class == 1 { own.queued[1] } else { 0 };
@@ -157,23 +145,31 @@ impl Admission {
 
     /// The place of the task of `tenant` that has `ahead` of its own tasks before it.
     fn fair_place(&self, m: &PoolMirror, tenant: TenantId, ahead: u32) -> u32 {
-        let w = u64::from(self.weight(tenant));
+        let w = u64::from(self.quota(tenant).weight);
+        let (ahead, room) = (u64::from(ahead), u64::from(self.room(m, tenant)));
         let others: u64 = (0..m.tenants.len())
             .map(|i| TenantId(i as u16))
             .filter(|&o| o != tenant)
             .map(|o| {
                 let q = u64::from(m.load(o).queued_len());
-                let before = (u64::from(ahead) * u64::from(self.weight(o))).div_ceil(w);
-                q.min(before)
+                let may_start = q.min(u64::from(self.room(m, o)));
+                let share = |own: u64| (own * u64::from(self.quota(o).weight)).div_ceil(w);
+                if ahead < room {
+                    may_start.min(share(ahead))
+                } else {
+                    // Among the tasks beyond their tenants' room, after all the others.
+                    may_start + (q - may_start).min(share(ahead - room))
+                }
             })
             .sum();
-        (u64::from(ahead) + others + 1).min(u64::from(u32::MAX)) as u32
+        (ahead + others + 1).min(u64::from(u32::MAX)) as u32
     }
 
     /// Step 3 (after the session's budgets), the tenant's `tokens_per_minute`: its
     /// bucket must hold the task's prompt and `max_tokens` now; else `429`
-    /// `tenant-tokens` with advice from when the bucket will have refilled that far
-    /// (not retriable when the task alone is more than a minute's tokens).
+    /// `tenant-tokens` with advice from when the bucket will have refilled that far. A
+    /// task that alone needs more than a minute's tokens can never run: `400` naming
+    /// `max_tokens`.
     pub(super) fn check_tenant_tokens(
         &mut self,
         spec: &TaskSpec,
@@ -182,13 +178,11 @@ impl Admission {
     ) -> Result<(), ApiError> {
         let pool = &self.pools[route.pool].cfg;
         let (engine, pool_id) = (pool.engine, pool.id.clone());
-        let Some(q) = self.tenants.get_mut(spec.tenant.index()) else {
-            return Ok(());
-        };
+        let q = &mut self.tenants[spec.tenant.index()];
         if q.per_minute == 0 {
             return Ok(());
         }
-        let need = tokens_of(spec);
+        let need = spec.tokens_asked();
         let refuse = |msg: String| {
             ApiError::new(ErrorClass::TooManyRequests, ErrorKind::AdmissionReject, msg)
                 .with_engine(engine)
@@ -196,11 +190,12 @@ impl Admission {
                 .policy(Policy::TenantTokens)
         };
         if need > q.per_minute {
-            return Err(refuse(format!(
+            return Err(ApiError::invalid(format!(
                 "max_tokens: the task's {need} tokens (prompt and max_tokens) are more than \
                  tenant {:?}'s tokens_per_minute ({})",
                 q.name, q.per_minute
-            )));
+            ))
+            .with_engine(engine));
         }
         match q.wait_ms(need, now_ms) {
             0 => Ok(()),
@@ -224,9 +219,7 @@ impl Admission {
     ) -> Result<(), ApiError> {
         let m = &self.pools[route.pool];
         let t = spec.tenant;
-        let Some(q) = self.quota(t) else {
-            return Ok(());
-        };
+        let q = self.quota(t);
         let waiting = m.load(t).queued_len();
         if !must_queue || q.max_queued == 0 || waiting < q.max_queued {
             return Ok(());
@@ -235,7 +228,7 @@ impl Admission {
         // tenant holds all the slots it may, when one of its own tasks ends.
         let head = self.fair_place(m, t, 0);
         let mut wait = m.predicted_start_ms(head);
-        if self.capped(m, t) {
+        if self.room(m, t) == 0 {
             wait = wait.max(m.eta.predicted_start_ms(1, q.max_running));
         }
         Err(ApiError::new(

@@ -462,12 +462,16 @@ fn a_tenant_alone_keeps_the_spec_positions_and_a_newcomer_is_placed_fairly() {
 
 #[test]
 fn max_running_holds_a_tenants_tasks_back_while_others_start() {
-    let mut a = two_tenants(4, |t| t[0].max_running = 1);
+    let mut a = two_tenants(2, |t| t[0].max_running = 1);
     assert_eq!(a.admit(&of(0, 1, ""), 0).unwrap().queue_position, 0);
     let held = a.admit(&of(0, 2, ""), 0).unwrap();
     assert_eq!(held.queue_position, 1, "a holds its one slot: it waits");
-    // Slots are free and the one waiting task may not start: b starts at once.
+    // A slot is free and the one waiting task may not start: b starts at once.
     assert_eq!(a.admit(&of(1, 3, ""), 0).unwrap().queue_position, 0);
+    // The slots are full: b's next task goes before a's held ones, a's next after all.
+    assert_eq!(a.admit(&of(1, 4, ""), 0).unwrap().queue_position, 1);
+    assert_eq!(a.admit(&of(0, 5, ""), 0).unwrap().queue_position, 3);
+    assert_eq!(a.admit(&of(1, 6, ""), 0).unwrap().queue_position, 2);
 }
 
 #[test]
@@ -522,13 +526,29 @@ fn tokens_per_minute_reserve_settle_and_refill() {
     let e = a.admit(&of(1, 5, ""), 24_000).unwrap_err();
     assert_eq!(e.retry_after_ms, Some(3_000));
     a.admit(&of(1, 5, ""), 27_000).unwrap();
-    // A task larger than a minute's tokens can never run: not retriable.
+    // A task larger than a minute's tokens can never run: 400 naming max_tokens.
     let mut big = of(1, 6, "");
     big.max_tokens = 30;
     let big = a.admit(&big, 90_000).unwrap_err();
-    assert_eq!(
-        (big.policy_label, big.retriable),
-        (Some(Policy::TenantTokens), false)
-    );
+    assert_eq!((big.class, big.retriable), (ErrorClass::BadRequest, false));
     assert!(big.message.starts_with("max_tokens:"), "{}", big.message);
+}
+
+#[test]
+fn a_task_that_never_ran_gives_its_tenant_every_token_back() {
+    let mut a = two_tenants(1, |t| t[1].tokens_per_minute = 20);
+    a.admit(&of(1, 1, ""), 0).unwrap();
+    a.admit(&of(1, 2, ""), 0).unwrap();
+    assert!(a.admit(&of(1, 3, ""), 0).is_err(), "18 of 20 reserved");
+    // Task 2 waited and was canceled (or evicted) before it ran: its prompt too.
+    let outcome = Outcome {
+        tokens_out: 0,
+        decode_ms: 0,
+        ttft_ms: None,
+        service_ms: None,
+        ran: false,
+    };
+    let eta = a.pools[0].eta;
+    a.on_finished(Uuid::from_u128(2), outcome, eta, 0);
+    a.admit(&of(1, 3, ""), 0).unwrap();
 }

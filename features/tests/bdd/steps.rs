@@ -144,7 +144,8 @@ async fn submit_many(w: &mut OrchWorld, n: usize, session: String) {
 async fn submit_sized(w: &mut OrchWorld, n: usize, tokens: u32) {
     for i in 0..n {
         let body = w.task_body(None, &[("max_tokens".into(), json!(tokens))]);
-        w.submit(&format!("sized-{}-{i}", w.tasks.len()), body).await;
+        w.submit(&format!("sized-{}-{i}", w.tasks.len()), body)
+            .await;
         assert_eq!(w.last().status, 202, "task {i}: {}", w.last().text());
     }
 }

@@ -59,7 +59,8 @@ pub(crate) async fn get(app: &ShardApp) -> Result<Response<Body>, ApiError> {
     let shards = app.shard.scrape_all().await?;
     let dispatcher = app.shard.dispatcher().scrape().await?;
     let runtime = rt::current().expect("scrapes are served on a shard");
-    let text = render(&app.app.config, runtime, &shards, &dispatcher).await;
+    let tenants: Vec<&str> = app.app.keys.names().collect();
+    let text = render(&app.app.config, &tenants, runtime, &shards, &dispatcher).await;
     let mut r = Response::new(Body::full(text));
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -215,6 +216,7 @@ impl Exposition {
 /// Renders the exposition, yielding to the shard's other tasks between families.
 pub(crate) async fn render(
     config: &Config,
+    tenants: &[&str],
     runtime: rt::Kind,
     shards: &[ShardSnapshot],
     d: &DispatcherSnapshot,
@@ -436,7 +438,7 @@ pub(crate) async fn render(
         per_shard(shards, |s| counter(s.cpu_seconds)),
     )
     .await;
-    tenant_families(&mut x, config, shards).await;
+    tenant_families(&mut x, tenants, shards).await;
     let mut responses = Vec::new();
     for (i, s) in shards.iter().enumerate() {
         for (class, n) in STATUS_CLASSES.iter().zip(s.http.responses) {
@@ -476,17 +478,17 @@ pub(crate) async fn render(
 }
 
 /// The per-tenant series (issue 19), summed over shards: counters for every tenant
-/// from startup; refusal reasons and queue waits once a tenant has some.
-async fn tenant_families(x: &mut Exposition, config: &Config, shards: &[ShardSnapshot]) {
+/// (`tenants`: their names in `TenantId` order) from startup; refusal reasons and queue
+/// waits once a tenant has some.
+async fn tenant_families(x: &mut Exposition, tenants: &[&str], shards: &[ShardSnapshot]) {
     use MetricType::{COUNTER, HISTOGRAM};
-    let tenants = config.tenants();
     let sum = |f: &dyn Fn(&TenantSnapshot) -> f64| -> Vec<Metric> {
         tenants
             .iter()
             .enumerate()
             .map(|(i, t)| {
                 let v = shards.iter().filter_map(|s| s.tenants.get(i)).map(f).sum();
-                labeled(counter(v), vec![label("tenant", &t.name)])
+                labeled(counter(v), vec![label("tenant", t)])
             })
             .collect()
     };
@@ -518,7 +520,7 @@ async fn tenant_families(x: &mut Exposition, config: &Config, shards: &[ShardSna
         for r in 0..REFUSALS {
             let n: u64 = mine.iter().map(|s| s.rejected[r]).sum();
             if n > 0 {
-                let labels = vec![label("tenant", &t.name), label("reason", refusal_label(r))];
+                let labels = vec![label("tenant", t), label("reason", refusal_label(r))];
                 rejected.push(labeled(counter(n as f64), labels));
             }
         }
@@ -527,10 +529,7 @@ async fn tenant_families(x: &mut Exposition, config: &Config, shards: &[ShardSna
             wait.get_or_insert_with(LatencySnapshot::default).merge(w);
         }
         if let Some(w) = wait {
-            waits.push(labeled(
-                histogram(&w, SECONDS),
-                vec![label("tenant", &t.name)],
-            ));
+            waits.push(labeled(histogram(&w, SECONDS), vec![label("tenant", t)]));
         }
     }
     x.family(
@@ -613,7 +612,13 @@ mod tests {
     fn per_tenant_series_sum_over_shards() {
         let (config, mut shards, d) = one_pool("v1");
         shards.push(shards[0].clone());
-        let text = futures_lite::future::block_on(render(&config, rt::Kind::Epoll, &shards, &d));
+        let text = futures_lite::future::block_on(render(
+            &config,
+            &["default"],
+            rt::Kind::Epoll,
+            &shards,
+            &d,
+        ));
         for line in [
             "tenant_tasks_admitted_total{tenant=\"default\"} 6",
             "tenant_tokens_out_total{tenant=\"default\"} 48",
@@ -634,7 +639,13 @@ mod tests {
     #[test]
     fn histograms_counters_and_escaping_in_the_text_format() {
         let (config, shards, d) = one_pool("v\"1\\");
-        let text = futures_lite::future::block_on(render(&config, rt::Kind::Epoll, &shards, &d));
+        let text = futures_lite::future::block_on(render(
+            &config,
+            &["default"],
+            rt::Kind::Epoll,
+            &shards,
+            &d,
+        ));
         let pool = r#"engine="llamacpp",engine_version="v\"1\\",pool_id="default""#;
         let ttft = |rest: &str| format!("latency_first_token_ms{rest}");
         let block = [

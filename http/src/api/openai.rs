@@ -507,7 +507,7 @@ async fn generate(
             .ok_or_else(|| unavailable(MeshError::Gone))?;
         if subscribed != Subscribed::Live {
             return Err(ApiError::internal(format!(
-                "task {task} was admitted but its owner does not stream it"
+                "task {client_id} was admitted but its owner does not stream it"
             )));
         }
         let id = client_id.to_string();
@@ -558,7 +558,7 @@ async fn read_to_end(
             .await
             .ok_or_else(|| unavailable(MeshError::Gone))?;
         if subscribed != Subscribed::Live {
-            return Err(ApiError::internal(format!("task {task} ended unseen")));
+            return Err(ApiError::internal("the task ended before it was read"));
         }
         while let Ok((frame, _)) = rx.recv_async().await {
             let Some((id, parsed)) = chunks::parse(&frame) else {

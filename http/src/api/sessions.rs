@@ -4,11 +4,9 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use orchd_engine::frame::BudgetRemaining;
-use orchd_engine::tenant::scoped;
 use orchd_engine::ApiError;
-use uuid::Uuid;
 
-use crate::api::tasks::parse_id;
+use crate::api::tasks::id_of;
 use crate::app::ShardApp;
 use crate::auth::Caller;
 use crate::body::Body;
@@ -24,18 +22,13 @@ struct SessionDoc {
     budgets: BudgetRemaining,
 }
 
-/// A session id of the path as orchd keeps it for the caller's tenant (another
-/// tenant's session of the same id is not this one).
-fn session_of(who: &Caller, raw_id: &str) -> Result<Uuid, ApiError> {
-    Ok(scoped(&who.name, parse_id(raw_id, "session id")?))
-}
-
 pub(crate) async fn get(
     app: &ShardApp,
     who: &Caller,
     raw_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let id = session_of(who, raw_id)?;
+    // Another tenant's session of the same id is not this one.
+    let (_, id) = id_of(who, raw_id, "session id")?;
     let v = app.shard.dispatcher().session(id).await?;
     let doc = SessionDoc {
         ttl_ms_remaining: v.ttl_ms_remaining,
@@ -55,7 +48,8 @@ pub(crate) async fn delete(
     who: &Caller,
     raw_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let id = session_of(who, raw_id)?;
+    // Another tenant's session of the same id is not this one.
+    let (_, id) = id_of(who, raw_id, "session id")?;
     app.shard.dispatcher().delete_session(id).await?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;

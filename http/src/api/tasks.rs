@@ -91,7 +91,9 @@ pub(crate) async fn admit(
         admitted.task_id,
         orchd_shards::shard_for(admitted.pool, app.shard.shard_count()),
     );
-    bump(&app.shard.probe.tenant(who.id).admitted);
+    if !admitted.duplicate {
+        bump(&app.shard.probe.tenant(who.id).admitted);
+    }
     tracing::info!(
         correlation_id = %correlation_id, tenant = %who.name, task_id = %client_id, pool = %pool.id,
         queue_position = admitted.queue_position, predicted_start_ms = admitted.predicted_start_ms,
@@ -112,7 +114,18 @@ pub(crate) fn count_refusal(app: &ShardApp, who: &Caller, e: &ApiError) {
     match e.policy_label {
         Some(Policy::Reject) => bump(&probe.backpressure[engine][0]),
         Some(Policy::DropLru) => bump(&probe.backpressure[engine][1]),
-        _ => {}
+        Some(
+            Policy::SessionsFull
+            | Policy::SessionTurns
+            | Policy::BudgetTokens
+            | Policy::BudgetTime
+            | Policy::BudgetCost
+            | Policy::TenantQueued
+            | Policy::TenantTokens
+            | Policy::Overloaded
+            | Policy::ShardOverloaded,
+        )
+        | None => {}
     }
 }
 
@@ -143,10 +156,11 @@ async fn locate(app: &ShardApp, client_id: Uuid, task: Uuid) -> Result<ShardId, 
         .ok_or_else(|| ApiError::not_found(format!("task {client_id} is not known")))
 }
 
-/// A task id of the path as the caller's tenant knows it (`None`: not a UUID, 400) and
-/// the scoped id orchd keeps it by: another tenant's task is never found (404).
-pub(crate) fn task_of(who: &Caller, raw_id: &str) -> Result<(Uuid, Uuid), ApiError> {
-    let id = parse_id(raw_id, "task id")?;
+/// An id of the path (a task's or a session's, `what`) as the caller's tenant knows it
+/// (400 if not a UUID), and the scoped id orchd keeps it by: another tenant's is never
+/// found.
+pub(crate) fn id_of(who: &Caller, raw_id: &str, what: &str) -> Result<(Uuid, Uuid), ApiError> {
+    let id = parse_id(raw_id, what)?;
     Ok((id, scoped(&who.name, id)))
 }
 
@@ -157,7 +171,7 @@ pub(crate) async fn stream(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let (client_id, task) = task_of(who, raw_id)?;
+    let (client_id, task) = id_of(who, raw_id, "task id")?;
     let openai = match query_param(query, "format") {
         None => false,
         Some("openai") => true,
@@ -242,7 +256,7 @@ pub(crate) async fn cancel(
     who: &Caller,
     raw_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let (client_id, task) = task_of(who, raw_id)?;
+    let (client_id, task) = id_of(who, raw_id, "task id")?;
     let owner = locate(app, client_id, task).await?;
     let tokens = app
         .shard

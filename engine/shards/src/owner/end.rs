@@ -83,7 +83,11 @@ impl Owner {
         if let Some(reason) = how.cut_short() {
             t.probe.count_canceled(reason);
         }
-        let (tokens, tenant, asked) = (t.tokens_out, t.spec.tenant, t.spec.max_tokens);
+        let (tokens, tenant) = (t.tokens_out, t.spec.tenant);
+        let (asked, used) = (
+            t.spec.tokens_asked(),
+            t.spec.prompt_tokens() + u64::from(tokens),
+        );
         if let Some(started) = t.started_at {
             let held = (now - started).as_micros() as u64;
             t.tenant.slot_us.set(t.tenant.slot_us.get() + held);
@@ -94,7 +98,7 @@ impl Owner {
         };
         if ran {
             p.busy = p.busy.saturating_sub(1);
-            p.queue.ended(tenant, asked, tokens);
+            p.queue.ended(tenant, asked, used);
         } else {
             p.queue.remove(tenant, class, id);
         }

@@ -38,7 +38,8 @@ pub(crate) struct Share {
 struct Waiting {
     seq: u64,
     id: Uuid,
-    cost: u32,
+    /// The tokens it may be granted (its prompt and `max_tokens`).
+    cost: u64,
 }
 
 #[derive(Debug)]
@@ -48,27 +49,55 @@ struct Lane {
     queued: [VecDeque<Waiting>; 2],
     running: u32,
     counter: u64,
+    /// Where the last lift put the counter: refunds of tasks charged before it never
+    /// take the counter below it (else a task charged a large cost before the lift and
+    /// stopped early after it would buy credit the lift was to deny).
+    lifted_to: u64,
 }
 
 impl Lane {
+    fn new(share: Share) -> Lane {
+        Lane {
+            share,
+            queued: [VecDeque::new(), VecDeque::new()],
+            running: 0,
+            counter: 0,
+            lifted_to: 0,
+        }
+    }
+
     fn waiting(&self) -> bool {
         !self.queued[0].is_empty() || !self.queued[1].is_empty()
     }
 
-    fn head(&self) -> Option<&Waiting> {
-        self.queued[0].front().or(self.queued[1].front())
+    fn waiting_len(&self) -> usize {
+        self.queued[0].len() + self.queued[1].len()
     }
 
-    fn capped(&self) -> bool {
-        self.share.max_running > 0 && self.running >= self.share.max_running
+    /// Its `k`-th waiting task in its order (interactive, then batch).
+    fn nth(&self, k: usize) -> Option<&Waiting> {
+        let n0 = self.queued[0].len();
+        if k < n0 {
+            self.queued[0].get(k)
+        } else {
+            self.queued[1].get(k - n0)
+        }
     }
 
-    fn charge(&self, tokens: u32) -> u64 {
-        (u64::from(tokens) * SCALE / u64::from(self.share.weight.max(1))).max(1)
+    /// How many more of its tasks may take slots now (`usize::MAX`: no cap).
+    fn room(&self) -> usize {
+        match self.share.max_running {
+            0 => usize::MAX,
+            cap => cap.saturating_sub(self.running) as usize,
+        }
+    }
+
+    fn charge(&self, tokens: u64) -> u64 {
+        (tokens * SCALE / u64::from(self.share.weight.max(1))).max(1)
     }
 }
 
-/// A task that took a slot: whose it is and what its tenant was charged.
+/// A task that took a slot, and its tenant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Popped {
     pub tenant: TenantId,
@@ -77,13 +106,13 @@ pub(crate) struct Popped {
 
 #[derive(Debug)]
 pub(crate) struct FairQueue {
-    /// By [`TenantId`].
+    /// By [`TenantId`]: every tenant of the config has one.
     lanes: Vec<Lane>,
     /// Arrival order, across tenants.
     seq: u64,
     len: [usize; 2],
-    /// The counter of the tenant served last: where an idle tenant starts when
-    /// nobody is waiting.
+    /// The highest counter a task was served at: where an idle tenant starts when no
+    /// tenant that may start a task is waiting.
     served_at: u64,
 }
 
@@ -91,37 +120,11 @@ impl FairQueue {
     /// One lane per tenant, in [`TenantId`] order.
     pub(crate) fn new(shares: &[Share]) -> FairQueue {
         FairQueue {
-            lanes: shares
-                .iter()
-                .map(|&share| Lane {
-                    share,
-                    queued: [VecDeque::new(), VecDeque::new()],
-                    running: 0,
-                    counter: 0,
-                })
-                .collect(),
+            lanes: shares.iter().map(|&share| Lane::new(share)).collect(),
             seq: 0,
             len: [0, 0],
             served_at: 0,
         }
-    }
-
-    fn lane(&mut self, t: TenantId) -> &mut Lane {
-        let i = t.index();
-        if i >= self.lanes.len() {
-            // Tenants unknown to the config (tests driving the owner directly) get
-            // weight 1 and no cap.
-            self.lanes.resize_with(i + 1, || Lane {
-                share: Share {
-                    weight: 1,
-                    max_running: 0,
-                },
-                queued: [VecDeque::new(), VecDeque::new()],
-                running: 0,
-                counter: 0,
-            });
-        }
-        &mut self.lanes[i]
     }
 
     /// Tasks waiting, by class.
@@ -133,33 +136,45 @@ impl FairQueue {
         self.len[0] + self.len[1]
     }
 
-    /// A task joins its tenant's lane (`cost`: the tokens it may be granted).
-    pub(crate) fn push(&mut self, tenant: TenantId, class: usize, id: Uuid, cost: u32) {
+    /// Tenants with tasks waiting.
+    pub(crate) fn tenants_waiting(&self) -> usize {
+        self.lanes.iter().filter(|l| l.waiting()).count()
+    }
+
+    /// A task joins its tenant's lane (`cost`: the tokens it may be granted). A tenant
+    /// that was not waiting starts just below the smallest counter of the tenants
+    /// waiting that may start a task (a tenant at its cap is not competing for slots:
+    /// its counter would let newcomers bank credit).
+    pub(crate) fn push(&mut self, tenant: TenantId, class: usize, id: Uuid, cost: u64) {
         let floor = self
             .lanes
             .iter()
-            .filter(|l| l.waiting())
+            .filter(|l| l.waiting() && l.room() > 0)
             .map(|l| l.counter)
             .min()
             .unwrap_or(self.served_at);
         let seq = self.seq;
         self.seq += 1;
-        let lane = self.lane(tenant);
+        let lane = &mut self.lanes[tenant.index()];
         if !lane.waiting() {
-            lane.counter = lane.counter.max(floor.saturating_sub(1));
+            let lifted = floor.saturating_sub(1);
+            if lifted > lane.counter {
+                lane.counter = lifted;
+                lane.lifted_to = lifted;
+            }
         }
         lane.queued[class].push_back(Waiting { seq, id, cost });
         self.len[class] += 1;
     }
 
-    /// The task that takes the next free slot, if any may: the head of the waiting,
-    /// uncapped tenant with the smallest counter. Its tenant is charged its cost.
+    /// The task that takes the next free slot, if any may: the head of the waiting
+    /// tenant under its cap with the smallest counter. Its tenant is charged its cost.
     pub(crate) fn pop(&mut self) -> Option<Popped> {
         let i = (0..self.lanes.len())
-            .filter(|&i| self.lanes[i].waiting() && !self.lanes[i].capped())
+            .filter(|&i| self.lanes[i].waiting() && self.lanes[i].room() > 0)
             .min_by_key(|&i| {
                 let l = &self.lanes[i];
-                (l.counter, l.head().map_or(u64::MAX, |w| w.seq))
+                (l.counter, l.nth(0).map_or(u64::MAX, |w| w.seq))
             })?;
         let lane = &mut self.lanes[i];
         let class = usize::from(lane.queued[0].is_empty());
@@ -176,21 +191,21 @@ impl FairQueue {
         })
     }
 
-    /// A task that took a slot ended having produced `used` of the `cost` tokens its
-    /// tenant was charged: the rest is given back.
-    pub(crate) fn ended(&mut self, tenant: TenantId, cost: u32, used: u32) {
-        let lane = self.lane(tenant);
+    /// A task that took a slot ended having used `used` of the `cost` tokens its
+    /// tenant was charged: the rest is given back (never below its last lift).
+    pub(crate) fn ended(&mut self, tenant: TenantId, cost: u64, used: u64) {
+        let lane = &mut self.lanes[tenant.index()];
         lane.running = lane.running.saturating_sub(1);
         let back = lane
             .charge(cost)
             .saturating_sub(lane.charge(used.min(cost)));
-        lane.counter = lane.counter.saturating_sub(back);
+        lane.counter = lane.counter.saturating_sub(back).max(lane.lifted_to);
     }
 
     /// A waiting task leaves (canceled, evicted, ended by a drain). False if it was
     /// not waiting.
     pub(crate) fn remove(&mut self, tenant: TenantId, class: usize, id: Uuid) -> bool {
-        let lane = self.lane(tenant);
+        let lane = &mut self.lanes[tenant.index()];
         let Some(at) = lane.queued[class].iter().position(|w| w.id == id) else {
             return false;
         };
@@ -199,24 +214,32 @@ impl FairQueue {
         true
     }
 
-    /// The task a full drop-lru queue evicts: the oldest waiting batch task, else the
-    /// oldest waiting task.
-    pub(crate) fn victim(&self) -> Option<Uuid> {
-        let oldest = |class: usize| {
+    /// The task a full drop-lru queue evicts to admit one of `tenant`'s: the
+    /// submitter's own oldest waiting batch task, else its oldest waiting task; when
+    /// it has none waiting, those of the waiting tenant furthest past its share (the
+    /// highest counter). With one tenant: the pool's oldest batch task, else its
+    /// oldest task, as SPEC has it.
+    pub(crate) fn victim(&self, tenant: TenantId) -> Option<Uuid> {
+        let own = &self.lanes[tenant.index()];
+        let lane = if own.waiting() {
+            own
+        } else {
             self.lanes
                 .iter()
-                .filter_map(|l| l.queued[class].front())
-                .min_by_key(|w| w.seq)
-                .map(|w| w.id)
+                .filter(|l| l.waiting())
+                .max_by_key(|l| (l.counter, Reverse(l.nth(0).map_or(0, |w| w.seq))))?
         };
-        oldest(1).or_else(|| oldest(0))
+        lane.queued[1]
+            .front()
+            .or(lane.queued[0].front())
+            .map(|w| w.id)
     }
 
     /// Every waiting task in the order they would take slots if nothing else arrived
     /// and every task used what it asked for: the queue positions (1, 2, ...) as they
-    /// stand now. Caps are not foreseen (when a capped tenant's tasks end is not
-    /// known): its tasks keep their place in the order and start when it is under
-    /// its cap again.
+    /// stand now. A tenant at its `max_running` places only the tasks it has room for
+    /// in the fair order; the rest follow every task that may start before them (when
+    /// its running tasks end is not known), in the fair order among themselves.
     pub(crate) fn order(&self) -> Vec<Uuid> {
         let mut out = Vec::with_capacity(self.len());
         let waiting: Vec<usize> = (0..self.lanes.len())
@@ -227,28 +250,36 @@ impl FairQueue {
             out.extend(l.queued[0].iter().chain(l.queued[1].iter()).map(|w| w.id));
             return out;
         }
-        // (counter, head's arrival, lane, how many of its tasks are placed)
-        let mut heap = BinaryHeap::new();
-        let nth = |l: &Lane, k: usize| {
-            let n0 = l.queued[0].len();
-            if k < n0 {
-                l.queued[0].get(k)
-            } else {
-                l.queued[1].get(k - n0)
+        // Per lane: its counter as the projection charges it, and how many of its
+        // tasks are placed.
+        let mut at: Vec<(u64, usize)> = self.lanes.iter().map(|l| (l.counter, 0)).collect();
+        for room_bound in [true, false] {
+            // (counter, next task's arrival, lane)
+            let mut heap = BinaryHeap::new();
+            let limit = |l: &Lane| {
+                if room_bound {
+                    l.room().min(l.waiting_len())
+                } else {
+                    l.waiting_len()
+                }
+            };
+            for &i in &waiting {
+                let (c, k) = at[i];
+                let l = &self.lanes[i];
+                if k < limit(l) {
+                    heap.push(Reverse((c, l.nth(k).expect("k < waiting").seq, i)));
+                }
             }
-            .copied()
-        };
-        for &i in &waiting {
-            let l = &self.lanes[i];
-            let head = nth(l, 0).expect("waiting");
-            heap.push(Reverse((l.counter, head.seq, i, 0usize)));
-        }
-        while let Some(Reverse((counter, _, i, k))) = heap.pop() {
-            let l = &self.lanes[i];
-            let w = nth(l, k).expect("placed only while tasks remain");
-            out.push(w.id);
-            if let Some(next) = nth(l, k + 1) {
-                heap.push(Reverse((counter + l.charge(w.cost), next.seq, i, k + 1)));
+            while let Some(Reverse((_, _, i))) = heap.pop() {
+                let l = &self.lanes[i];
+                let (c, k) = at[i];
+                let w = l.nth(k).expect("placed only while tasks remain");
+                out.push(w.id);
+                at[i] = (c + l.charge(w.cost), k + 1);
+                if k + 1 < limit(l) {
+                    let next = l.nth(k + 1).expect("k + 1 < waiting");
+                    heap.push(Reverse((at[i].0, next.seq, i)));
+                }
             }
         }
         out
@@ -302,7 +333,7 @@ mod tests {
             assert_eq!(p.id, order[(tokens[0] / 30 + tokens[1] / 10) as usize]);
             let cost = if p.tenant == TenantId(0) { 30 } else { 10 };
             tokens[p.tenant.index()] += cost;
-            q.ended(p.tenant, cost as u32, cost as u32);
+            q.ended(p.tenant, cost, cost);
         }
         let share = tokens[0] as f64 / (tokens[0] + tokens[1]) as f64;
         assert!((share - 0.75).abs() < 0.02, "{tokens:?}");
@@ -373,17 +404,93 @@ mod tests {
     }
 
     #[test]
-    fn classes_within_a_tenant_and_eviction_across() {
-        let mut q = queue(&[1, 1]);
+    fn classes_within_a_tenant_and_eviction_of_the_submitters_own_first() {
+        let mut q = queue(&[1, 1, 1]);
         q.push(TenantId(0), 1, id(1), 10);
         q.push(TenantId(1), 1, id(2), 10);
         q.push(TenantId(0), 0, id(3), 10);
-        assert_eq!(q.victim(), Some(id(1)), "oldest batch task");
+        assert_eq!(q.victim(TenantId(0)), Some(id(1)), "its oldest batch task");
+        assert_eq!(q.victim(TenantId(1)), Some(id(2)));
         assert!(q.remove(TenantId(0), 1, id(1)));
         assert!(!q.remove(TenantId(0), 1, id(1)));
-        assert_eq!(q.victim(), Some(id(2)));
-        assert!(q.remove(TenantId(1), 1, id(2)));
-        assert_eq!(q.victim(), Some(id(3)), "else the oldest task");
-        assert_eq!((q.len_of(0), q.len_of(1)), (1, 0));
+        assert_eq!(q.victim(TenantId(0)), Some(id(3)), "else its oldest task");
+        // Across tenants the counters decide (a tie: the older head).
+        assert_eq!(q.pop().unwrap().id, id(2));
+        // A tenant with nothing waiting evicts from the one furthest past its share.
+        q.push(TenantId(1), 1, id(4), 10);
+        assert_eq!(
+            q.victim(TenantId(2)),
+            Some(id(4)),
+            "tenant 1 was served more"
+        );
+        assert_eq!((q.len_of(0), q.len_of(1)), (1, 1));
+    }
+
+    #[test]
+    fn a_capped_tenant_neither_lowers_the_floor_nor_jumps_the_order() {
+        let mut q = FairQueue::new(&[
+            Share {
+                weight: 1,
+                max_running: 1,
+            },
+            Share {
+                weight: 1,
+                max_running: 0,
+            },
+            Share {
+                weight: 1,
+                max_running: 0,
+            },
+        ]);
+        // A (capped at 1) runs one task and waits with two; B is served a lot.
+        for n in 1..=3 {
+            q.push(TenantId(0), 0, id(n), 10);
+        }
+        assert_eq!(q.pop().unwrap().id, id(1));
+        for n in 10..20 {
+            q.push(TenantId(1), 0, id(n), 10);
+        }
+        for _ in 0..8 {
+            let p = q.pop().unwrap();
+            assert_eq!(p.tenant, TenantId(1));
+        }
+        // A's waiting tasks are placed after every task that may start before them.
+        assert_eq!(q.order(), [id(18), id(19), id(2), id(3)]);
+        // C arrives: it starts near B's counter, not A's (A is not competing), so it
+        // alternates with B instead of taking every slot.
+        for n in 20..24 {
+            q.push(TenantId(2), 0, id(n), 10);
+        }
+        let next: Vec<Uuid> = (0..4).map(|_| q.pop().unwrap().id).collect();
+        assert_eq!(next, [id(20), id(18), id(21), id(19)]);
+    }
+
+    #[test]
+    fn a_refund_never_undoes_a_lift() {
+        let mut q = queue(&[1, 1]);
+        for n in 0..300 {
+            q.push(TenantId(0), 0, id(n), 10);
+        }
+        for _ in 0..5 {
+            let p = q.pop().unwrap();
+            q.ended(p.tenant, 10, 10);
+        }
+        // B's huge task takes a slot (charged 1,000 tokens) and runs while A is
+        // served 1,500.
+        q.push(TenantId(1), 0, id(1000), 1_000);
+        assert_eq!(q.pop().unwrap().id, id(1000));
+        for _ in 0..150 {
+            let p = q.pop().unwrap();
+            assert_eq!(p.tenant, TenantId(0));
+            q.ended(p.tenant, 10, 10);
+        }
+        // B submits again (lifted to A's counter), then its huge task stops after one
+        // token: the refund stops at the lift, so B does not take every slot until it
+        // has been granted ~1,000 tokens more.
+        q.push(TenantId(1), 0, id(1001), 10);
+        q.push(TenantId(1), 0, id(1002), 10);
+        q.ended(TenantId(1), 1_000, 1);
+        let next: Vec<Uuid> = (0..4).map(|_| q.pop().unwrap().id).collect();
+        assert_eq!(next, [id(1001), id(155), id(1002), id(156)]);
     }
 }

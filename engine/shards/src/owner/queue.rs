@@ -28,7 +28,7 @@ impl Owner {
             return;
         }
         let victim = match self.pools.get(&new.admitted.pool) {
-            Some(p) if new.admitted.evict => p.queue.victim(),
+            Some(p) if new.admitted.evict => p.queue.victim(new.spec.tenant),
             _ => None,
         };
         if let Some(victim) = victim {
@@ -77,21 +77,27 @@ impl Owner {
             predicted_start_ms: new.admitted.predicted_start_ms,
         };
         run.emit(frame::encode(0, Event::Started, &started), false, now);
-        let (tenant, cost) = (run.spec.tenant, run.spec.max_tokens);
+        let (tenant, cost) = (run.spec.tenant, run.spec.tokens_asked());
         if let Some(p) = self.pools.get_mut(&pool) {
             p.queue.push(tenant, class, id, cost);
         }
         let rc = Rc::new(RefCell::new(run));
         self.tasks.insert(id, Rc::clone(&rc));
         self.pump(pool, now);
-        // Still queued: it hears its place now, whatever stream.position_update_ms
-        // holds back for the tasks already waiting (whose places it may have changed:
-        // `pump` scheduled their update).
+        // Still queued with its tenant alone in the queue: it hears its place now (last
+        // of its class), whatever stream.position_update_ms holds back for the tasks
+        // already waiting. With tenants sharing the queue its place comes with the
+        // update `pump` scheduled (the fair order is worked out once for all of them,
+        // not once per arrival).
         let mut t = rc.borrow_mut();
         if t.state == State::Queued && t.position == u32::MAX {
-            if let Some(p) = self.pools.get(&pool) {
-                let at = p.queue.order().iter().position(|q| *q == id);
-                t.position = at.map_or(p.depth(), |i| i as u32 + 1);
+            if let Some(p) = self
+                .pools
+                .get(&pool)
+                .filter(|p| p.queue.tenants_waiting() == 1)
+            {
+                let ahead: usize = (0..=class).map(|c| p.queue.len_of(c)).sum();
+                t.position = ahead as u32;
                 t.last_metrics_at = now;
                 let f = t.metrics_frame(p, now);
                 t.emit(f, false, now);
