@@ -7,8 +7,9 @@
 #  - fifo:   the same flood and b's user presenting a's key: one tenant, the queue is
 #            first come first served (what every tenant got before issue 19);
 #  - shares: a (weight 3, 64-token tasks) and b (weight 1, 16-token tasks) both flooding
-#            at 62 tasks/s: the tokens each was granted over the window, from orchd's
-#            own tenant_tokens_out_total.
+#            at 62 tasks/s: the tokens each produced over the window (orchd's own
+#            tenant_tokens_out_total) and the tokens granted (produced + prompts, what
+#            the fair share counts).
 # b's time to first token (orchd-load, from sending the POST to the first token's bytes)
 # is what each line reports; the flood starts 3 s before b's user and outlives it.
 # A fresh orchd (2 shards) per scenario, so no backlog carries over. Loopback only;
@@ -65,6 +66,9 @@ for r in $(seq "$ROUNDS"); do
   start 1 1; flood key-a 64 $((DUR + 6)); sleep 3; echo "fifo $(user_b key-a)"; stop "$FLOOD"; stop "$PID"
   start 3 1; flood key-a 64 $((DUR + 6)); FA=$FLOOD; flood key-b 16 $((DUR + 6)); FB=$FLOOD
   sleep 3; a0=$(tokens_of a); b0=$(tokens_of b); sleep "$DUR"; a1=$(tokens_of a); b1=$(tokens_of b)
-  awk -v a="$((a1 - a0))" -v b="$((b1 - b0))" 'BEGIN {printf "shares a=%d b=%d a:b=%.3f (weights 3:1)\n", a, b, a / b}'
+  # Granted = produced + prompts ("load test": 2 tokens a task; a's tasks are 64 tokens,
+  # b's 16): what the fair share counts.
+  awk -v a="$((a1 - a0))" -v b="$((b1 - b0))" 'BEGIN {ga = a + 2 * a / 64; gb = b + 2 * b / 16
+    printf "shares produced a:b=%d:%d=%.3f granted a:b=%.0f:%.0f=%.3f (weights 3:1)\n", a, b, a / b, ga, gb, ga / gb}'
   stop "$FA"; stop "$FB"; stop "$PID"
 done
