@@ -294,6 +294,14 @@ mod tests {
         Uuid::from_u128(n)
     }
 
+    /// Starts `n` tasks of 10 tokens and ends each having used them all.
+    fn serve(q: &mut FairQueue, n: usize) {
+        for _ in 0..n {
+            let p = q.pop().unwrap();
+            q.ended(p.tenant, 10, 10);
+        }
+    }
+
     fn queue(weights: &[u32]) -> FairQueue {
         let shares: Vec<Share> = weights
             .iter()
@@ -345,10 +353,7 @@ mod tests {
         for n in 0..50 {
             q.push(TenantId(0), 0, id(n), 10);
         }
-        for _ in 0..10 {
-            let p = q.pop().unwrap();
-            q.ended(p.tenant, 10, 10);
-        }
+        serve(&mut q, 10);
         // B arrives: its counter starts just below A's (it was idle: no credit
         // banked), so its task goes next, then the two alternate.
         q.push(TenantId(1), 0, id(100), 10);
@@ -471,10 +476,7 @@ mod tests {
         for n in 0..300 {
             q.push(TenantId(0), 0, id(n), 10);
         }
-        for _ in 0..5 {
-            let p = q.pop().unwrap();
-            q.ended(p.tenant, 10, 10);
-        }
+        serve(&mut q, 5);
         // B's huge task takes a slot (charged 1,000 tokens) and runs while A is
         // served 1,500.
         q.push(TenantId(1), 0, id(1000), 1_000);
