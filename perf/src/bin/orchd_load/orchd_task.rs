@@ -48,6 +48,8 @@ pub async fn orchd_task(
         "engine": args.engine, "ctx": 8192, "priority": "interactive", "max_tokens": args.max_tokens,
         "deadline_ms": 600000, "prompt": "load test", "kv_hint": "cold",
     });
+    // The shard that answered the POST, if orchd said.
+    let mut shard: Option<usize> = None;
     let submitted = loop {
         if sender.ready().await.is_err() {
             match connect(args.addr).await {
@@ -73,6 +75,7 @@ pub async fn orchd_task(
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         };
         let retry_ms = header("x-backoff-ms");
+        shard = header("x-orchd-shard").and_then(|n| usize::try_from(n).ok());
         let retry_after = header("retry-after");
         let answer = resp.into_body().collect().await.map(|b| b.to_bytes());
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -92,9 +95,11 @@ pub async fn orchd_task(
         }
         match (status, retry_ms) {
             (StatusCode::ACCEPTED, _) => {
-                let _ = local
-                    .submit_us
-                    .record(t0.elapsed().as_micros().max(1) as u64);
+                let us = t0.elapsed().as_micros().max(1) as u64;
+                let _ = local.submit_us.record(us);
+                if let Some(n) = shard {
+                    let _ = local.shard(n).0.record(us);
+                }
                 break Some(true);
             }
             (StatusCode::TOO_MANY_REQUESTS, Some(ms)) if retry && Instant::now() < deadline => {
@@ -180,6 +185,10 @@ pub async fn orchd_task(
                         counters.violations.fetch_add(1, Ordering::Relaxed);
                     }
                     next_index += 1;
+                    if let (None, Some(n)) = (last_token, shard) {
+                        let us = (now - t0).as_micros().max(1) as u64;
+                        let _ = local.shard(n).1.record(us);
+                    }
                     local.token(t0, &mut last_token, now);
                     if cancel_sent.is_none() && Some(next_index) == args.cancel_after {
                         cancel_sent = Some(Instant::now());

@@ -53,6 +53,18 @@ pub fn summary(
     });
     let mut summary = summary;
     summary["malformed_429"] = counters.malformed_refusals.load(Ordering::Relaxed).into();
+    // By the shard that answered the POST (orchd's X-Orchd-Shard), when it says.
+    summary["by_shard"] = s
+        .by_shard
+        .iter()
+        .enumerate()
+        .map(|(i, (submit, ttft))| {
+            serde_json::json!({"shard": i, "tasks": submit.len(),
+                "submit_ms": {"p50": q(submit, 0.5), "p99": q(submit, 0.99)},
+                "ttft_ms": {"p50": q(ttft, 0.5), "p99": q(ttft, 0.99)}})
+        })
+        .collect::<Vec<_>>()
+        .into();
     if let Some(n) = arrivals {
         summary["mode"] = "open".into();
         summary["rate"] = args.rate.into();

@@ -13,6 +13,9 @@ pub struct Stats {
     pub task_us: Histogram<u64>,
     /// With --cancel-after: cancel sent -> terminal frame received.
     pub cancel_us: Histogram<u64>,
+    /// Submit and first-token latency by the shard that answered the POST (orchd's
+    /// `X-Orchd-Shard`): where admission ran in place, and where it crossed cores.
+    pub by_shard: Vec<(Histogram<u64>, Histogram<u64>)>,
 }
 
 impl Stats {
@@ -24,7 +27,17 @@ impl Stats {
             itl_us: h(),
             task_us: h(),
             cancel_us: h(),
+            by_shard: Vec::new(),
         }
+    }
+
+    /// The (submit, first token) histograms of `shard`.
+    pub fn shard(&mut self, shard: usize) -> &mut (Histogram<u64>, Histogram<u64>) {
+        while self.by_shard.len() <= shard {
+            let h = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+            self.by_shard.push((h(), h()));
+        }
+        &mut self.by_shard[shard]
     }
 
     /// Records a token arriving at `now`: time to first token from `t0` for the first,
@@ -44,6 +57,11 @@ impl Stats {
         self.itl_us.add(&other.itl_us).expect("same bounds");
         self.task_us.add(&other.task_us).expect("same bounds");
         self.cancel_us.add(&other.cancel_us).expect("same bounds");
+        for (i, (submit, ttft)) in other.by_shard.iter().enumerate() {
+            let mine = self.shard(i);
+            mine.0.add(submit).expect("same bounds");
+            mine.1.add(ttft).expect("same bounds");
+        }
     }
 }
 
