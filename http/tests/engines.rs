@@ -88,6 +88,18 @@ fn streams_through_both_adapters_match_the_engine_token_for_token() {
         }
         let conns = engine.connections.load(Ordering::Relaxed);
         assert!(conns < 6, "{conns} connections for 6 tasks and some probes");
+        // The pool's series name its replica: the engine's host:port (issue 20).
+        let replica = engine.url().trim_start_matches("http://").to_string();
+        let text = s.get("/metrics", &[]).text();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("tokens_out_total{"))
+            .expect("tokens_out_total");
+        assert!(
+            line.contains(&format!("replica_id=\"{replica}\"")),
+            "{line}"
+        );
+        assert!(line.ends_with(" 27"), "12 + 5 x 3 tokens: {line}");
     });
 }
 

@@ -16,7 +16,7 @@ use prometheus::proto::{
 use prometheus::TextEncoder;
 
 use orchd_engine::admission::PoolState;
-use orchd_engine::config::PoolConfig;
+use orchd_engine::config::{AdapterKind, PoolConfig};
 use orchd_engine::{ApiError, CancelReason, Config, Engine, ErrorKind, ModelState};
 use orchd_shards::metrics::{
     refusal_label, LatencySnapshot, PoolSample, TenantSnapshot, BUCKETS_MS, REFUSALS,
@@ -117,10 +117,31 @@ fn labeled(mut m: Metric, labels: Vec<LabelPair>) -> Metric {
     m
 }
 
+/// `replica_id` of a pool's series: the engine replica serving it (issue 20) — `mock`
+/// for the mock, the engine URL's `host:port` for an HTTP engine (one replica per pool
+/// today).
+fn replica_of(pool: &PoolConfig) -> String {
+    let url = pool
+        .adapter
+        .url
+        .as_deref()
+        .map(orchd_engine::config::parse_http_url);
+    match (pool.adapter.kind, url) {
+        (AdapterKind::Mock, _) => "mock".to_string(),
+        (_, Some(Ok(u))) if u.host.contains(':') && !u.host.starts_with('[') => {
+            format!("[{}]:{}", u.host, u.port)
+        }
+        (_, Some(Ok(u))) => format!("{}:{}", u.host, u.port),
+        // An engine URL that does not parse leaves the pool unusable (its tasks fail,
+        // startup logs why); the URL itself is not echoed into a label.
+        (_, _) => "unusable".to_string(),
+    }
+}
+
 /// A configured pool and its sample from the shard that owns it.
 struct Pool<'a> {
     cfg: &'a PoolConfig,
-    /// `replica_id`: the owner shard.
+    /// `replica_id`: the pool's engine replica ([`replica_of`]).
     replica: String,
     sample: &'a PoolSample,
 }
@@ -225,11 +246,10 @@ pub(crate) async fn render(
     // Each pool lives on exactly one shard: pair every configured pool with its sample.
     let mut pools: Vec<Pool<'_>> = shards
         .iter()
-        .enumerate()
-        .flat_map(|(shard, snap)| {
+        .flat_map(|snap| {
             snap.pools.iter().map(move |sample| Pool {
                 cfg: &config.pools[sample.pool],
-                replica: format!("shard-{shard}"),
+                replica: replica_of(&config.pools[sample.pool]),
                 sample,
             })
         })
@@ -678,7 +698,7 @@ mod tests {
         for line in [
             format!("queue_wait_seconds_bucket{{{pool},priority=\"batch\",le=\"0.00025\"}} 0"),
             format!("queue_depth{{{pool},priority=\"interactive\"}} 4"),
-            format!("vram_used_bytes{{{pool},replica_id=\"shard-0\",device=\"mock0\"}} 8589934592"),
+            format!("vram_used_bytes{{{pool},replica_id=\"mock\",device=\"mock0\"}} 8589934592"),
             format!("pool_ready{{{pool}}} 1"),
             "runtime_info{runtime=\"epoll\"} 1".into(),
             "tasks_rejected_total{engine=\"triton\",reason=\"INTERNAL\"} 0".into(),
