@@ -83,6 +83,8 @@ impl Prometheus {
             _dir: TempDir(dir),
         };
         try_wait_until(Duration::from_secs(20), "prometheus ready", || {
+            // Connect first: a refused connection is the usual answer while it starts.
+            std::net::TcpStream::connect(p.addr).ok()?;
             orchd_testkit::try_send(p.addr, "GET", "/-/ready", b"").filter(|r| r.status == 200)
         })
         .expect("prometheus answers /-/ready");
