@@ -212,11 +212,26 @@ fn a_refused_engine_makes_the_pool_unready_until_it_answers_again() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["code"], "POOL_UNREADY");
     assert!(r.header("retry-after").is_some());
+    // Its pool_ready says so too (what the OrchdPoolNotReady alert reads).
+    let ready = |s: &TestServer| {
+        let text = s.get("/metrics", &[]).text();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("pool_ready{"))
+            .map(str::to_string);
+        line.expect("pool_ready")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(ready(&s), "0");
     // The engine comes back: the health probe notices and admission resumes.
     let _engine = FakeEngine::start_on(port);
     wait_until(Duration::from_secs(5), "the pool to be ready again", || {
         s.get("/v1/pools/real/health", &[]).json()["ready"] == true
     });
+    assert_eq!(ready(&s), "1");
     let events = run(&s, json!({"max_tokens": 4}));
     assert_eq!(tokens(&events), engine_tokens(4));
 }

@@ -117,13 +117,39 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// An alert's expression without its threshold: what it compares must exist.
-fn signal(alert: &str) -> &str {
-    [" > ", " < ", " == ", " >= ", " <= ", " != "]
-        .iter()
-        .filter_map(|op| alert.rfind(op))
-        .max()
-        .map_or(alert, |at| alert[..at].trim())
+/// An alert's expression without its thresholds: every comparison with a number
+/// (outside label matchers) removed, so what the alert compares must exist.
+fn signal(alert: &str) -> String {
+    let b = alert.as_bytes();
+    let (mut out, mut i, mut braces) = (String::new(), 0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'{' => braces += 1,
+            b'}' => braces -= 1,
+            _ => {}
+        }
+        let op = [">=", "<=", "==", "!=", ">", "<"]
+            .into_iter()
+            .find(|op| braces == 0 && alert[i..].starts_with(op));
+        if let Some(op) = op {
+            let rest = alert[i + op.len()..].trim_start();
+            let number = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            if number > 0 {
+                i = alert.len() - rest.len() + number;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The value of a sample of an instant query.
+fn value(sample: &Value) -> f64 {
+    sample["value"][1].as_str().unwrap().parse().unwrap()
 }
 
 /// Every expression of the dashboard's panels, its variables substituted as Grafana
@@ -167,10 +193,21 @@ fn bucket_of(ms: f64) -> (f64, f64) {
 }
 
 #[test]
+fn thresholds_come_off_alerts_but_not_label_matchers() {
+    assert_eq!(signal(r#"up{job="orchd"} == 0"#), r#"up{job="orchd"}"#);
+    assert_eq!(
+        signal("a{r=~\"x|y\",s!=\"z\"} > 2000\nand on (p)\nb > 0.05"),
+        "a{r=~\"x|y\",s!=\"z\"} and on (p) b"
+    );
+    assert_eq!(signal("c / d > 0.1"), "c / d");
+}
+
+#[test]
 #[ignore = "needs prometheus (Debian's prometheus package; .ci/run installs it)"]
 fn every_rule_dashboard_and_readme_expression_answers_from_a_live_orchd() {
     // A small pool, so that a few users also meet a full queue (429s); 300 ms to the
-    // first token puts every task's first token well inside one bucket (256-512 ms).
+    // first token (more for a task that queued) keeps the p99 away from a bucket's
+    // edge, so the client's and Prometheus' p99 land in one bucket.
     let mut c = TestServer::config(2);
     let p = &mut c.pools[0];
     p.slots = 4;
@@ -232,14 +269,14 @@ fn every_rule_dashboard_and_readme_expression_answers_from_a_live_orchd() {
                     exprs.push((format!("recorded {name}"), name.to_string()));
                     exprs.push((format!("rule {name}"), query.to_string()));
                 }
-                _ => exprs.push((format!("alert {name}"), signal(query).to_string())),
+                _ => exprs.push((format!("alert {name}"), signal(query))),
             }
         }
     }
     assert_eq!(
         exprs.len(),
-        2 * 9 + 6,
-        "the rules file's 9 records and 6 alerts"
+        2 * 11 + 6,
+        "the rules file's 11 records and 6 alerts"
     );
     exprs.extend(
         dashboard_exprs()
@@ -249,21 +286,45 @@ fn every_rule_dashboard_and_readme_expression_answers_from_a_live_orchd() {
     let readme = readme_exprs();
     assert!(readme.len() >= 3, "README's examples: {readme:?}");
     exprs.extend(readme.into_iter().map(|e| ("README".into(), e)));
+    // Every expression has a finite sample (a NaN of an empty histogram is no answer).
     let empty: Vec<String> = exprs
         .iter()
-        .filter(|(_, e)| prom.query(e).is_empty())
+        .filter(|(_, e)| !prom.query(e).iter().any(|v| value(v).is_finite()))
         .map(|(from, e)| format!("{from}: {e}"))
         .collect();
-    assert!(empty.is_empty(), "no samples:\n{}", empty.join("\n"));
+    assert!(empty.is_empty(), "no finite samples:\n{}", empty.join("\n"));
+    // ... and those the load moves have moved.
+    for moved in [
+        "orchd:tokens_out:rate5m",
+        "orchd:shard_busy:ratio_1m",
+        "orchd:first_tokens:rate5m",
+    ] {
+        let v = prom.query(moved);
+        assert!(v.iter().any(|v| value(v) > 0.0), "{moved}: {v:?}");
+    }
+    // The 429 share is the clients' own.
+    let (refused, admitted) = (
+        refused.load(Ordering::Relaxed) as f64,
+        ttft_ms.lock().unwrap().len() as f64,
+    );
+    let share = value(&prom.query("orchd:submissions_429:ratio_5m")[0]);
+    let theirs = refused / (refused + admitted);
+    eprintln!("429 share: Prometheus {share:.3}, the clients {theirs:.3}");
+    assert!(
+        (share - theirs).abs() < 0.05,
+        "429 share: Prometheus {share:.3}, the clients {theirs:.3}"
+    );
+    // The dashboard's pool variable lists the pool.
+    let pools = prom.get("/api/v1/label/pool_id/values?match[]=pool_ready");
+    assert_eq!(pools["data"], json!(["default"]), "{pools}");
 
     // Prometheus' p99 of the first token lands in the bucket of the client's p99.
     let mut ttft = ttft_ms.lock().unwrap().clone();
     ttft.sort_by(f64::total_cmp);
     assert!(ttft.len() >= 20, "{} first tokens", ttft.len());
     let client_p99 = ttft[(ttft.len() * 99).div_ceil(100) - 1];
-    let q = "histogram_quantile(0.99, sum by (le) (rate(latency_first_token_ms_bucket[5m])))";
-    let v = prom.query(q);
-    let server_p99: f64 = v[0]["value"][1].as_str().unwrap().parse().unwrap();
+    let v = prom.query(r#"orchd:latency_first_token_ms:p99_5m{priority="interactive"}"#);
+    let server_p99 = value(&v[0]);
     let (lo, hi) = bucket_of(client_p99);
     assert!(
         lo < server_p99 && server_p99 <= hi,

@@ -207,8 +207,9 @@ pub struct DispatcherSnapshot {
     pub models: Vec<(String, ModelState)>,
     /// Model verifications on reload: [engine][ok, failed].
     pub catalog: [[u64; 2]; 4],
-    /// Each pool's state, by config index.
-    pub pool_states: Vec<PoolState>,
+    /// Whether each pool admits tasks now (its state and its engine's health, as
+    /// admission sees them), by config index.
+    pub pools_ready: Vec<bool>,
 }
 
 /// Everything a scrape reads from one shard.

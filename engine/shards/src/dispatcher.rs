@@ -104,7 +104,7 @@ impl Dispatcher {
                 let _ = reply.send(DispatcherSnapshot {
                     models: adm.model_states().to_vec(),
                     catalog: adm.catalog,
-                    pool_states: adm.pools.iter().map(|p| p.state).collect(),
+                    pools_ready: adm.pools.iter().map(|p| p.ready()).collect(),
                 });
             }
             DispatcherCommand::Capabilities { reply } => {

@@ -417,6 +417,10 @@ pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
     };
+    if authority.contains('@') {
+        // Credentials in a URL end up in logs and metric labels: api_key carries them.
+        return Err("has credentials (user@): put the key in adapter.api_key".into());
+    }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?),
         None => (authority, 80),
@@ -589,6 +593,9 @@ tokens_per_minute = 2000000000000
         assert_eq!(parse_http_url("http://engine").unwrap().port, 80);
         assert!(parse_http_url("https://x").is_err());
         assert!(parse_http_url("http://:80").is_err());
+        assert!(parse_http_url("http://user:pw@engine:8080")
+            .unwrap_err()
+            .contains("api_key"));
         assert!(parse_http_url("http://x:port").is_err());
     }
 

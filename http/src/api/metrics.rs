@@ -15,7 +15,6 @@ use prometheus::proto::{
 };
 use prometheus::TextEncoder;
 
-use orchd_engine::admission::PoolState;
 use orchd_engine::config::{AdapterKind, PoolConfig};
 use orchd_engine::{ApiError, CancelReason, Config, Engine, ErrorKind, ModelState};
 use orchd_shards::metrics::{
@@ -45,14 +44,6 @@ fn cancel_reasons() -> Vec<&'static str> {
 /// whether it is `now`.
 fn model_states(now: ModelState) -> impl Iterator<Item = (&'static str, bool)> {
     ModelState::ALL.iter().map(move |s| (s.as_str(), *s == now))
-}
-
-/// `pool_ready`: the pool admits tasks.
-fn admits(s: &PoolState) -> bool {
-    matches!(
-        s,
-        PoolState::Ready | PoolState::Reloading { was_drained: false }
-    )
 }
 
 pub(crate) async fn get(app: &ShardApp) -> Result<Response<Body>, ApiError> {
@@ -132,8 +123,8 @@ fn replica_of(pool: &PoolConfig) -> String {
             format!("[{}]:{}", u.host, u.port)
         }
         (_, Some(Ok(u))) => format!("{}:{}", u.host, u.port),
-        // An engine URL that does not parse leaves the pool unusable (its tasks fail,
-        // startup logs why); the URL itself is not echoed into a label.
+        // Validation refuses an HTTP pool whose URL does not parse (credentials in it
+        // included), so this names a config built past it; the URL is never echoed.
         (_, _) => "unusable".to_string(),
     }
 }
@@ -429,10 +420,10 @@ pub(crate) async fn render(
     x.family(
         "pool_ready",
         GAUGE,
-        "1 if the pool admits tasks.",
+        "1 if the pool admits tasks: ready (not draining, drained or reloading a drained pool) and its engine answers its health probe.",
         per_pool(p, false, |s| {
             gauge(f64::from(u8::from(
-                d.pool_states.get(s.pool).is_some_and(admits),
+                d.pools_ready.get(s.pool).copied().unwrap_or(false),
             )))
         }),
     )
@@ -610,7 +601,7 @@ mod tests {
         let d = DispatcherSnapshot {
             models: Vec::new(),
             catalog: [[0; 2]; 4],
-            pool_states: vec![PoolState::Ready],
+            pools_ready: vec![true],
         };
         (config, vec![shard], d)
     }
