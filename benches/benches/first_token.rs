@@ -151,6 +151,26 @@ impl Drop for Decoding {
     }
 }
 
+/// Benches the first token of 1-token tasks on `conn`, each also recorded in `h`.
+fn first_tokens(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    conn: &mut Conn,
+    h: &mut Histogram<u64>,
+) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (first, _) = conn.task(1);
+                let _ = h.record(first.as_nanos() as u64);
+                total += first;
+            }
+            total
+        })
+    });
+}
+
 fn report(name: &str, h: &Histogram<u64>) {
     println!(
         "{name}: n {} p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us",
@@ -174,17 +194,7 @@ fn bench(c: &mut Criterion) {
     let mut ttft = Histogram::<u64>::new(3).unwrap();
     let mut per_token = Histogram::<u64>::new(3).unwrap();
     let mut g = c.benchmark_group("end_to_end");
-    g.bench_function("first_token", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let (first, _) = conn.task(1);
-                let _ = ttft.record(first.as_nanos() as u64);
-                total += first;
-            }
-            total
-        })
-    });
+    first_tokens(&mut g, "first_token", &mut conn, &mut ttft);
     g.bench_function("decode_per_token_256", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -220,28 +230,14 @@ fn paced(c: &mut Criterion) {
     let addr = server.local_addr();
     let mut conn = Conn::new(addr);
     let mut g = c.benchmark_group("first_token_paced");
-    let mut measure =
-        |g: &mut criterion::BenchmarkGroup<'_, _>, name: &str, h: &mut Histogram<u64>| {
-            g.bench_function(name, |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let (first, _) = conn.task(1);
-                        let _ = h.record(first.as_nanos() as u64);
-                        total += first;
-                    }
-                    total
-                })
-            });
-        };
     let (mut idle, mut busy) = (
         Histogram::<u64>::new(3).unwrap(),
         Histogram::<u64>::new(3).unwrap(),
     );
-    measure(&mut g, "idle", &mut idle);
+    first_tokens(&mut g, "idle", &mut conn, &mut idle);
     // Long tasks: 3,000 tokens at 20 ms (a minute) outlast the measurement.
     let decoding = Decoding::start(addr, DECODING, 3_000);
-    measure(&mut g, "beside_256_decoding", &mut busy);
+    first_tokens(&mut g, "beside_256_decoding", &mut conn, &mut busy);
     g.finish();
     drop(decoding);
     report("paced first token, idle", &idle);
