@@ -208,6 +208,14 @@ fn a_refused_engine_makes_the_pool_unready_until_it_answers_again() {
     assert_eq!(events.last().unwrap().data["code"], "POOL_UNAVAILABLE");
     let h = s.get("/v1/pools/real/health", &[]).json();
     assert_eq!(h["ready"], false);
+    // Its replica says why: the engine at that address is down, as last probed.
+    let r = &h["replicas"][0];
+    assert_eq!(
+        (r["id"].as_str(), r["state"].as_str()),
+        (Some(format!("127.0.0.1:{port}").as_str()), Some("down")),
+        "{h}"
+    );
+    assert!(r["last_probe_ms_ago"].as_u64().is_some(), "{h}");
     let r = submit(s.addr, &[], &task_body(&uuid(), &uuid(), json!({})));
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["code"], "POOL_UNREADY");
@@ -232,6 +240,8 @@ fn a_refused_engine_makes_the_pool_unready_until_it_answers_again() {
         s.get("/v1/pools/real/health", &[]).json()["ready"] == true
     });
     assert_eq!(ready(&s), "1");
+    let h = s.get("/v1/pools/real/health", &[]).json();
+    assert_eq!(h["replicas"][0]["state"], "up", "{h}");
     let events = run(&s, json!({"max_tokens": 4}));
     assert_eq!(tokens(&events), engine_tokens(4));
 }

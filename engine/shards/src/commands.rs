@@ -60,6 +60,10 @@ pub struct PoolStats {
     pub draining: bool,
     /// The version the engine reports (HTTP adapters), if it said.
     pub reported_version: Option<String>,
+    /// The engine answers its health probe (always, for the mock).
+    pub up: bool,
+    /// How long ago its health was last learned, ms (`None`: never probed, the mock).
+    pub checked_ms_ago: Option<u64>,
     /// Admission to first token over the last one to two minutes, ms: (p50, p99, count).
     pub first_token_ms: (f64, f64, u64),
     /// First to last token, same window.

@@ -15,7 +15,7 @@ use prometheus::proto::{
 };
 use prometheus::TextEncoder;
 
-use orchd_engine::config::{AdapterKind, PoolConfig};
+use orchd_engine::config::PoolConfig;
 use orchd_engine::{ApiError, CancelReason, Config, Engine, ErrorKind, ModelState};
 use orchd_shards::metrics::{
     refusal_label, LatencySnapshot, PoolSample, TenantSnapshot, BUCKETS_MS, REFUSALS,
@@ -108,31 +108,10 @@ fn labeled(mut m: Metric, labels: Vec<LabelPair>) -> Metric {
     m
 }
 
-/// `replica_id` of a pool's series: the engine replica serving it (issue 20) — `mock`
-/// for the mock, the engine URL's `host:port` for an HTTP engine (one replica per pool
-/// today).
-fn replica_of(pool: &PoolConfig) -> String {
-    let url = pool
-        .adapter
-        .url
-        .as_deref()
-        .map(orchd_engine::config::parse_http_url);
-    match (pool.adapter.kind, url) {
-        (AdapterKind::Mock, _) => "mock".to_string(),
-        (_, Some(Ok(u))) if u.host.contains(':') && !u.host.starts_with('[') => {
-            format!("[{}]:{}", u.host, u.port)
-        }
-        (_, Some(Ok(u))) => format!("{}:{}", u.host, u.port),
-        // Validation refuses an HTTP pool whose URL does not parse (credentials in it
-        // included), so this names a config built past it; the URL is never echoed.
-        (_, _) => "unusable".to_string(),
-    }
-}
-
 /// A configured pool and its sample from the shard that owns it.
 struct Pool<'a> {
     cfg: &'a PoolConfig,
-    /// `replica_id`: the pool's engine replica ([`replica_of`]).
+    /// `replica_id`: the pool's engine replica ([`crate::api::pools::replica_of`]).
     replica: String,
     sample: &'a PoolSample,
 }
@@ -240,7 +219,7 @@ pub(crate) async fn render(
         .flat_map(|snap| {
             snap.pools.iter().map(move |sample| Pool {
                 cfg: &config.pools[sample.pool],
-                replica: replica_of(&config.pools[sample.pool]),
+                replica: crate::api::pools::replica_of(&config.pools[sample.pool]),
                 sample,
             })
         })

@@ -136,6 +136,8 @@ impl Owner {
             model_ref: p.model_ref.clone(),
             draining: p.drain_at.is_some(),
             reported_version: p.reported_version.clone(),
+            up: p.up,
+            checked_ms_ago: p.checked_at.map(|t| ms(t.elapsed())),
             first_token_ms,
             decode_ms,
         })
@@ -195,6 +197,7 @@ impl Owner {
         let Some(p) = self.pools.get_mut(&pool) else {
             return;
         };
+        p.checked_at = Some(Instant::now());
         if let Some(v) = health.version {
             p.reported_version = Some(v);
         }

@@ -26,6 +26,9 @@ pub(crate) struct OwnerPool {
     pub(super) up: bool,
     /// The version the engine reports about itself, once probed.
     pub(super) reported_version: Option<String>,
+    /// When the engine's health was last learned (a probe, or a call that found it
+    /// down); never for the mock, which is not probed.
+    pub(super) checked_at: Option<Instant>,
     pub(super) busy: u32,
     pub(super) queue: FairQueue,
     /// A position update of this pool's queue is due (`stream.position_update_ms`).
@@ -49,6 +52,7 @@ impl OwnerPool {
             engine,
             up: true,
             reported_version: None,
+            checked_at: None,
             busy: 0,
             queue: FairQueue::new(shares),
             positions_due: false,
