@@ -265,6 +265,14 @@ fn an_openai_door_task_is_its_tenants_own() {
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.header("x-request-id").unwrap().to_string();
     assert_eq!(r.json()["id"], id.as_str());
+    // Its X-Session-Id is team-a's session: team-b's same id is another, fresh one.
+    let session = uuid();
+    let ha = [a[0], ("x-session-id", session.as_str())];
+    assert_eq!(send(&s, "POST", "/v1/completions", &ha, &body).status, 200);
+    let turns = |h: &[(&str, &str)]| {
+        send(&s, "GET", &format!("/v1/sessions/{session}"), h, b"").json()["turns"].clone()
+    };
+    assert_eq!((turns(&a), turns(&b)), (json!(1), json!(0)));
     let path = format!("/v1/tasks/{id}/stream?format=openai");
     let mine = send(&s, "GET", &path, &a, b"");
     assert_eq!(mine.status, 200, "{}", mine.text());
