@@ -309,7 +309,6 @@ fn every_rule_dashboard_and_readme_expression_answers_from_a_live_orchd() {
     );
     let share = value(&prom.query("orchd:submissions_429:ratio_5m")[0]);
     let theirs = refused / (refused + admitted);
-    eprintln!("429 share: Prometheus {share:.3}, the clients {theirs:.3}");
     assert!(
         (share - theirs).abs() < 0.05,
         "429 share: Prometheus {share:.3}, the clients {theirs:.3}"

@@ -390,6 +390,26 @@ pub struct HttpUrl {
     pub base_path: String,
 }
 
+impl PoolConfig {
+    /// The id of the pool's engine replica (`replica_id` of its series, `replicas[].id`
+    /// of its health; issue 20): `mock` for the mock, the engine URL's `host:port` for
+    /// an HTTP engine (bracketed for IPv6; one replica per pool today).
+    pub fn replica_id(&self) -> String {
+        let url = self.adapter.url.as_deref().map(parse_http_url);
+        match (self.adapter.kind, url) {
+            (AdapterKind::Mock, _) => "mock".to_string(),
+            (_, Some(Ok(u))) if u.host.contains(':') && !u.host.starts_with('[') => {
+                format!("[{}]:{}", u.host, u.port)
+            }
+            (_, Some(Ok(u))) => format!("{}:{}", u.host, u.port),
+            // Validation refuses an HTTP pool whose URL does not parse (credentials in
+            // it included), so this names a config built past it; the URL is never
+            // echoed.
+            (_, _) => "unusable".to_string(),
+        }
+    }
+}
+
 /// Parses an engine URL. Only plain `http://` is supported: orchd talks to engines on
 /// a trusted network (TLS belongs to a sidecar or the mesh).
 /// A web origin as browsers send it: `http://host` or `https://host`, an optional
@@ -593,6 +613,17 @@ tokens_per_minute = 2000000000000
         assert_eq!(parse_http_url("http://engine").unwrap().port, 80);
         assert!(parse_http_url("https://x").is_err());
         assert!(parse_http_url("http://:80").is_err());
+        let mut pool = Config::default().pools[0].clone();
+        assert_eq!(pool.replica_id(), "mock");
+        pool.adapter.kind = AdapterKind::Llamacpp;
+        for (url, id) in [
+            ("http://10.0.0.7:8080/v1", "10.0.0.7:8080"),
+            ("http://engine", "engine:80"),
+            ("http://[::1]:9000", "[::1]:9000"),
+        ] {
+            pool.adapter.url = Some(url.into());
+            assert_eq!(pool.replica_id(), id);
+        }
         assert!(parse_http_url("http://user:pw@engine:8080")
             .unwrap_err()
             .contains("api_key"));

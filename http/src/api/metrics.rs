@@ -111,7 +111,7 @@ fn labeled(mut m: Metric, labels: Vec<LabelPair>) -> Metric {
 /// A configured pool and its sample from the shard that owns it.
 struct Pool<'a> {
     cfg: &'a PoolConfig,
-    /// `replica_id`: the pool's engine replica ([`crate::api::pools::replica_of`]).
+    /// `replica_id`: the pool's engine replica ([`PoolConfig::replica_id`]).
     replica: String,
     sample: &'a PoolSample,
 }
@@ -219,7 +219,7 @@ pub(crate) async fn render(
         .flat_map(|snap| {
             snap.pools.iter().map(move |sample| Pool {
                 cfg: &config.pools[sample.pool],
-                replica: crate::api::pools::replica_of(&config.pools[sample.pool]),
+                replica: config.pools[sample.pool].replica_id(),
                 sample,
             })
         })
@@ -252,7 +252,7 @@ pub(crate) async fn render(
     x.family(
         "tasks_canceled_total",
         COUNTER,
-        "Tasks ended before completion, by reason (client, orphaned, deadline, drop-lru, drain, shutdown, watchdog).",
+        "Tasks ended before completion, by reason (client, orphaned, deadline, drop-lru, drain, shutdown, watchdog, engine).",
         per_pool_by(p, true, ("reason", &reasons), |s, i| counter(s.probe.canceled[i] as f64)),
     )
     .await;

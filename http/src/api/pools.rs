@@ -6,34 +6,11 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 
 use orchd_engine::admission::PoolState;
-use orchd_engine::config::{AdapterKind, PoolConfig};
 use orchd_engine::{parse_json, ApiError};
 
 use crate::app::ShardApp;
 use crate::body::Body;
 use crate::respond;
-
-/// The id of a pool's engine replica (`replica_id` of its series, `replicas[].id` of
-/// its health): the engine replica serving it (issue 20) — `mock`
-/// for the mock, the engine URL's `host:port` for an HTTP engine (one replica per pool
-/// today).
-pub(crate) fn replica_of(pool: &PoolConfig) -> String {
-    let url = pool
-        .adapter
-        .url
-        .as_deref()
-        .map(orchd_engine::config::parse_http_url);
-    match (pool.adapter.kind, url) {
-        (AdapterKind::Mock, _) => "mock".to_string(),
-        (_, Some(Ok(u))) if u.host.contains(':') && !u.host.starts_with('[') => {
-            format!("[{}]:{}", u.host, u.port)
-        }
-        (_, Some(Ok(u))) => format!("{}:{}", u.host, u.port),
-        // Validation refuses an HTTP pool whose URL does not parse (credentials in it
-        // included), so this names a config built past it; the URL is never echoed.
-        (_, _) => "unusable".to_string(),
-    }
-}
 
 /// Longest drain deadline accepted (a day).
 const MAX_DRAIN_MS: u64 = 86_400_000;
@@ -54,7 +31,7 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
     let cfg = &app.app.config.pools[index];
 
     let mut replica = serde_json::json!({
-        "id": replica_of(cfg),
+        "id": cfg.replica_id(),
         "state": if stats.up { "up" } else { "down" },
         "slots": stats.slots_total,
         "busy": stats.slots_busy,
