@@ -222,12 +222,6 @@ impl TaskSpec {
             + embed.map(|t| words(t)).sum::<u64>()
     }
 
-    /// The tokens the task may use: its prompt and `max_tokens` (what its tenant's
-    /// `tokens_per_minute` reserves and its fair share is charged at start).
-    pub fn tokens_asked(&self) -> u64 {
-        self.prompt_tokens() + u64::from(self.max_tokens)
-    }
-
     /// How long the task may have no subscriber before it is canceled, if the request
     /// said (the OpenAI door's `disconnect_grace_ms`).
     pub fn orphan_timeout_ms(&self) -> Option<u64> {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orchd_engine::config::QueuePolicy;
+use orchd_shards::metrics::BUCKETS_MS;
 use orchd_testkit::{task_body, try_wait_until, uuid, Client};
 use serde_json::{json, Value};
 use support::TestServer;
@@ -183,13 +184,16 @@ fn readme_exprs() -> Vec<String> {
     out
 }
 
-/// Upper bounds of orchd's latency buckets in ms (0.25 ms doubling).
+/// The histogram bucket (lower, upper bound in ms) that holds `ms`.
 fn bucket_of(ms: f64) -> (f64, f64) {
-    let mut le = 0.25;
-    while le < ms {
-        le *= 2.0;
-    }
-    (le / 2.0, le)
+    let at = BUCKETS_MS
+        .iter()
+        .position(|le| ms <= *le)
+        .expect("within the buckets");
+    (
+        if at == 0 { 0.0 } else { BUCKETS_MS[at - 1] },
+        BUCKETS_MS[at],
+    )
 }
 
 #[test]

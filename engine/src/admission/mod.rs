@@ -177,11 +177,14 @@ impl Admission {
         let route = self.find_pool(spec, now_ms, near)?;
         self.check_session(spec, &route, now_ms)?;
         let reserve = self.check_budgets(spec, &route)?;
-        self.check_tenant_tokens(spec, &route, now_ms)?;
+        // The prompt's size, counted once: the tenant's bucket and the session's KV
+        // accounting both need it.
+        let prompt_tokens = spec.prompt_tokens();
+        self.check_tenant_tokens(spec, prompt_tokens, &route, now_ms)?;
         let place = self.check_deadline(spec, &route, reserve.time_ms)?;
         self.check_tenant_queued(spec, &route, place.must_queue)?;
         let place = self.apply_queue_policy(&route, place)?;
-        Ok(self.commit(spec, route, place, reserve, now_ms))
+        Ok(self.commit(spec, prompt_tokens, route, place, reserve, now_ms))
     }
 
     /// A resubmission: the same body is the same task (idempotent), another body with
@@ -481,6 +484,7 @@ impl Admission {
     fn commit(
         &mut self,
         spec: &TaskSpec,
+        prompt_tokens: u64,
         route: Route,
         place: Place,
         reserve: Budget,
@@ -495,7 +499,7 @@ impl Admission {
         } else {
             m.count_queued(spec.tenant, place.class, true);
         }
-        let tenant_tokens = spec.tokens_asked();
+        let tenant_tokens = prompt_tokens + u64::from(spec.max_tokens);
         self.tenants[spec.tenant.index()].take(tenant_tokens, now_ms);
         let budgets = spec
             .session_id
@@ -525,7 +529,7 @@ impl Admission {
                 class: place.class,
                 in_queue: place.must_queue,
                 expires_ms: None,
-                prompt_tokens: spec.prompt_tokens(),
+                prompt_tokens,
             },
         );
         admitted

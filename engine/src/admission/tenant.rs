@@ -122,6 +122,9 @@ impl Admission {
     /// Tasks queued on the pool that may start when a slot frees (as many of each
     /// tenant's as its cap leaves room for).
     pub(super) fn queued_eligible(&self, m: &PoolMirror) -> u32 {
+        if m.queued_len() == 0 {
+            return 0;
+        }
         (0..m.tenants.len())
             .map(|i| TenantId(i as u16))
             .map(|t| m.load(t).queued_len().min(self.room(m, t)))
@@ -145,6 +148,10 @@ impl Admission {
 
     /// The place of the task of `tenant` that has `ahead` of its own tasks before it.
     fn fair_place(&self, m: &PoolMirror, tenant: TenantId, ahead: u32) -> u32 {
+        if m.queued_len() as u32 == m.load(tenant).queued_len() {
+            // Nobody else waits (a tenant alone: SPEC's 1 + the tasks ahead).
+            return ahead + 1;
+        }
         let w = u64::from(self.quota(tenant).weight);
         let (ahead, room) = (u64::from(ahead), u64::from(self.room(m, tenant)));
         let others: u64 = (0..m.tenants.len())
@@ -173,16 +180,17 @@ impl Admission {
     pub(super) fn check_tenant_tokens(
         &mut self,
         spec: &TaskSpec,
+        prompt_tokens: u64,
         route: &Route,
         now_ms: u64,
     ) -> Result<(), ApiError> {
+        if self.tenants[spec.tenant.index()].per_minute == 0 {
+            return Ok(());
+        }
         let pool = &self.pools[route.pool].cfg;
         let (engine, pool_id) = (pool.engine, pool.id.clone());
         let q = &mut self.tenants[spec.tenant.index()];
-        if q.per_minute == 0 {
-            return Ok(());
-        }
-        let need = spec.tokens_asked();
+        let need = prompt_tokens + u64::from(spec.max_tokens);
         let refuse = |msg: String| {
             ApiError::new(ErrorClass::TooManyRequests, ErrorKind::AdmissionReject, msg)
                 .with_engine(engine)

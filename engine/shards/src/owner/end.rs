@@ -85,8 +85,8 @@ impl Owner {
         }
         let (tokens, tenant) = (t.tokens_out, t.spec.tenant);
         let (asked, used) = (
-            t.spec.tokens_asked(),
-            t.spec.prompt_tokens() + u64::from(tokens),
+            t.prompt_tokens + u64::from(t.spec.max_tokens),
+            t.prompt_tokens + u64::from(tokens),
         );
         if let Some(started) = t.started_at {
             let held = (now - started).as_micros() as u64;
@@ -139,12 +139,9 @@ fn terminal_frame(
                     } else {
                         FinishReason::Stop
                     };
-                    (
-                        Some(reason),
-                        Some(prompt_tokens.unwrap_or_else(|| t.spec.prompt_tokens())),
-                    )
+                    (Some(reason), Some(prompt_tokens.unwrap_or(t.prompt_tokens)))
                 }
-                (Terminal::Canceled(_), Some(_)) => (None, Some(t.spec.prompt_tokens())),
+                (Terminal::Canceled(_), Some(_)) => (None, Some(t.prompt_tokens)),
                 _ => (None, None),
             };
             let reason = how.cut_short().map_or("done", |r| r.as_str());

@@ -138,7 +138,10 @@ impl FairQueue {
 
     /// Tenants with tasks waiting.
     pub(crate) fn tenants_waiting(&self) -> usize {
-        self.lanes.iter().filter(|l| l.waiting()).count()
+        match self.len() {
+            0 => 0,
+            _ => self.lanes.iter().filter(|l| l.waiting()).count(),
+        }
     }
 
     /// A task joins its tenant's lane (`cost`: the tokens it may be granted). A tenant
@@ -146,12 +149,14 @@ impl FairQueue {
     /// waiting that may start a task (a tenant at its cap is not competing for slots:
     /// its counter would let newcomers bank credit).
     pub(crate) fn push(&mut self, tenant: TenantId, class: usize, id: Uuid, cost: u64) {
-        let floor = self
-            .lanes
-            .iter()
-            .filter(|l| l.waiting() && l.room() > 0)
-            .map(|l| l.counter)
-            .min()
+        // An empty queue (the common case) looks at no lane.
+        let waiting = self.len() > 0;
+        let floor = waiting
+            .then(|| {
+                let lanes = self.lanes.iter().filter(|l| l.waiting() && l.room() > 0);
+                lanes.map(|l| l.counter).min()
+            })
+            .flatten()
             .unwrap_or(self.served_at);
         let seq = self.seq;
         self.seq += 1;
@@ -170,6 +175,9 @@ impl FairQueue {
     /// The task that takes the next free slot, if any may: the head of the waiting
     /// tenant under its cap with the smallest counter. Its tenant is charged its cost.
     pub(crate) fn pop(&mut self) -> Option<Popped> {
+        if self.len() == 0 {
+            return None;
+        }
         let i = (0..self.lanes.len())
             .filter(|&i| self.lanes[i].waiting() && self.lanes[i].room() > 0)
             .min_by_key(|&i| {

@@ -154,7 +154,7 @@ impl Owner {
             .filter_map(|t| {
                 let t = t.borrow();
                 (t.state == State::Running && t.admitted.pool == pool)
-                    .then(|| t.spec.prompt_tokens() + u64::from(t.tokens_out))
+                    .then(|| t.prompt_tokens + u64::from(t.tokens_out))
             })
             .sum::<u64>();
         let busy_share = f64::from(p.busy) / f64::from(p.cfg.slots);

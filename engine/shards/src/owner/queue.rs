@@ -43,7 +43,9 @@ impl Owner {
         let a = &new.admitted;
         let pool = a.pool;
         let tenant = Rc::clone(&self.tenants[new.spec.tenant.index()]);
+        let prompt_tokens = new.spec.prompt_tokens();
         let mut run = TaskRun {
+            prompt_tokens,
             deadline_at: new.admitted_at + Duration::from_millis(new.spec.deadline_ms),
             spec: new.spec,
             admitted: new.admitted.clone(),
@@ -77,7 +79,11 @@ impl Owner {
             predicted_start_ms: new.admitted.predicted_start_ms,
         };
         run.emit(frame::encode(0, Event::Started, &started), false, now);
-        let (tenant, cost) = (run.spec.tenant, run.spec.tokens_asked());
+        // Its tenant is charged its prompt and max_tokens when it takes a slot.
+        let (tenant, cost) = (
+            run.spec.tenant,
+            prompt_tokens + u64::from(run.spec.max_tokens),
+        );
         if let Some(p) = self.pools.get_mut(&pool) {
             p.queue.push(tenant, class, id, cost);
         }
@@ -180,7 +186,7 @@ impl Owner {
             .borrow_mut()
             .record(now - t.admitted_at);
         t.tenant.record_queue_wait(now - t.admitted_at);
-        let prompt = t.spec.prompt_tokens();
+        let prompt = t.prompt_tokens;
         t.probe.tokens_in.set(t.probe.tokens_in.get() + prompt);
         let model = if pool.model_ref == "*" {
             &t.spec.model_ref

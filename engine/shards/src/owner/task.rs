@@ -90,6 +90,9 @@ pub(crate) struct TaskRun {
     /// Since when nobody has been subscribed (from admission if nobody ever was).
     pub(super) alone_since: Option<Instant>,
     pub(super) tokens_out: u32,
+    /// Its prompt's size in tokens (whitespace words for the mock), counted once when
+    /// it is enqueued.
+    pub(super) prompt_tokens: u64,
     pub(super) admitted_at: Instant,
     pub(super) started_at: Option<Instant>,
     pub(super) first_token_at: Option<Instant>,
