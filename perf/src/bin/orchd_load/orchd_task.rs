@@ -98,7 +98,7 @@ pub async fn orchd_task(
                 let us = t0.elapsed().as_micros().max(1) as u64;
                 let _ = local.submit_us.record(us);
                 if let Some(n) = shard {
-                    let _ = local.shard(n).0.record(us);
+                    local.shard_submit(n, us);
                 }
                 break Some(true);
             }
@@ -187,7 +187,7 @@ pub async fn orchd_task(
                     next_index += 1;
                     if let (None, Some(n)) = (last_token, shard) {
                         let us = (now - t0).as_micros().max(1) as u64;
-                        let _ = local.shard(n).1.record(us);
+                        local.shard_ttft(n, us);
                     }
                     local.token(t0, &mut last_token, now);
                     if cancel_sent.is_none() && Some(next_index) == args.cancel_after {

@@ -15,8 +15,19 @@ pub struct Stats {
     pub cancel_us: Histogram<u64>,
     /// Submit and first-token latency by the shard that answered the POST (orchd's
     /// `X-Orchd-Shard`): where admission ran in place, and where it crossed cores.
+    /// Made when the users' stats merge, from `shard_samples`.
     pub by_shard: Vec<(Histogram<u64>, Histogram<u64>)>,
+    /// (shard, which: 0 submit | 1 first token, us), pushed while the load runs. A
+    /// histogram is ~160 KB to make; made on a user's first `202`, as it once was, it
+    /// cost the generator ~0.3 ms per user inside the other users' measurements, which
+    /// only orchd (the server that names its shard) paid: 4-5x its submit p50 and 3x
+    /// its first-token p99 in a wave of 256
+    /// (`perf/results/2026-12-05-issue16-load-generator-artifact.md`).
+    shard_samples: Vec<(u16, u8, u64)>,
 }
+
+/// Shards beyond this (a server naming absurd ones) are not reported.
+const MAX_SHARDS: u16 = 1024;
 
 impl Stats {
     pub fn new() -> Stats {
@@ -28,11 +39,30 @@ impl Stats {
             task_us: h(),
             cancel_us: h(),
             by_shard: Vec::new(),
+            shard_samples: Vec::new(),
+        }
+    }
+
+    /// Records the submit latency of a task `shard` answered.
+    pub fn shard_submit(&mut self, shard: usize, us: u64) {
+        self.shard_sample(shard, 0, us);
+    }
+
+    /// Records the first-token latency of a task `shard` answered.
+    pub fn shard_ttft(&mut self, shard: usize, us: u64) {
+        self.shard_sample(shard, 1, us);
+    }
+
+    fn shard_sample(&mut self, shard: usize, which: u8, us: u64) {
+        if let Ok(n) = u16::try_from(shard) {
+            if n < MAX_SHARDS {
+                self.shard_samples.push((n, which, us));
+            }
         }
     }
 
     /// The (submit, first token) histograms of `shard`.
-    pub fn shard(&mut self, shard: usize) -> &mut (Histogram<u64>, Histogram<u64>) {
+    fn shard(&mut self, shard: usize) -> &mut (Histogram<u64>, Histogram<u64>) {
         while self.by_shard.len() <= shard {
             let h = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
             self.by_shard.push((h(), h()));
@@ -62,6 +92,11 @@ impl Stats {
             mine.0.add(submit).expect("same bounds");
             mine.1.add(ttft).expect("same bounds");
         }
+        for &(shard, which, us) in &other.shard_samples {
+            let (submit, ttft) = self.shard(usize::from(shard));
+            let h = if which == 0 { submit } else { ttft };
+            let _ = h.record(us);
+        }
     }
 }
 
@@ -81,4 +116,34 @@ pub struct Counters {
 
 pub fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_by_shard_become_histograms_when_merged() {
+        let mut user = Stats::new();
+        user.shard_submit(1, 500);
+        user.shard_submit(1, 700);
+        user.shard_ttft(1, 900);
+        user.shard_submit(usize::from(MAX_SHARDS), 1);
+        assert!(
+            user.by_shard.is_empty(),
+            "no histogram is made while the load runs"
+        );
+        let mut all = Stats::new();
+        all.merge(&user);
+        all.merge(&user);
+        assert_eq!(
+            all.by_shard.len(),
+            2,
+            "shards 0 and 1; the absurd one dropped"
+        );
+        assert_eq!(all.by_shard[0].0.len(), 0);
+        assert_eq!(all.by_shard[1].0.len(), 4);
+        assert_eq!(all.by_shard[1].1.len(), 2);
+        assert_eq!(all.by_shard[1].0.max(), 700);
+    }
 }
