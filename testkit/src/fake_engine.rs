@@ -78,9 +78,14 @@ impl FakeEngine {
                 match listener.accept() {
                     Ok((s, _)) => {
                         conns.fetch_add(1, Ordering::Relaxed);
-                        let (mode, tpot, log, gone) =
-                            (mode.clone(), tpot.clone(), log.clone(), gone.clone());
-                        std::thread::spawn(move || serve(s, mode, tpot, log, gone));
+                        let (mode, tpot, log, gone, stop) = (
+                            mode.clone(),
+                            tpot.clone(),
+                            log.clone(),
+                            gone.clone(),
+                            stop.clone(),
+                        );
+                        std::thread::spawn(move || serve(s, mode, tpot, log, gone, stop));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -131,13 +136,16 @@ fn serve(
     tpot: Arc<Mutex<Duration>>,
     log: Arc<Mutex<Log>>,
     gone: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
 ) {
     s.set_nodelay(true).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
     loop {
         let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
+        // A dropped engine is gone: a request on a connection it kept alive finds it
+        // closed, as a dead server's would be.
+        if r.read_line(&mut line).unwrap_or(0) == 0 || stop.load(Ordering::Relaxed) {
             return;
         }
         let mut parts = line.split_whitespace();

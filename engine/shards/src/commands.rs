@@ -58,16 +58,34 @@ pub struct PoolStats {
     pub slots_busy: u32,
     pub model_ref: String,
     pub draining: bool,
-    /// The version the engine reports (HTTP adapters), if it said.
+    /// The version the engine reports (HTTP adapters; a replica set: the first replica
+    /// that said), if it said.
     pub reported_version: Option<String>,
-    /// The engine answers its health probe (always, for the mock).
+    /// The engine answers its health probe (always, for the mock; a replica set: one
+    /// replica does).
     pub up: bool,
-    /// How long ago its health was last learned, ms (`None`: never probed, the mock).
-    pub checked_ms_ago: Option<u64>,
+    /// The pool's engine replicas, in config order.
+    pub replicas: Vec<ReplicaStats>,
     /// Admission to first token over the last one to two minutes, ms: (p50, p99, count).
     pub first_token_ms: (f64, f64, u64),
     /// First to last token, same window.
     pub decode_ms: (f64, f64, u64),
+}
+
+/// One engine replica of a pool, as its owner sees it.
+#[derive(Clone, Debug)]
+pub struct ReplicaStats {
+    /// `host:port` (`mock` for the mock).
+    pub id: String,
+    /// It answers its health probe (always, for the mock).
+    pub up: bool,
+    /// Slots it has (the pool's `slots`), and of them busy.
+    pub slots: u32,
+    pub busy: u32,
+    /// The version it reports about itself, if it said.
+    pub reported_version: Option<String>,
+    /// How long ago its health was last learned, ms (`None`: never probed, the mock).
+    pub checked_ms_ago: Option<u64>,
 }
 
 /// Commands a shard executes on its own core.
@@ -149,10 +167,12 @@ pub enum DispatcherCommand {
     Started {
         task: Uuid,
     },
-    /// From an owner: its pool's engine went down or came back.
+    /// From an owner: its pool's engine went down or came back, or a replica of its
+    /// set did; `slots` are the ready replicas' slots.
     PoolUp {
         pool: usize,
         up: bool,
+        slots: u32,
     },
     /// From an owner: a draining pool's deadline passed and its tasks ended.
     PoolDrained {

@@ -84,7 +84,9 @@ impl Dispatcher {
                 let _ = reply.send(pool.map(|p| crate::placement::shard_for(p, self.peers.len())));
             }
             DispatcherCommand::Started { task } => self.admission.borrow_mut().on_started(task),
-            DispatcherCommand::PoolUp { pool, up } => self.admission.borrow_mut().set_up(pool, up),
+            DispatcherCommand::PoolUp { pool, up, slots } => {
+                self.admission.borrow_mut().set_up(pool, up, slots)
+            }
             DispatcherCommand::PoolDrained { pool } => self.admission.borrow_mut().drained(pool),
             DispatcherCommand::Finished { task, outcome, eta } => {
                 let now = self.now_ms();

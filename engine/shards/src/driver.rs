@@ -27,8 +27,8 @@ pub(crate) trait Home: 'static {
     fn token(&self, task: &RefCell<TaskRun>, text: &str, now: Instant) -> Step;
     /// Ends the task (no-op if it already ended elsewhere).
     fn end(this: &Rc<Self>, id: Uuid, how: Terminal);
-    /// The pool's engine answered like one that is down.
-    fn engine_down(this: &Rc<Self>, pool: usize, health: Health);
+    /// A replica (pool, replica) answered like an engine that is down.
+    fn engine_down(this: &Rc<Self>, at: (usize, usize), health: Health);
 }
 
 /// Spawns the driver of a task that got its slot, for its pool's kind of engine.
@@ -37,10 +37,12 @@ pub(crate) fn start<H: Home>(home: &Rc<H>, s: Start) {
     let Start {
         task,
         pool,
+        replica,
         engine,
         generation,
         stop,
     } = s;
+    let pool = (pool, replica);
     match engine {
         Adapter::Mock(e) => rt::spawn(
             rt::Class::Throughput,
@@ -75,7 +77,7 @@ enum Ended<S> {
 async fn drive<H: Home, A: EngineAdapter>(
     shard: Rc<H>,
     task: Rc<RefCell<TaskRun>>,
-    pool: usize,
+    pool: (usize, usize),
     engine: Rc<A>,
     generation: Generation,
     stop: oneshot::Receiver<()>,

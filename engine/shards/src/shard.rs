@@ -187,10 +187,10 @@ impl Shard {
         });
         rt::spawn(rt::Class::Latency, Rc::clone(&shard).serve_commands(inbox));
         rt::spawn(rt::Class::Throughput, Rc::clone(&shard).sweep_forever());
-        for (pool, engine) in shard.owner().probed_engines() {
+        for (pool, replica, engine) in shard.owner().probed_engines() {
             rt::spawn(
                 rt::Class::Throughput,
-                probe_forever(Rc::clone(&shard), pool, engine),
+                probe_forever(Rc::clone(&shard), (pool, replica), engine),
             );
         }
         shard
@@ -487,11 +487,17 @@ impl Shard {
                     // Loading takes time; the shard serves everything else meanwhile.
                     let shard = Rc::clone(self);
                     rt::spawn(rt::Class::Latency, async move {
-                        let engine = shard.owner().engine(pool);
-                        let loaded = match engine {
-                            Some(e) => e.load(&model_ref).await,
-                            None => Err("pool is not on this shard".into()),
+                        // Every replica loads the model, or the pool stays on its old one.
+                        let engines = shard.owner().engines(pool);
+                        let mut loaded = match engines.is_empty() {
+                            true => Err("pool is not on this shard".into()),
+                            false => Ok(()),
                         };
+                        for e in engines {
+                            if loaded.is_ok() {
+                                loaded = e.load(&model_ref).await;
+                            }
+                        }
                         let r =
                             loaded.and_then(|()| shard.with_owner(|o| o.reload(pool, model_ref)));
                         let _ = done.send(r);
@@ -523,13 +529,17 @@ impl crate::driver::Home for Shard {
         this.with_owner(|o| o.end(id, how));
     }
 
-    fn engine_down(this: &Rc<Self>, pool: usize, health: crate::engines::Health) {
-        this.with_owner(|o| o.set_health(pool, health));
+    fn engine_down(
+        this: &Rc<Self>,
+        (pool, replica): (usize, usize),
+        health: crate::engines::Health,
+    ) {
+        this.with_owner(|o| o.set_health(pool, replica, health));
     }
 }
 
 /// Probes a pool's engine forever; admission routes around it while it is down.
-async fn probe_forever(shard: Rc<Shard>, pool: usize, engine: Adapter) {
+async fn probe_forever(shard: Rc<Shard>, (pool, replica): (usize, usize), engine: Adapter) {
     let Some(every) = engine.health_interval() else {
         return;
     };
@@ -539,7 +549,7 @@ async fn probe_forever(shard: Rc<Shard>, pool: usize, engine: Adapter) {
             return;
         }
         let health = engine.health().await;
-        shard.with_owner(|o| o.set_health(pool, health));
+        shard.with_owner(|o| o.set_health(pool, replica, health));
     }
 }
 

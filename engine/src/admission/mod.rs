@@ -402,7 +402,7 @@ impl Admission {
         let class = usize::from(spec.priority == Priority::Batch);
         // A task waits when the slots are taken, when its tenant holds all it may, or
         // when tasks that may start are waiting already.
-        let must_queue = mirror.running >= mirror.cfg.slots
+        let must_queue = mirror.running >= mirror.slots
             || self.room(mirror, spec.tenant) == 0
             || self.queued_eligible(mirror) > 0;
         let position = if must_queue {

@@ -46,8 +46,11 @@ pub struct PoolMirror {
     /// The model currently served (`*` = any).
     pub model_ref: String,
     pub state: PoolState,
-    /// The engine answers its health probe.
+    /// The engine answers its health probe (for a replica set: one replica does).
     pub up: bool,
+    /// Slots of the replicas that take tasks (issue 20): the pool's `slots` for each
+    /// ready replica, as its owner last reported.
+    pub slots: u32,
     pub(super) running: u32,
     /// Tasks waiting, by class (0 interactive, 1 batch). The queue itself (which task,
     /// in which order) is the owner shard's; this count is what admission needs.
@@ -64,6 +67,7 @@ impl PoolMirror {
             model_ref: cfg.model_ref.clone(),
             state: PoolState::Ready,
             up: true,
+            slots: cfg.slots * cfg.replicas().len() as u32,
             running: 0,
             queued: [0, 0],
             eta: Eta::new(cfg.adapter.ttft_ms, cfg.adapter.tpot_ms),
@@ -96,11 +100,11 @@ impl PoolMirror {
 
     /// A task admitted now would start at once: a slot is free and nobody waits.
     pub(super) fn has_free_slot(&self) -> bool {
-        self.running < self.cfg.slots && self.queued_len() == 0
+        self.running < self.slots && self.queued_len() == 0
     }
 
     pub(super) fn occupancy(&self) -> f64 {
-        (f64::from(self.running) + self.queued_len() as f64) / f64::from(self.cfg.slots)
+        (f64::from(self.running) + self.queued_len() as f64) / f64::from(self.slots.max(1))
     }
 
     /// Predicted time from admission to the end of decode, without queueing.
@@ -110,14 +114,14 @@ impl PoolMirror {
 
     /// Predicted wait before a task at `position` starts.
     pub fn predicted_start_ms(&self, position: u32) -> u64 {
-        self.eta.predicted_start_ms(position, self.cfg.slots)
+        self.eta.predicted_start_ms(position, self.slots.max(1))
     }
 
     /// Predicted time until everything admitted now has finished: the retry advice of
     /// a full queue.
     pub fn predicted_drain_ms(&self) -> u64 {
         let work = f64::from(self.running) + self.queued_len() as f64;
-        self.eta.predicted_drain_ms(work, self.cfg.slots)
+        self.eta.predicted_drain_ms(work, self.slots.max(1))
     }
 }
 
@@ -179,10 +183,12 @@ impl Admission {
         self.set_model_state(model, state);
     }
 
-    /// The engine of a pool went down (no new tasks) or came back.
-    pub fn set_up(&mut self, pool: usize, up: bool) {
+    /// The engine of a pool went down (no new tasks) or came back, or a replica of
+    /// its set did: `slots` are the ready replicas' (0 with none up).
+    pub fn set_up(&mut self, pool: usize, up: bool, slots: u32) {
         if let Some(p) = self.pools.get_mut(pool) {
             p.up = up;
+            p.slots = slots;
             self.pools_version += 1;
         }
     }
@@ -321,7 +327,7 @@ impl Admission {
                 "engine": engine,
                 "ctx_max": pools.iter().map(|p| p.cfg.ctx_max).max(),
                 "supported_workloads": workloads,
-                "concurrency": ready.clone().map(|p| u64::from(p.cfg.slots)).sum::<u64>(),
+                "concurrency": ready.clone().map(|p| u64::from(p.slots)).sum::<u64>(),
                 "rate_limits": {
                     "queue_capacity": ready.map(|p| u64::from(p.cfg.queue_capacity)).sum::<u64>(),
                     "queue_policies": policies,
@@ -336,7 +342,7 @@ impl Admission {
                 },
                 "pools": pools.iter().map(|p| serde_json::json!({
                     "id": p.cfg.id, "model_ref": p.model_ref, "state": p.state.as_str(),
-                    "ready": p.ready(), "slots": p.cfg.slots, "engine_version": p.cfg.engine_version,
+                    "ready": p.ready(), "slots": p.slots, "engine_version": p.cfg.engine_version,
                 })).collect::<Vec<_>>(),
             }));
         }

@@ -301,6 +301,11 @@ pub struct AdapterConfig {
     pub load_ms: u64,
     /// HTTP adapters: the engine's base URL, `http://host:port` (optionally a path).
     pub url: Option<String>,
+    /// HTTP adapters, instead of `url`: a replica set, one base URL per engine replica
+    /// (issue 20). Each replica has the pool's `slots`; a task goes to its session's
+    /// replica (rendezvous hashing over the replicas with a free slot), else to the
+    /// replica with the most free slots; a replica that fails its probe takes no task.
+    pub urls: Vec<String>,
     /// HTTP adapters: sent as `Authorization: Bearer ...`; never logged.
     pub api_key: Option<ApiKey>,
     /// HTTP adapters: TCP connect timeout.
@@ -432,6 +437,7 @@ impl Default for AdapterConfig {
             decode_timeout_ms: 30_000,
             load_ms: 0,
             url: None,
+            urls: Vec::new(),
             api_key: None,
             connect_timeout_ms: 2_000,
             first_byte_timeout_ms: 30_000,
@@ -458,9 +464,12 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Total slots over all pools.
+    /// Total slots over all pools (each replica of a replica set has the pool's).
     pub fn total_slots(&self) -> u64 {
-        self.pools.iter().map(|p| u64::from(p.slots)).sum()
+        self.pools
+            .iter()
+            .map(|p| u64::from(p.slots) * p.replicas().len() as u64)
+            .sum()
     }
 }
 

@@ -325,20 +325,45 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
         p.push(format!("{at}.cost_per_token: must be a finite number >= 0"));
     }
     let a = &pool.adapter;
-    match (a.kind, &a.url) {
-        (AdapterKind::Mock, Some(_)) => {
+    match (a.kind, &a.url, a.urls.is_empty()) {
+        (AdapterKind::Mock, Some(_), _) => {
             p.push(format!("{at}.adapter.url: the mock adapter takes no url"))
         }
-        (AdapterKind::Openai | AdapterKind::Llamacpp, None) => p.push(format!(
-            "{at}.adapter.url: required for kind = \"{}\"",
+        (AdapterKind::Mock, None, false) => {
+            p.push(format!("{at}.adapter.urls: the mock adapter takes no urls"))
+        }
+        (AdapterKind::Openai | AdapterKind::Llamacpp, None, true) => p.push(format!(
+            "{at}.adapter.url: required for kind = \"{}\" (or urls, a replica set)",
             a.kind.as_str()
         )),
-        (AdapterKind::Openai | AdapterKind::Llamacpp, Some(url)) => {
+        (AdapterKind::Openai | AdapterKind::Llamacpp, Some(_), false) => p.push(format!(
+            "{at}.adapter.urls: give url (one engine) or urls (a replica set), not both"
+        )),
+        (AdapterKind::Openai | AdapterKind::Llamacpp, Some(url), true) => {
             if let Err(why) = parse_http_url(url) {
                 p.push(format!("{at}.adapter.url: {why}"));
             }
         }
-        (AdapterKind::Mock, None) => {}
+        (AdapterKind::Openai | AdapterKind::Llamacpp, None, false) => {
+            if a.urls.len() > MAX_REPLICAS {
+                p.push(format!(
+                    "{at}.adapter.urls: {} replicas, more than {MAX_REPLICAS}",
+                    a.urls.len()
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (i, url) in a.urls.iter().enumerate() {
+                match parse_http_url(url) {
+                    Err(why) => p.push(format!("{at}.adapter.urls[{i}]: {why}")),
+                    Ok(u) if !seen.insert(replica_id_of(&u)) => p.push(format!(
+                        "{at}.adapter.urls[{i}]: names replica {} twice",
+                        replica_id_of(&u)
+                    )),
+                    Ok(_) => {}
+                }
+            }
+        }
+        (AdapterKind::Mock, None, true) => {}
     }
     if a.kind != AdapterKind::Mock {
         for (name, set) in [
@@ -391,22 +416,46 @@ pub struct HttpUrl {
 }
 
 impl PoolConfig {
-    /// The id of the pool's engine replica (`replica_id` of its series, `replicas[].id`
-    /// of its health; issue 20): `mock` for the mock, the engine URL's `host:port` for
-    /// an HTTP engine (bracketed for IPv6; one replica per pool today).
-    pub fn replica_id(&self) -> String {
-        let url = self.adapter.url.as_deref().map(parse_http_url);
-        match (self.adapter.kind, url) {
-            (AdapterKind::Mock, _) => "mock".to_string(),
-            (_, Some(Ok(u))) if u.host.contains(':') && !u.host.starts_with('[') => {
-                format!("[{}]:{}", u.host, u.port)
-            }
-            (_, Some(Ok(u))) => format!("{}:{}", u.host, u.port),
-            // Validation refuses an HTTP pool whose URL does not parse (credentials in
-            // it included), so this names a config built past it; the URL is never
-            // echoed.
-            (_, _) => "unusable".to_string(),
+    /// The pool's engine replicas, in config order: `(id, url)`, the id being what
+    /// `replica_id` labels and `replicas[].id` show (issue 20): `mock` for the mock
+    /// (no URL), the URL's `host:port` for an HTTP engine (bracketed for IPv6). One for
+    /// `url`, one per entry of `urls`.
+    pub fn replicas(&self) -> Vec<(String, Option<String>)> {
+        if self.adapter.kind == AdapterKind::Mock {
+            return vec![("mock".to_string(), None)];
         }
+        let urls: Vec<&String> = match &self.adapter.url {
+            Some(u) => vec![u],
+            None => self.adapter.urls.iter().collect(),
+        };
+        urls.into_iter()
+            .map(|u| {
+                // Validation refuses a URL that does not parse (credentials in it
+                // included), so `unusable` names a config built past it; the URL is
+                // never echoed.
+                let id = parse_http_url(u)
+                    .map_or_else(|_| "unusable".to_string(), |u| replica_id_of(&u));
+                (id, Some(u.clone()))
+            })
+            .collect()
+    }
+
+    /// The `replica_id` label of the pool's series: its replica's id, or for a replica
+    /// set (whose series are not yet kept per replica) the ids joined by commas.
+    pub fn replica_id(&self) -> String {
+        let ids: Vec<String> = self.replicas().into_iter().map(|(id, _)| id).collect();
+        ids.join(",")
+    }
+}
+
+/// Replicas of one pool at most (`adapter.urls`).
+pub const MAX_REPLICAS: usize = 64;
+
+fn replica_id_of(u: &HttpUrl) -> String {
+    if u.host.contains(':') && !u.host.starts_with('[') {
+        format!("[{}]:{}", u.host, u.port)
+    } else {
+        format!("{}:{}", u.host, u.port)
     }
 }
 
@@ -628,6 +677,61 @@ tokens_per_minute = 2000000000000
             .unwrap_err()
             .contains("api_key"));
         assert!(parse_http_url("http://x:port").is_err());
+    }
+
+    #[test]
+    fn a_replica_set_is_urls_each_checked_and_named() {
+        let load = |adapter: &str| {
+            let c = Config::from_toml_str(&format!(
+                "[[pools]]\nid = \"a\"\n[pools.adapter]\n{adapter}\n"
+            ))
+            .unwrap();
+            c.validate().map(|()| c)
+        };
+        let c = load(
+            "kind = \"llamacpp\"\nurls = [\"http://127.0.0.2:8080\", \"http://127.0.0.3:8080/x\"]",
+        )
+        .unwrap();
+        let ids: Vec<String> = c.pools[0]
+            .replicas()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, ["127.0.0.2:8080", "127.0.0.3:8080"]);
+        assert_eq!(c.pools[0].replica_id(), "127.0.0.2:8080,127.0.0.3:8080");
+        assert_eq!(c.total_slots(), 2 * u64::from(c.pools[0].slots));
+        for (adapter, says) in [
+            (
+                "kind = \"openai\"\nurl = \"http://x:1\"\nurls = [\"http://y:1\"]",
+                "pools[0].adapter.urls: give url (one engine) or urls (a replica set), not both",
+            ),
+            (
+                "urls = [\"http://y:1\"]",
+                "pools[0].adapter.urls: the mock adapter takes no urls",
+            ),
+            (
+                "kind = \"openai\"\nurls = [\"http://y:1\", \"https://z:1\"]",
+                "pools[0].adapter.urls[1]: ",
+            ),
+            (
+                "kind = \"openai\"\nurls = [\"http://y:1\", \"http://y:1/other\"]",
+                "pools[0].adapter.urls[1]: names replica y:1 twice",
+            ),
+            (
+                "kind = \"openai\"\nurls = []",
+                "pools[0].adapter.url: required",
+            ),
+        ] {
+            let e = load(adapter).unwrap_err().to_string();
+            assert!(e.contains(says), "{adapter}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_REPLICAS)
+            .map(|i| format!("\"http://h{i}:1\""))
+            .collect();
+        let e = load(&format!("kind = \"openai\"\nurls = [{}]", many.join(", ")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 64"), "{e}");
     }
 
     #[test]

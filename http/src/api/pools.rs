@@ -30,16 +30,23 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
         .ok_or_else(|| ApiError::internal(format!("pool {id} is missing on its shard")))?;
     let cfg = &app.app.config.pools[index];
 
-    let mut replica = serde_json::json!({
-        "id": cfg.replica_id(),
-        "state": if stats.up { "up" } else { "down" },
-        "slots": stats.slots_total,
-        "busy": stats.slots_busy,
-        "engine_version": stats.reported_version.as_deref().unwrap_or(&cfg.engine_version),
-    });
-    if let Some(ago) = stats.checked_ms_ago {
-        replica["last_probe_ms_ago"] = ago.into();
-    }
+    let replicas: Vec<serde_json::Value> = stats
+        .replicas
+        .iter()
+        .map(|r| {
+            let mut replica = serde_json::json!({
+                "id": r.id,
+                "state": if r.up { "up" } else { "down" },
+                "slots": r.slots,
+                "busy": r.busy,
+                "engine_version": r.reported_version.as_deref().unwrap_or(&cfg.engine_version),
+            });
+            if let Some(ago) = r.checked_ms_ago {
+                replica["last_probe_ms_ago"] = ago.into();
+            }
+            replica
+        })
+        .collect();
     let doc = serde_json::json!({
         "live": true,
         "ready": ready,
@@ -58,8 +65,8 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
             "latency_first_token_ms": {"p50": stats.first_token_ms.0, "p99": stats.first_token_ms.1, "count": stats.first_token_ms.2},
             "latency_decode_ms": {"p50": stats.decode_ms.0, "p99": stats.decode_ms.1, "count": stats.decode_ms.2},
         },
-        // The pool's engine replicas (issue 20): one today.
-        "replicas": [replica],
+        // The pool's engine replicas (issue 20), in config order.
+        "replicas": replicas,
     });
     Ok(respond::json(
         StatusCode::OK,

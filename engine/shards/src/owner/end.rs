@@ -83,7 +83,7 @@ impl Owner {
         if let Some(reason) = how.cut_short() {
             t.probe.count_canceled(reason);
         }
-        let (tokens, tenant) = (t.tokens_out, t.spec.tenant);
+        let (tokens, tenant, replica) = (t.tokens_out, t.spec.tenant, t.replica);
         let (asked, used) = (
             t.prompt_tokens + u64::from(t.spec.max_tokens),
             t.prompt_tokens + u64::from(tokens),
@@ -98,6 +98,9 @@ impl Owner {
         };
         if ran {
             p.busy = p.busy.saturating_sub(1);
+            if let Some(r) = replica.and_then(|r| p.replicas.get_mut(r)) {
+                r.busy = r.busy.saturating_sub(1);
+            }
             p.queue.ended(tenant, asked, used);
         } else {
             p.queue.remove(tenant, class, id);

@@ -38,7 +38,9 @@ use orchd_engine::{CancelReason, ErrorKind};
 use self::fair::Share;
 use self::pool::OwnerPool;
 use self::task::{State, Step, TaskRun, Terminal};
-use crate::commands::{DispatcherCommand, FrameMsg, PoolStats, Rendering, Subscribed};
+use crate::commands::{
+    DispatcherCommand, FrameMsg, PoolStats, Rendering, ReplicaStats, Subscribed,
+};
 use crate::engines::{Adapter, Health};
 use crate::metrics::{PoolSample, TenantProbe, RECENT_WINDOW};
 
@@ -49,6 +51,8 @@ pub const SUBSCRIBER_BUFFER: usize = 1024;
 pub(crate) struct Start {
     pub(crate) task: Rc<RefCell<TaskRun>>,
     pub(crate) pool: usize,
+    /// The replica of the pool it runs on.
+    pub(crate) replica: usize,
     pub(crate) engine: Adapter,
     pub(crate) generation: Generation,
     /// Fires (is dropped) when the task ends elsewhere.
@@ -131,13 +135,24 @@ impl Owner {
         let (first_token_ms, decode_ms) = p.probe.recent();
         Some(PoolStats {
             queue_depth: p.depth(),
-            slots_total: p.cfg.slots,
+            slots_total: p.slots(),
             slots_busy: p.busy,
             model_ref: p.model_ref.clone(),
             draining: p.drain_at.is_some(),
-            reported_version: p.reported_version.clone(),
-            up: p.up,
-            checked_ms_ago: p.checked_at.map(|t| ms(t.elapsed())),
+            reported_version: p.reported_version().map(str::to_string),
+            up: p.up(),
+            replicas: p
+                .replicas
+                .iter()
+                .map(|r| ReplicaStats {
+                    id: r.id.clone(),
+                    up: r.up,
+                    slots: p.cfg.slots,
+                    busy: r.busy,
+                    reported_version: r.reported_version.clone(),
+                    checked_ms_ago: r.checked_at.map(|t| ms(t.elapsed())),
+                })
+                .collect(),
             first_token_ms,
             decode_ms,
         })
@@ -157,12 +172,12 @@ impl Owner {
                     .then(|| t.prompt_tokens + u64::from(t.tokens_out))
             })
             .sum::<u64>();
-        let busy_share = f64::from(p.busy) / f64::from(p.cfg.slots);
+        let busy_share = f64::from(p.busy) / f64::from(p.slots().max(1));
         Some(PoolSample {
             pool,
             queue_depth: [p.queue.len_of(0) as u64, p.queue.len_of(1) as u64],
             slots_busy: p.busy,
-            slots_total: p.cfg.slots,
+            slots_total: p.slots(),
             kv_cache_usage_ratio: busy_share,
             gpu_utilization: busy_share,
             vram_used_bytes: kv_tokens * orchd_engine::admission::KV_BYTES_PER_TOKEN,
@@ -177,39 +192,57 @@ impl Owner {
         v
     }
 
-    /// The pools of this shard whose engines are probed, with their engines.
-    pub(crate) fn probed_engines(&self) -> Vec<(usize, Adapter)> {
+    /// The engine replicas of this shard's pools that are probed: (pool, replica,
+    /// engine).
+    pub(crate) fn probed_engines(&self) -> Vec<(usize, usize, Adapter)> {
         self.pools
             .iter()
-            .filter(|(_, p)| p.engine.health_interval().is_some())
-            .map(|(i, p)| (*i, p.engine.clone()))
+            .flat_map(|(i, p)| {
+                p.replicas
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.engine.health_interval().is_some())
+                    .map(|(j, r)| (*i, j, r.engine.clone()))
+            })
             .collect()
     }
 
-    /// A pool's engine, for a reload.
-    pub(crate) fn engine(&self, pool: usize) -> Option<Adapter> {
-        self.pools.get(&pool).map(|p| p.engine.clone())
+    /// A pool's engine replicas, for a reload.
+    pub(crate) fn engines(&self, pool: usize) -> Vec<Adapter> {
+        self.pools
+            .get(&pool)
+            .map(|p| p.replicas.iter().map(|r| r.engine.clone()).collect())
+            .unwrap_or_default()
     }
 
-    /// Records what a pool's health probe (or a failed call) learned; the dispatcher
-    /// hears of a change, so that admission routes around an engine that is down.
-    pub(crate) fn set_health(&mut self, pool: usize, health: Health) {
+    /// Records what a replica's health probe (or a failed call) learned. A replica
+    /// that is down takes no task; the dispatcher hears when the pool's ready slots
+    /// change, so that admission routes around a pool with none.
+    pub(crate) fn set_health(&mut self, pool: usize, replica: usize, health: Health) {
         let Some(p) = self.pools.get_mut(&pool) else {
             return;
         };
-        p.checked_at = Some(Instant::now());
+        let Some(r) = p.replicas.get_mut(replica) else {
+            return;
+        };
+        r.checked_at = Some(Instant::now());
         if let Some(v) = health.version {
-            p.reported_version = Some(v);
+            r.reported_version = Some(v);
         }
-        if p.up == health.up {
+        if r.up == health.up {
             return;
         }
-        p.up = health.up;
-        tracing::warn!(pool = %p.cfg.id, up = health.up, slots = ?health.slots, "engine health changed");
+        r.up = health.up;
+        tracing::warn!(pool = %p.cfg.id, replica = %r.id, up = health.up, slots = ?health.slots, "engine health changed");
         self.fx.notices.push(DispatcherCommand::PoolUp {
             pool,
-            up: health.up,
+            up: p.up(),
+            slots: p.slots(),
         });
+        // A replica that came back takes waiting tasks.
+        if health.up {
+            self.pump(pool, Instant::now());
+        }
     }
 
     /// Ends the pool's tasks (running and queued) `deadline` from now, or at the

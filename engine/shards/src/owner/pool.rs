@@ -1,9 +1,13 @@
 //! One pool on its owner shard: its queue (tenants' fair shares, interactive before
-//! batch within a tenant, FIFO within a class: [`FairQueue`]), its slots, its ETA model, its drain deadline, its engine and its probe —
-//! every per-pool truth, in one place.
+//! batch within a tenant, FIFO within a class: [`FairQueue`]), its engine replicas and
+//! their slots, its ETA model, its drain deadline and its probe — every per-pool truth,
+//! in one place.
 
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::time::Instant;
+
+use uuid::Uuid;
 
 use orchd_engine::admission::Eta;
 use orchd_engine::config::PoolConfig;
@@ -11,6 +15,23 @@ use orchd_engine::config::PoolConfig;
 use super::fair::{FairQueue, Share};
 use crate::engines::Adapter;
 use crate::metrics::PoolProbe;
+
+/// One engine replica of a pool (a pool with `url` or the mock has one; `urls`, one
+/// per URL; issue 20).
+pub(crate) struct Replica {
+    /// `host:port`, or `mock`.
+    pub(crate) id: String,
+    pub(crate) engine: Adapter,
+    /// It answers its health probe (always true for the mock).
+    pub(super) up: bool,
+    /// The version it reports about itself, once probed.
+    pub(super) reported_version: Option<String>,
+    /// When its health was last learned (a probe, or a call that found it down); never
+    /// for the mock, which is not probed.
+    pub(super) checked_at: Option<Instant>,
+    /// Its tasks running now.
+    pub(super) busy: u32,
+}
 
 pub(crate) struct OwnerPool {
     pub(crate) cfg: PoolConfig,
@@ -21,14 +42,9 @@ pub(crate) struct OwnerPool {
     /// The dispatcher was told that `drain_at` passed.
     pub(super) drained: bool,
     pub(super) probe: Rc<PoolProbe>,
-    pub(crate) engine: Adapter,
-    /// The engine answers its health probe (always true for the mock).
-    pub(super) up: bool,
-    /// The version the engine reports about itself, once probed.
-    pub(super) reported_version: Option<String>,
-    /// When the engine's health was last learned (a probe, or a call that found it
-    /// down); never for the mock, which is not probed.
-    pub(super) checked_at: Option<Instant>,
+    /// In config order; each has the pool's `cfg.slots`.
+    pub(crate) replicas: Vec<Replica>,
+    /// Tasks running, on all replicas.
     pub(super) busy: u32,
     pub(super) queue: FairQueue,
     /// A position update of this pool's queue is due (`stream.position_update_ms`).
@@ -40,19 +56,33 @@ pub(crate) struct OwnerPool {
 
 impl OwnerPool {
     pub(super) fn new(cfg: &PoolConfig, shares: &[Share]) -> OwnerPool {
-        let engine = Adapter::from_config(&cfg.adapter);
-        if let Adapter::Unusable(why) = &engine {
-            tracing::error!(pool = %cfg.id, error = %why, "engine url unusable; its tasks will fail");
-        }
+        let replicas = cfg
+            .replicas()
+            .into_iter()
+            .map(|(id, url)| {
+                let mut adapter = cfg.adapter.clone();
+                adapter.url = url;
+                adapter.urls = Vec::new();
+                let engine = Adapter::from_config(&adapter);
+                if let Adapter::Unusable(why) = &engine {
+                    tracing::error!(pool = %cfg.id, replica = %id, error = %why, "engine url unusable; its tasks will fail");
+                }
+                Replica {
+                    id,
+                    engine,
+                    up: true,
+                    reported_version: None,
+                    checked_at: None,
+                    busy: 0,
+                }
+            })
+            .collect();
         OwnerPool {
             model_ref: cfg.model_ref.clone(),
             drain_at: None,
             drained: false,
             probe: Rc::new(PoolProbe::default()),
-            engine,
-            up: true,
-            reported_version: None,
-            checked_at: None,
+            replicas,
             busy: 0,
             queue: FairQueue::new(shares),
             positions_due: false,
@@ -63,6 +93,41 @@ impl OwnerPool {
 
     pub(super) fn depth(&self) -> u32 {
         self.queue.len() as u32
+    }
+
+    /// Slots of the replicas that take tasks.
+    pub(crate) fn slots(&self) -> u32 {
+        self.cfg.slots * self.replicas.iter().filter(|r| r.up).count() as u32
+    }
+
+    /// One replica answers its health probe.
+    pub(super) fn up(&self) -> bool {
+        self.replicas.iter().any(|r| r.up)
+    }
+
+    /// The version the pool's engine reports: the first replica's that said.
+    pub(super) fn reported_version(&self) -> Option<&str> {
+        self.replicas
+            .iter()
+            .find_map(|r| r.reported_version.as_deref())
+    }
+
+    /// The replica a task of `session` takes now, if one has a free slot: with a
+    /// session, the first by rendezvous weight (hash of session and replica id) among
+    /// the ready replicas with a free slot, so a session's tasks stay on one replica
+    /// while it has room and move to the same next one when it has none or is down;
+    /// without, the ready replica with the most free slots.
+    pub(super) fn pick(&self, session: Option<Uuid>) -> Option<usize> {
+        let free = |r: &Replica| r.up && r.busy < self.cfg.slots;
+        let candidates = self.replicas.iter().enumerate().filter(|(_, r)| free(r));
+        match session {
+            Some(s) => candidates
+                .max_by_key(|(_, r)| weight(s, &r.id))
+                .map(|(i, _)| i),
+            None => candidates
+                .max_by_key(|(i, r)| (self.cfg.slots - r.busy, std::cmp::Reverse(*i)))
+                .map(|(i, _)| i),
+        }
     }
 
     /// Starts (or keeps the earlier of) a drain deadline; returns the time left.
@@ -81,5 +146,82 @@ impl OwnerPool {
         self.drain_at = Some(at);
         self.drained = false;
         at.saturating_duration_since(now)
+    }
+}
+
+/// A session's rendezvous weight for a replica: the same on every run and every orchd
+/// (SipHash with fixed keys), so two instances send a session to the same replica.
+fn weight(session: Uuid, replica: &str) -> u64 {
+    #[allow(deprecated)] // SipHasher: fixed keys, stable across runs, as wanted here
+    let mut h = std::hash::SipHasher::new();
+    session.hash(&mut h);
+    replica.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchd_engine::config::{AdapterKind, Config};
+
+    fn pool(replicas: usize, slots: u32) -> OwnerPool {
+        let mut c = Config::default();
+        let p = &mut c.pools[0];
+        p.slots = slots;
+        p.adapter.kind = AdapterKind::Openai;
+        p.adapter.urls = (0..replicas)
+            .map(|i| format!("http://127.0.0.{}:8080", i + 2))
+            .collect();
+        OwnerPool::new(
+            p,
+            &[Share {
+                weight: 1,
+                max_running: 0,
+            }],
+        )
+    }
+
+    #[test]
+    fn a_session_stays_on_its_replica_and_moves_when_it_is_full_or_down() {
+        let mut p = pool(3, 1);
+        let s = Uuid::from_u128(7);
+        let home = p.pick(Some(s)).unwrap();
+        assert_eq!(p.pick(Some(s)), Some(home), "the same replica every time");
+        p.replicas[home].busy = 1;
+        let next = p.pick(Some(s)).unwrap();
+        assert_ne!(next, home, "a full replica is passed over");
+        p.replicas[home].busy = 0;
+        p.replicas[home].up = false;
+        assert_eq!(
+            p.pick(Some(s)),
+            Some(next),
+            "a down one too, for the same next one"
+        );
+        assert_eq!(p.slots(), 2);
+        for r in &mut p.replicas {
+            r.up = false;
+        }
+        assert_eq!(p.pick(Some(s)), None);
+    }
+
+    #[test]
+    fn sessions_spread_over_the_replicas() {
+        let p = pool(3, 4);
+        let mut used = [0; 3];
+        for i in 0..300u128 {
+            used[p.pick(Some(Uuid::from_u128(i * 7919))).unwrap()] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 60), "{used:?}");
+    }
+
+    #[test]
+    fn without_a_session_the_most_free_slots() {
+        let mut p = pool(3, 4);
+        p.replicas[0].busy = 3;
+        p.replicas[1].busy = 1;
+        p.replicas[2].busy = 2;
+        assert_eq!(p.pick(None), Some(1));
+        p.replicas[1].busy = 2;
+        assert_eq!(p.pick(None), Some(1), "a tie goes to the first");
     }
 }

@@ -58,6 +58,7 @@ impl Owner {
             tokens_out: 0,
             admitted_at: new.admitted_at,
             started_at: None,
+            replica: None,
             first_token_at: None,
             last_token_at: None,
             last_metrics_at: now,
@@ -118,19 +119,27 @@ impl Owner {
             return;
         };
         let mut starting = Vec::new();
-        while pool.busy < pool.cfg.slots {
+        // While a ready replica has a free slot: the next task, on its replica.
+        while pool.pick(None).is_some() {
             let Some(next) = pool.queue.pop() else {
                 break;
             };
+            let session = self
+                .tasks
+                .get(&next.id)
+                .and_then(|t| t.borrow().spec.session_id);
+            let replica = pool.pick(session).expect("a replica has a free slot");
             pool.busy += 1;
-            starting.push(next.id);
+            pool.replicas[replica].busy += 1;
+            starting.push((next.id, replica));
         }
         let mut ending = Vec::new();
-        for id in starting {
+        for (id, replica) in starting {
             let Some(rc) = self.tasks.get(&id).cloned() else {
                 continue;
             };
-            if let Adapter::Unusable(_) = &self.pools[&pool_index].engine {
+            rc.borrow_mut().replica = Some(replica);
+            if let Adapter::Unusable(_) = &self.pools[&pool_index].replicas[replica].engine {
                 let how = Terminal::Failed {
                     reason: CancelReason::Engine,
                     kind: ErrorKind::PoolUnavailable,
@@ -146,7 +155,8 @@ impl Owner {
             self.fx.starts.push(Start {
                 task: rc,
                 pool: pool_index,
-                engine: self.pools[&pool_index].engine.clone(),
+                replica,
+                engine: self.pools[&pool_index].replicas[replica].engine.clone(),
                 generation,
                 stop,
             });

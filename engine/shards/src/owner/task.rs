@@ -95,6 +95,8 @@ pub(crate) struct TaskRun {
     pub(super) prompt_tokens: u64,
     pub(super) admitted_at: Instant,
     pub(super) started_at: Option<Instant>,
+    /// The replica of its pool it runs on, once started.
+    pub(super) replica: Option<usize>,
     pub(super) first_token_at: Option<Instant>,
     pub(super) last_token_at: Option<Instant>,
     pub(super) deadline_at: Instant,

@@ -1,0 +1,199 @@
+//! Replica sets (issue 20): a pool over several engine replicas (`adapter.urls`), each
+//! with its own slots and health probe; a session's tasks go to one replica and move
+//! when it dies. Against in-test engines that speak the OpenAI wire format (the real
+//! llama.cpp servers are in `real_engine.rs`).
+
+mod support;
+
+use std::time::Duration;
+
+use orchd_engine::config::{AdapterKind, PoolConfig};
+use orchd_testkit::fake_engine::{FakeEngine, Mode};
+use orchd_testkit::{open_stream, stream, submit, task_body, tokens, uuid, wait_until, Event};
+use serde_json::json;
+use support::TestServer;
+
+const SLOTS: u32 = 2;
+
+fn server(engines: &[FakeEngine]) -> TestServer {
+    let mut c = TestServer::config(2);
+    let mut p = PoolConfig {
+        id: "set".into(),
+        slots: SLOTS,
+        ..PoolConfig::default()
+    };
+    p.adapter.kind = AdapterKind::Openai;
+    p.adapter.urls = engines.iter().map(|e| e.url()).collect();
+    p.adapter.health_interval_ms = 100;
+    p.adapter.connect_timeout_ms = 500;
+    p.adapter.retries = 0;
+    c.pools = vec![p];
+    TestServer::start(c)
+}
+
+/// How many generations each engine has been asked for.
+fn asked(engines: &[FakeEngine]) -> Vec<usize> {
+    engines.iter().map(|e| e.generations().len()).collect()
+}
+
+/// Runs one task of `session` to its end: the engine that was asked for it (the one
+/// whose count moved, exactly one) and the task's frames.
+fn turn(s: &TestServer, engines: &[FakeEngine], session: &str, n: u32) -> (usize, Vec<Event>) {
+    let before = asked(engines);
+    let task = uuid();
+    let r = submit(
+        s.addr,
+        &[],
+        &task_body(&task, session, json!({"max_tokens": n})),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let frames = stream(s.addr, &[], &task);
+    let after = asked(engines);
+    let moved: Vec<usize> = (0..engines.len())
+        .filter(|&i| after[i] != before[i])
+        .collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "one engine answers a task: {before:?} -> {after:?}"
+    );
+    assert_eq!(after[moved[0]], before[moved[0]] + 1);
+    (moved[0], frames)
+}
+
+fn replica_states(s: &TestServer) -> Vec<(String, String)> {
+    let h = s.get("/v1/pools/set/health", &[]).json();
+    h["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn concurrency(s: &TestServer) -> u64 {
+    let caps = s.get("/v1/capabilities", &[]).json();
+    caps["engines"][0]["concurrency"].as_u64().unwrap()
+}
+
+#[test]
+fn a_sessions_tasks_stay_on_one_replica_and_sessions_spread_over_the_set() {
+    let engines = [
+        FakeEngine::start(),
+        FakeEngine::start(),
+        FakeEngine::start(),
+    ];
+    let s = server(&engines);
+    // Each replica is listed with its own slots, and the pool has all of them.
+    let h = s.get("/v1/pools/set/health", &[]).json();
+    let ids: Vec<String> = engines.iter().map(|e| e.addr.to_string()).collect();
+    let listed: Vec<&str> = h["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ids, "{h}");
+    assert!(h["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["slots"] == SLOTS));
+    assert_eq!(h["metrics"]["slots_total"], 3 * SLOTS, "{h}");
+    assert_eq!(concurrency(&s), u64::from(3 * SLOTS));
+
+    let mut used = [0usize; 3];
+    for _ in 0..12 {
+        let session = uuid();
+        let (first, frames) = turn(&s, &engines, &session, 3);
+        assert_eq!(tokens(&frames).len(), 3);
+        for _ in 0..2 {
+            let (again, _) = turn(&s, &engines, &session, 3);
+            assert_eq!(again, first, "every turn of a session on its replica");
+        }
+        used[first] += 1;
+    }
+    assert!(
+        used.iter().filter(|&&n| n > 0).count() >= 2,
+        "twelve sessions over three replicas: {used:?}"
+    );
+}
+
+#[test]
+fn a_replica_that_dies_ends_its_streams_with_worker_reset_and_its_sessions_move() {
+    let mut engines = vec![
+        FakeEngine::start(),
+        FakeEngine::start(),
+        FakeEngine::start(),
+    ];
+    let s = server(&engines);
+    let a = uuid();
+    let (home, _) = turn(&s, &engines, &a, 2);
+    // A session that lives on another replica.
+    let (b, b_home) = (0..50)
+        .map(|_| {
+            let b = uuid();
+            let (at, _) = turn(&s, &engines, &b, 1);
+            (b, at)
+        })
+        .find(|(_, at)| *at != home)
+        .expect("a session on another replica");
+
+    // a's replica dies three tokens into a's next task, while b's task streams on another.
+    for e in &engines {
+        e.set_tpot(Duration::from_millis(20));
+    }
+    engines[home].set_mode(Mode::DieAfter(3));
+    let (ta, tb) = (uuid(), uuid());
+    let body = |t: &str, session: &str| task_body(t, session, json!({"max_tokens": 20}));
+    assert_eq!(submit(s.addr, &[], &body(&ta, &a)).status, 202);
+    assert_eq!(submit(s.addr, &[], &body(&tb, &b)).status, 202);
+    let (ra, rb) = (open_stream(s.addr, &[], &ta), open_stream(s.addr, &[], &tb));
+    let (fa, fb) = (ra.collect(), rb.collect());
+    let last = fa.last().unwrap();
+    assert_eq!(last.event, "error", "{fa:?}");
+    assert_eq!(last.data["code"], "WORKER_RESET", "{fa:?}");
+    assert_eq!(
+        fb.last().unwrap().event,
+        "end",
+        "the other replica's stream is undisturbed"
+    );
+    assert_eq!(tokens(&fb).len(), 20);
+
+    // It stays dead: its probe finds nobody listening, and the pool loses its slots.
+    let dead = engines.remove(home);
+    let dead_id = dead.addr.to_string();
+    drop(dead);
+    wait_until(
+        Duration::from_secs(5),
+        "the dead replica to be down",
+        || {
+            replica_states(&s)
+                .iter()
+                .any(|(id, state)| *id == dead_id && state == "down")
+        },
+    );
+    let states = replica_states(&s);
+    assert_eq!(
+        states.iter().filter(|(_, st)| st == "up").count(),
+        2,
+        "{states:?}"
+    );
+    assert_eq!(concurrency(&s), u64::from(2 * SLOTS));
+
+    // a's next task goes to a live replica and runs; b stays where it was.
+    for e in &engines {
+        e.set_tpot(Duration::from_millis(1));
+    }
+    let (_, frames) = turn(&s, &engines, &a, 4);
+    assert_eq!(tokens(&frames).len(), 4);
+    assert_eq!(frames.last().unwrap().event, "end");
+    let b_now = if b_home < home { b_home } else { b_home - 1 };
+    let (again, _) = turn(&s, &engines, &b, 2);
+    assert_eq!(again, b_now, "a session whose replica lives stays on it");
+}
