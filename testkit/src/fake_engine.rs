@@ -53,7 +53,13 @@ impl FakeEngine {
 
     /// Listens on a given loopback port (0 = any).
     pub fn start_on(port: u16) -> FakeEngine {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        FakeEngine::start_at(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Listens on `addr` (another loopback address: one engine per address, as one
+    /// per host).
+    pub fn start_at(addr: SocketAddr) -> FakeEngine {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let e = FakeEngine {

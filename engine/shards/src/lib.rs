@@ -11,6 +11,7 @@
 //! [`rt`] module, so that an epoll runtime can replace `rt` alone.
 
 pub mod commands;
+mod discover;
 mod dispatcher;
 mod driver;
 pub mod engines;

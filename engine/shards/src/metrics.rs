@@ -146,6 +146,10 @@ pub struct PoolProbe {
     decode: [RefCell<Latency>; 2],
     pub queue_wait: [RefCell<Latency>; 2],
     pub inter_token: RefCell<Latency>,
+    /// DNS refreshes of a pool that discovers its replicas: [answered, failed].
+    pub discovery: [Cell<u64>; 2],
+    /// Replicas that [joined, left] its set.
+    pub replica_changes: [Cell<u64>; 2],
     /// The same first-token and decode latencies over the last minutes, for health.
     recent_first_token: RefCell<Recent>,
     recent_decode: RefCell<Recent>,
@@ -198,6 +202,8 @@ impl PoolProbe {
             decode: two(&self.decode),
             queue_wait: two(&self.queue_wait),
             inter_token: self.inter_token.borrow().snapshot(),
+            discovery: [self.discovery[0].get(), self.discovery[1].get()],
+            replica_changes: [self.replica_changes[0].get(), self.replica_changes[1].get()],
         }
     }
 }
@@ -214,6 +220,10 @@ pub struct PoolProbeSnapshot {
     pub decode: [LatencySnapshot; 2],
     pub queue_wait: [LatencySnapshot; 2],
     pub inter_token: LatencySnapshot,
+    /// DNS refreshes [answered, failed] (pools with `discover`).
+    pub discovery: [u64; 2],
+    /// Replicas that [joined, left] the set (pools with `discover`).
+    pub replica_changes: [u64; 2],
 }
 
 /// One pool as a scrape sees it.

@@ -187,10 +187,16 @@ impl Shard {
         });
         rt::spawn(rt::Class::Latency, Rc::clone(&shard).serve_commands(inbox));
         rt::spawn(rt::Class::Throughput, Rc::clone(&shard).sweep_forever());
-        for (pool, replica, engine) in shard.owner().probed_engines() {
+        for (pool, replica, generation, engine) in shard.owner().probed_engines() {
             rt::spawn(
                 rt::Class::Throughput,
-                probe_forever(Rc::clone(&shard), (pool, replica), engine),
+                probe_forever(Rc::clone(&shard), (pool, replica, generation), engine),
+            );
+        }
+        for (pool, discovery) in shard.owner().discovering() {
+            rt::spawn(
+                rt::Class::Throughput,
+                discover_forever(Rc::clone(&shard), pool, discovery),
             );
         }
         shard
@@ -242,6 +248,12 @@ impl Shard {
         }
         for s in fx.starts {
             crate::driver::start(self, s);
+        }
+        for (pool, replica, generation, engine) in fx.probes {
+            rt::spawn(
+                rt::Class::Throughput,
+                probe_forever(Rc::clone(self), (pool, replica, generation), engine),
+            );
         }
         for (pool, after) in fx.position_updates {
             let shard = Rc::clone(self);
@@ -539,17 +551,35 @@ impl crate::driver::Home for Shard {
 }
 
 /// Probes a pool's engine forever; admission routes around it while it is down.
-async fn probe_forever(shard: Rc<Shard>, (pool, replica): (usize, usize), engine: Adapter) {
+async fn probe_forever(
+    shard: Rc<Shard>,
+    (pool, replica, generation): (usize, usize, u32),
+    engine: Adapter,
+) {
     let Some(every) = engine.health_interval() else {
         return;
     };
     loop {
         rt::sleep(every).await;
-        if shard.stopping() {
+        if shard.stopping() || !shard.owner().probe_current(pool, replica, generation) {
             return;
         }
         let health = engine.health().await;
         shard.with_owner(|o| o.set_health(pool, replica, health));
+    }
+}
+
+/// Resolves a pool's `discover` name at once and then every interval; its owner makes
+/// the replica set follow the answers (a lookup blocks a helper thread, never the shard).
+async fn discover_forever(shard: Rc<Shard>, pool: usize, d: crate::owner::Discovery) {
+    loop {
+        if shard.stopping() {
+            return;
+        }
+        let (name, port, server) = (d.name.clone(), d.port, d.server);
+        let found = rt::blocking(move || crate::discover::resolve(&name, port, server)).await;
+        shard.with_owner(|o| o.discovered(pool, found));
+        rt::sleep(d.every).await;
     }
 }
 

@@ -66,7 +66,8 @@ impl PoolMirror {
         PoolMirror {
             model_ref: cfg.model_ref.clone(),
             state: PoolState::Ready,
-            up: true,
+            // A pool that discovers its engines has none until its name resolves.
+            up: !cfg.replicas().is_empty(),
             slots: cfg.slots * cfg.replicas().len() as u32,
             running: 0,
             queued: [0, 0],

@@ -306,6 +306,16 @@ pub struct AdapterConfig {
     /// replica (rendezvous hashing over the replicas with a free slot), else to the
     /// replica with the most free slots; a replica that fails its probe takes no task.
     pub urls: Vec<String>,
+    /// HTTP adapters, instead of `url` or `urls`: `dns://NAME:PORT`, a replica set of
+    /// the name's A/AAAA records (a Kubernetes headless Service, Consul DNS, plain DNS),
+    /// each address an engine at `http://ADDRESS:PORT`, resolved again every
+    /// `discover_interval_ms`.
+    pub discover: Option<String>,
+    /// How often `discover`'s name is resolved again.
+    pub discover_interval_ms: u64,
+    /// The DNS server `discover` asks, `IP:PORT`; absent: the system's resolver
+    /// (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolver: Option<String>,
     /// HTTP adapters: sent as `Authorization: Bearer ...`; never logged.
     pub api_key: Option<ApiKey>,
     /// HTTP adapters: TCP connect timeout.
@@ -438,6 +448,9 @@ impl Default for AdapterConfig {
             load_ms: 0,
             url: None,
             urls: Vec::new(),
+            discover: None,
+            discover_interval_ms: 5_000,
+            resolver: None,
             api_key: None,
             connect_timeout_ms: 2_000,
             first_byte_timeout_ms: 30_000,

@@ -325,20 +325,51 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
         p.push(format!("{at}.cost_per_token: must be a finite number >= 0"));
     }
     let a = &pool.adapter;
-    match (a.kind, &a.url, a.urls.is_empty()) {
+    if let Some(d) = &a.discover {
+        if a.kind == AdapterKind::Mock {
+            p.push(format!(
+                "{at}.adapter.discover: the mock adapter discovers no engines"
+            ));
+        } else if a.url.is_some() || !a.urls.is_empty() {
+            p.push(format!(
+                "{at}.adapter.discover: give one of url, urls and discover"
+            ));
+        } else if let Err(why) = parse_discover(d) {
+            p.push(format!("{at}.adapter.discover: {why}"));
+        }
+        if !(100..=3_600_000).contains(&a.discover_interval_ms) {
+            p.push(format!(
+                "{at}.adapter.discover_interval_ms: must be in 100..=3600000"
+            ));
+        }
+        if let Some(r) = &a.resolver {
+            if r.parse::<std::net::SocketAddr>().is_err() {
+                p.push(format!(
+                    "{at}.adapter.resolver: {r:?} is not IP:PORT (the DNS server to ask)"
+                ));
+            }
+        }
+    } else if a.resolver.is_some() {
+        p.push(format!("{at}.adapter.resolver: only with discover"));
+    }
+    match (a.kind, &a.url, a.urls.is_empty() && a.discover.is_none()) {
         (AdapterKind::Mock, Some(_), _) => {
             p.push(format!("{at}.adapter.url: the mock adapter takes no url"))
         }
-        (AdapterKind::Mock, None, false) => {
+        (AdapterKind::Mock, None, false) if !a.urls.is_empty() => {
             p.push(format!("{at}.adapter.urls: the mock adapter takes no urls"))
         }
+        (AdapterKind::Mock, None, false) => {}
         (AdapterKind::Openai | AdapterKind::Llamacpp, None, true) => p.push(format!(
             "{at}.adapter.url: required for kind = \"{}\" (or urls, a replica set)",
             a.kind.as_str()
         )),
-        (AdapterKind::Openai | AdapterKind::Llamacpp, Some(_), false) => p.push(format!(
-            "{at}.adapter.urls: give url (one engine) or urls (a replica set), not both"
-        )),
+        (AdapterKind::Openai | AdapterKind::Llamacpp, Some(_), false) if a.discover.is_none() => p
+            .push(format!(
+                "{at}.adapter.urls: give url (one engine) or urls (a replica set), not both"
+            )),
+        // discover with url or urls: reported above.
+        (AdapterKind::Openai | AdapterKind::Llamacpp, Some(_), false) => {}
         (AdapterKind::Openai | AdapterKind::Llamacpp, Some(url), true) => {
             if let Err(why) = parse_http_url(url) {
                 p.push(format!("{at}.adapter.url: {why}"));
@@ -441,15 +472,50 @@ impl PoolConfig {
     }
 
     /// The `replica_id` label of the pool's series: its replica's id, or for a replica
-    /// set (whose series are not yet kept per replica) the ids joined by commas.
+    /// set (whose series are not yet kept per replica) the ids joined by commas, or the
+    /// `NAME:PORT` it discovers.
     pub fn replica_id(&self) -> String {
+        if let Some(Ok(d)) = self.adapter.discover.as_deref().map(parse_discover) {
+            return format!("{}:{}", d.name, d.port);
+        }
         let ids: Vec<String> = self.replicas().into_iter().map(|(id, _)| id).collect();
         ids.join(",")
     }
 }
 
-/// Replicas of one pool at most (`adapter.urls`).
+/// Replicas of one pool at most (`adapter.urls`, or the addresses `discover` finds).
 pub const MAX_REPLICAS: usize = 64;
+
+/// `dns://NAME:PORT` of `adapter.discover`, split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discover {
+    pub name: String,
+    pub port: u16,
+}
+
+/// Parses `adapter.discover`: `dns://NAME:PORT`, a DNS name (letters, digits, `-`, `_`
+/// and dots) and the port its engines listen on.
+pub fn parse_discover(d: &str) -> Result<Discover, String> {
+    let rest = d
+        .strip_prefix("dns://")
+        .ok_or_else(|| format!("{d:?} is not dns://NAME:PORT"))?;
+    let (name, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{d:?} names no port (dns://NAME:PORT)"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| format!("{d:?}: the port is not 1..=65535"))?;
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 253 || !name.chars().all(ok) {
+        return Err(format!("{d:?}: {name:?} is not a DNS name"));
+    }
+    Ok(Discover {
+        name: name.to_string(),
+        port,
+    })
+}
 
 fn replica_id_of(u: &HttpUrl) -> String {
     if u.host.contains(':') && !u.host.starts_with('[') {

@@ -323,6 +323,42 @@ pub(crate) async fn render(
         per_pool(p, true, |s| counter(s.probe.tokens_out as f64)),
     )
     .await;
+    // Pools that discover their replicas through DNS (issue 20); none, no series.
+    let discovering: Vec<Pool<'_>> = pools
+        .iter()
+        .filter(|x| x.cfg.adapter.discover.is_some())
+        .map(|x| Pool {
+            cfg: x.cfg,
+            replica: x.replica.clone(),
+            sample: x.sample,
+        })
+        .collect();
+    if !discovering.is_empty() {
+        x.family(
+            "replica_discovery_total",
+            COUNTER,
+            "DNS refreshes of a pool's replica set (adapter.discover), by outcome.",
+            per_pool_by(
+                &discovering,
+                false,
+                ("outcome", &["answered", "failed"]),
+                |s, i| counter(s.probe.discovery[i] as f64),
+            ),
+        )
+        .await;
+        x.family(
+            "replica_set_changes_total",
+            COUNTER,
+            "Replicas that joined or left a pool's set as DNS listed them.",
+            per_pool_by(
+                &discovering,
+                false,
+                ("change", &["joined", "left"]),
+                |s, i| counter(s.probe.replica_changes[i] as f64),
+            ),
+        )
+        .await;
+    }
     x.family(
         "admission_backpressure_events_total",
         COUNTER,

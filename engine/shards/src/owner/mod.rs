@@ -42,7 +42,15 @@ use crate::commands::{
     DispatcherCommand, FrameMsg, PoolStats, Rendering, ReplicaStats, Subscribed,
 };
 use crate::engines::{Adapter, Health};
-use crate::metrics::{PoolSample, TenantProbe, RECENT_WINDOW};
+use crate::metrics::{bump, PoolSample, TenantProbe, RECENT_WINDOW};
+
+/// A pool's DNS discovery, as its owner shard runs it.
+pub(crate) struct Discovery {
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    pub(crate) server: Option<std::net::SocketAddr>,
+    pub(crate) every: Duration,
+}
 
 /// Frames a subscriber may have in flight before it is dropped (and resubscribes).
 pub const SUBSCRIBER_BUFFER: usize = 1024;
@@ -70,6 +78,8 @@ pub(crate) struct Effects {
     pub(crate) transcripts: Vec<(TenantId, Stored)>,
     /// Pools whose queued tasks are to hear their new places after this long.
     pub(crate) position_updates: Vec<(usize, Duration)>,
+    /// Replicas whose health probes are to start: (pool, replica, generation, engine).
+    pub(crate) probes: Vec<(usize, usize, u32, Adapter)>,
 }
 
 /// One shard's tasks and pools. Lives on its shard; reached through its mailbox.
@@ -141,9 +151,11 @@ impl Owner {
             draining: p.drain_at.is_some(),
             reported_version: p.reported_version().map(str::to_string),
             up: p.up(),
+            // The set as it is now: a replica that left DNS's answer is not in it.
             replicas: p
                 .replicas
                 .iter()
+                .filter(|r| r.present)
                 .map(|r| ReplicaStats {
                     id: r.id.clone(),
                     up: r.up,
@@ -193,8 +205,8 @@ impl Owner {
     }
 
     /// The engine replicas of this shard's pools that are probed: (pool, replica,
-    /// engine).
-    pub(crate) fn probed_engines(&self) -> Vec<(usize, usize, Adapter)> {
+    /// generation, engine).
+    pub(crate) fn probed_engines(&self) -> Vec<(usize, usize, u32, Adapter)> {
         self.pools
             .iter()
             .flat_map(|(i, p)| {
@@ -202,9 +214,89 @@ impl Owner {
                     .iter()
                     .enumerate()
                     .filter(|(_, r)| r.engine.health_interval().is_some())
-                    .map(|(j, r)| (*i, j, r.engine.clone()))
+                    .map(|(j, r)| (*i, j, r.generation, r.engine.clone()))
             })
             .collect()
+    }
+
+    /// A replica's probe started at `generation` is still its probe (the replica has
+    /// not left the set, nor come back into it since).
+    pub(crate) fn probe_current(&self, pool: usize, replica: usize, generation: u32) -> bool {
+        self.pools
+            .get(&pool)
+            .and_then(|p| p.replicas.get(replica))
+            .is_some_and(|r| r.present && r.generation == generation)
+    }
+
+    /// This shard's pools that discover their replicas through DNS: (pool, name, port,
+    /// the DNS server to ask, how often).
+    pub(crate) fn discovering(&self) -> Vec<(usize, Discovery)> {
+        self.pools
+            .iter()
+            .filter_map(|(i, p)| {
+                let a = &p.cfg.adapter;
+                let d = orchd_engine::config::parse_discover(a.discover.as_deref()?).ok()?;
+                Some((
+                    *i,
+                    Discovery {
+                        name: d.name,
+                        port: d.port,
+                        server: a.resolver.as_deref().and_then(|r| r.parse().ok()),
+                        every: Duration::from_millis(a.discover_interval_ms),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// What a DNS refresh of `pool` found: the addresses listed now (the set follows
+    /// them), or why there was no answer (the set stays as it is).
+    pub(crate) fn discovered(
+        &mut self,
+        pool: usize,
+        found: Result<Vec<std::net::SocketAddr>, String>,
+    ) {
+        let Some(p) = self.pools.get_mut(&pool) else {
+            return;
+        };
+        let addrs = match found {
+            Ok(addrs) => addrs,
+            Err(why) => {
+                bump(&p.probe.discovery[1]);
+                tracing::warn!(pool = %p.cfg.id, error = %why, "replica discovery failed; the set is kept");
+                return;
+            }
+        };
+        bump(&p.probe.discovery[0]);
+        let before = (p.up(), p.slots());
+        let change = p.discovered(&addrs);
+        if change.refused > 0 {
+            tracing::warn!(pool = %p.cfg.id, refused = change.refused, "more addresses than a pool's replica limit");
+        }
+        p.probe.replica_changes[0]
+            .set(p.probe.replica_changes[0].get() + change.joined.len() as u64);
+        p.probe.replica_changes[1].set(p.probe.replica_changes[1].get() + change.left as u64);
+        for &j in &change.joined {
+            let r = &p.replicas[j];
+            tracing::info!(pool = %p.cfg.id, replica = %r.id, "replica joined");
+            self.fx
+                .probes
+                .push((pool, j, r.generation, r.engine.clone()));
+        }
+        if change.left > 0 {
+            tracing::info!(pool = %p.cfg.id, left = change.left, "replicas left");
+        }
+        let after = (p.up(), p.slots());
+        if after != before {
+            self.fx.notices.push(DispatcherCommand::PoolUp {
+                pool,
+                up: after.0,
+                slots: after.1,
+            });
+        }
+        if after.1 > before.1 {
+            self.pump(pool, Instant::now());
+        }
     }
 
     /// A pool's engine replicas, for a reload.
@@ -233,6 +325,10 @@ impl Owner {
             return;
         }
         r.up = health.up;
+        if !r.present {
+            // It left the set: its health no longer counts.
+            return;
+        }
         tracing::warn!(pool = %p.cfg.id, replica = %r.id, up = health.up, slots = ?health.slots, "engine health changed");
         self.fx.notices.push(DispatcherCommand::PoolUp {
             pool,

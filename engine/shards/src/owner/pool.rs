@@ -10,7 +10,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use orchd_engine::admission::Eta;
-use orchd_engine::config::PoolConfig;
+use orchd_engine::config::{PoolConfig, MAX_REPLICAS};
 
 use super::fair::{FairQueue, Share};
 use crate::engines::Adapter;
@@ -31,6 +31,51 @@ pub(crate) struct Replica {
     pub(super) checked_at: Option<Instant>,
     /// Its tasks running now.
     pub(super) busy: u32,
+    /// In the set: always for `url`/`urls`; for `discover`, while DNS lists it (a replica
+    /// that left keeps its entry, so its running tasks keep their index, and comes back
+    /// into it if its address returns).
+    pub(super) present: bool,
+    /// Bumped when it comes back into the set: its probe loop runs while this is the
+    /// generation it started with.
+    pub(super) generation: u32,
+}
+
+impl Replica {
+    fn new(cfg: &PoolConfig, id: String, url: Option<String>) -> Replica {
+        let mut adapter = cfg.adapter.clone();
+        adapter.url = url;
+        adapter.urls = Vec::new();
+        adapter.discover = None;
+        let engine = Adapter::from_config(&adapter);
+        if let Adapter::Unusable(why) = &engine {
+            tracing::error!(pool = %cfg.id, replica = %id, error = %why, "engine url unusable; its tasks will fail");
+        }
+        Replica {
+            id,
+            engine,
+            up: true,
+            reported_version: None,
+            checked_at: None,
+            busy: 0,
+            present: true,
+            generation: 0,
+        }
+    }
+
+    /// It takes tasks: in the set and answering its probe.
+    pub(super) fn ready(&self) -> bool {
+        self.present && self.up
+    }
+}
+
+/// What a DNS refresh changed in a pool's set.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct SetChange {
+    /// Replicas new to the set or back in it: their probes are to start.
+    pub(super) joined: Vec<usize>,
+    pub(super) left: usize,
+    /// Addresses beyond the pool's replica limit, not taken.
+    pub(super) refused: usize,
 }
 
 pub(crate) struct OwnerPool {
@@ -59,23 +104,7 @@ impl OwnerPool {
         let replicas = cfg
             .replicas()
             .into_iter()
-            .map(|(id, url)| {
-                let mut adapter = cfg.adapter.clone();
-                adapter.url = url;
-                adapter.urls = Vec::new();
-                let engine = Adapter::from_config(&adapter);
-                if let Adapter::Unusable(why) = &engine {
-                    tracing::error!(pool = %cfg.id, replica = %id, error = %why, "engine url unusable; its tasks will fail");
-                }
-                Replica {
-                    id,
-                    engine,
-                    up: true,
-                    reported_version: None,
-                    checked_at: None,
-                    busy: 0,
-                }
-            })
+            .map(|(id, url)| Replica::new(cfg, id, url))
             .collect();
         OwnerPool {
             model_ref: cfg.model_ref.clone(),
@@ -97,12 +126,45 @@ impl OwnerPool {
 
     /// Slots of the replicas that take tasks.
     pub(crate) fn slots(&self) -> u32 {
-        self.cfg.slots * self.replicas.iter().filter(|r| r.up).count() as u32
+        self.cfg.slots * self.replicas.iter().filter(|r| r.ready()).count() as u32
     }
 
-    /// One replica answers its health probe.
+    /// One replica of the set answers its health probe.
     pub(super) fn up(&self) -> bool {
-        self.replicas.iter().any(|r| r.up)
+        self.replicas.iter().any(Replica::ready)
+    }
+
+    /// Takes the addresses DNS lists now as the set (`discover`): new ones join (up
+    /// until their probe says otherwise), missing ones leave (no new task; their running
+    /// tasks go on), returning ones come back; at most [`MAX_REPLICAS`] entries.
+    pub(super) fn discovered(&mut self, addrs: &[std::net::SocketAddr]) -> SetChange {
+        let mut change = SetChange::default();
+        let ids: Vec<String> = addrs.iter().map(std::net::SocketAddr::to_string).collect();
+        for r in &mut self.replicas {
+            if r.present && !ids.contains(&r.id) {
+                r.present = false;
+                change.left += 1;
+            }
+        }
+        for id in ids {
+            match self.replicas.iter().position(|r| r.id == id) {
+                Some(i) if self.replicas[i].present => {}
+                Some(i) => {
+                    let r = &mut self.replicas[i];
+                    r.present = true;
+                    r.up = true;
+                    r.generation += 1;
+                    change.joined.push(i);
+                }
+                None if self.replicas.len() >= MAX_REPLICAS => change.refused += 1,
+                None => {
+                    let url = format!("http://{id}");
+                    self.replicas.push(Replica::new(&self.cfg, id, Some(url)));
+                    change.joined.push(self.replicas.len() - 1);
+                }
+            }
+        }
+        change
     }
 
     /// The version the pool's engine reports: the first replica's that said.
@@ -118,7 +180,7 @@ impl OwnerPool {
     /// while it has room and move to the same next one when it has none or is down;
     /// without, the ready replica with the most free slots.
     pub(super) fn pick(&self, session: Option<Uuid>) -> Option<usize> {
-        let free = |r: &Replica| r.up && r.busy < self.cfg.slots;
+        let free = |r: &Replica| r.ready() && r.busy < self.cfg.slots;
         let candidates = self.replicas.iter().enumerate().filter(|(_, r)| free(r));
         match session {
             Some(s) => candidates
@@ -223,5 +285,75 @@ mod tests {
         assert_eq!(p.pick(None), Some(1));
         p.replicas[1].busy = 2;
         assert_eq!(p.pick(None), Some(1), "a tie goes to the first");
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+    use orchd_engine::config::{AdapterKind, Config};
+    use std::net::SocketAddr;
+
+    fn discovering() -> OwnerPool {
+        let mut c = Config::default();
+        let p = &mut c.pools[0];
+        p.slots = 2;
+        p.adapter.kind = AdapterKind::Llamacpp;
+        p.adapter.discover = Some("dns://engines.test:8080".into());
+        OwnerPool::new(
+            p,
+            &[Share {
+                weight: 1,
+                max_running: 0,
+            }],
+        )
+    }
+
+    fn at(hosts: &[u8]) -> Vec<SocketAddr> {
+        hosts
+            .iter()
+            .map(|h| SocketAddr::from(([127, 0, 0, *h], 8080)))
+            .collect()
+    }
+
+    #[test]
+    fn the_set_follows_dns_and_keeps_each_replicas_index() {
+        let mut p = discovering();
+        assert_eq!((p.replicas.len(), p.slots(), p.up()), (0, 0, false));
+        let c = p.discovered(&at(&[2, 3, 4]));
+        assert_eq!((c.joined, c.left), (vec![0, 1, 2], 0));
+        assert_eq!(p.slots(), 6);
+        assert_eq!(p.replicas[1].id, "127.0.0.3:8080");
+        // .3 leaves; .5 joins: .3 keeps its index (its running tasks count on it).
+        p.replicas[1].busy = 1;
+        let c = p.discovered(&at(&[2, 4, 5]));
+        assert_eq!((c.joined, c.left), (vec![3], 1));
+        assert!(!p.replicas[1].present);
+        assert_eq!(p.slots(), 6);
+        for i in 0..100u128 {
+            assert_ne!(
+                p.pick(Some(uuid::Uuid::from_u128(i))),
+                Some(1),
+                "a replica that left takes no task"
+            );
+        }
+        // .3 comes back, with a new generation for its probe.
+        let c = p.discovered(&at(&[2, 3, 4, 5]));
+        assert_eq!((c.joined, c.left), (vec![1], 0));
+        assert_eq!(p.replicas[1].generation, 1);
+        assert_eq!(p.slots(), 8);
+        // Nothing listed: nothing takes tasks.
+        assert_eq!(p.discovered(&[]).left, 4);
+        assert_eq!((p.slots(), p.up()), (0, false));
+    }
+
+    #[test]
+    fn at_most_max_replicas_entries() {
+        let mut p = discovering();
+        let many: Vec<SocketAddr> = (0..MAX_REPLICAS as u16 + 5)
+            .map(|i| SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 8080)))
+            .collect();
+        let c = p.discovered(&many);
+        assert_eq!((c.joined.len(), c.refused), (MAX_REPLICAS, 5));
     }
 }
