@@ -204,9 +204,10 @@ impl Owner {
             &pool.model_ref
         };
         let generation = Generation::from_spec(&t.spec, model);
+        let replica = t.replica.and_then(|r| pool.replicas.get(r)).map_or("", |r| r.id.as_str());
         tracing::info!(
             correlation_id = %t.correlation_id, tenant = %t.tenant.name, task_id = %t.spec.client.task_id, pool = %pool.cfg.id,
-            queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
+            replica = %replica, queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
             waited_ms = ms(now - t.admitted_at), "task started"
         );
         if t.position != 0 {

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Replica sets (issue 20) in front of three real llama.cpp servers on 127.0.0.2-4:
+# the spread of tasks over replicas, how sticky sessions are, and what happens when one
+# server is killed mid-run (perf/scripts/replicas.py does the measuring).
+#
+#   bash perf/scripts/replicas.sh [SESSIONS TURNS AT_ONCE]     # defaults 24 5 12
+#
+# Needs the real engine built (../shared/tools/real-engine/setup.sh): RE_HOME (default
+# /tmp/real-engine) holds llama-server and the tiny model. Loopback only, bounded.
+source "$(dirname "$0")/lib.sh"
+build orchd-http
+RE_HOME=${RE_HOME:-/tmp/real-engine}
+BIN=$RE_HOME/build/bin/llama-server; MODEL=$RE_HOME/tiny-llama.gguf
+[[ -x $BIN && -f $MODEL ]] || { echo "no $BIN or $MODEL: run ../shared/tools/real-engine/setup.sh" >&2; exit 1; }
+EP=$(free_port 18841)
+for h in 2 3 4; do  # free on every address the servers take
+  while (exec 3<>"/dev/tcp/127.0.0.$h/$EP") 2>/dev/null; do EP=$((EP + 1)); done
+done
+urls=(); pids=()
+for h in 2 3 4; do
+  # Not under `timeout`: the kill below must reach the server itself. The prelude stops
+  # every tracked process on exit.
+  "$BIN" -m "$MODEL" --host "127.0.0.$h" --port "$EP" -c 8192 -np 2 -t 1 --no-ui --metrics \
+    > "$DIR/llama-$h.log" 2>&1 &
+  pids+=($!); track $!
+  urls+=("\"http://127.0.0.$h:$EP\"")
+done
+for h in 2 3 4; do
+  for _ in $(seq 300); do curl -fs "http://127.0.0.$h:$EP/health" >/dev/null && break; sleep 0.1; done
+done
+cat > "$DIR/orchd.toml" <<TOML
+[sessions]
+max_turns = 1000
+[[pools]]
+id = "set"
+engine = "llamacpp"
+model_ref = "tiny"
+slots = 2
+queue_capacity = 1024
+[pools.adapter]
+kind = "llamacpp"
+urls = [$(IFS=,; echo "${urls[*]}")]
+health_interval_ms = 200
+retries = 0
+TOML
+PORT=$(free_port 18851)
+ORCHD_LOG=info "$ORCHD" --config "$DIR/orchd.toml" --addr "127.0.0.1:$PORT" 2> "$DIR/orchd.log" &
+PID=$!; track "$PID"; wait_ready "$PORT"
+echo "machine: $(nproc) cpus, $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
+python3 "$(dirname "$0")/replicas.py" --addr "127.0.0.1:$PORT" --log "$DIR/orchd.log" \
+  --sessions "${1:-24}" --turns "${2:-5}" --conc "${3:-12}" \
+  --kill-pid "${pids[1]}" --kill-id "127.0.0.3:$EP"
