@@ -16,6 +16,10 @@ use support::TestServer;
 const SLOTS: u32 = 2;
 
 fn server(engines: &[FakeEngine]) -> TestServer {
+    server_probing(engines, 100)
+}
+
+fn server_probing(engines: &[FakeEngine], health_interval_ms: u64) -> TestServer {
     let mut c = TestServer::config(2);
     let mut p = PoolConfig {
         id: "set".into(),
@@ -24,7 +28,7 @@ fn server(engines: &[FakeEngine]) -> TestServer {
     };
     p.adapter.kind = AdapterKind::Openai;
     p.adapter.urls = engines.iter().map(|e| e.url()).collect();
-    p.adapter.health_interval_ms = 100;
+    p.adapter.health_interval_ms = health_interval_ms;
     p.adapter.connect_timeout_ms = 500;
     p.adapter.retries = 0;
     c.pools = vec![p];
@@ -196,4 +200,31 @@ fn a_replica_that_dies_ends_its_streams_with_worker_reset_and_its_sessions_move(
     let b_now = if b_home < home { b_home } else { b_home - 1 };
     let (again, _) = turn(&s, &engines, &b, 2);
     assert_eq!(again, b_now, "a session whose replica lives stays on it");
+}
+
+#[test]
+fn a_task_its_replica_refuses_before_any_token_runs_on_another() {
+    // Probes too rare to notice anything here: only the task finds its replica gone.
+    let mut engines = vec![
+        FakeEngine::start(),
+        FakeEngine::start(),
+        FakeEngine::start(),
+    ];
+    let s = server_probing(&engines, 60_000);
+    let session = uuid();
+    let (home, _) = turn(&s, &engines, &session, 2);
+    let dead = engines.remove(home);
+    let dead_id = dead.addr.to_string();
+    drop(dead);
+    // The next turn is refused by its replica, then runs on another, whole.
+    let (ran_on, frames) = turn(&s, &engines, &session, 5);
+    assert_eq!(tokens(&frames).len(), 5);
+    assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    let states = replica_states(&s);
+    assert!(
+        states.iter().any(|(id, st)| *id == dead_id && st == "down"),
+        "the refusal marked it down: {states:?}"
+    );
+    // And the session stays on the replica it moved to.
+    assert_eq!(turn(&s, &engines, &session, 2).0, ran_on);
 }

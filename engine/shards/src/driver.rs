@@ -29,6 +29,9 @@ pub(crate) trait Home: 'static {
     fn end(this: &Rc<Self>, id: Uuid, how: Terminal);
     /// A replica (pool, replica) answered like an engine that is down.
     fn engine_down(this: &Rc<Self>, at: (usize, usize), health: Health);
+    /// Runs the task, which has streamed nothing, on another replica of its pool; false
+    /// if there is none to run it (see `Owner::restart_elsewhere`).
+    fn restart_elsewhere(this: &Rc<Self>, id: Uuid, at: (usize, usize)) -> bool;
 }
 
 /// Spawns the driver of a task that got its slot, for its pool's kind of engine.
@@ -156,6 +159,10 @@ async fn drive<H: Home, A: EngineAdapter>(
         Ended::Failed { error, streamed } => {
             if error.engine_down() {
                 H::engine_down(&shard, pool, Health::default());
+                // Nothing streamed yet: the next replica of the set may run it.
+                if !streamed && H::restart_elsewhere(&shard, id, pool) {
+                    return;
+                }
             }
             let kind = error.error_kind(streamed);
             tracing::warn!(tenant = %tenant.name, task_id = %shown, error = %error, code = %kind, "engine call failed");

@@ -548,6 +548,10 @@ impl crate::driver::Home for Shard {
     ) {
         this.with_owner(|o| o.set_health(pool, replica, health));
     }
+
+    fn restart_elsewhere(this: &Rc<Self>, id: Uuid, (pool, replica): (usize, usize)) -> bool {
+        this.with_owner(|o| o.restart_elsewhere(id, pool, replica))
+    }
 }
 
 /// Probes a pool's engine forever; admission routes around it while it is down.

@@ -192,6 +192,16 @@ impl OwnerPool {
         }
     }
 
+    /// The ready replica with the fewest tasks, full or not (the first of equals).
+    pub(super) fn least_busy(&self) -> Option<usize> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.ready())
+            .min_by_key(|(i, r)| (r.busy, *i))
+            .map(|(i, _)| i)
+    }
+
     /// Starts (or keeps the earlier of) a drain deadline; returns the time left.
     pub(super) fn drain(
         &mut self,
@@ -285,6 +295,17 @@ mod tests {
         assert_eq!(p.pick(None), Some(1));
         p.replicas[1].busy = 2;
         assert_eq!(p.pick(None), Some(1), "a tie goes to the first");
+        for r in &mut p.replicas {
+            r.busy = 4;
+        }
+        assert_eq!(p.pick(None), None, "all full");
+        p.replicas[2].busy = 5;
+        p.replicas[0].up = false;
+        assert_eq!(
+            p.least_busy(),
+            Some(1),
+            "a move may go to a full one, never a down one"
+        );
     }
 }
 

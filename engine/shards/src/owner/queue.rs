@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use orchd_engine::frame::{self, Event};
 use orchd_engine::generation::Generation;
@@ -59,6 +60,7 @@ impl Owner {
             admitted_at: new.admitted_at,
             started_at: None,
             replica: None,
+            moves: 0,
             first_token_at: None,
             last_token_at: None,
             last_metrics_at: now,
@@ -198,13 +200,11 @@ impl Owner {
         t.tenant.record_queue_wait(now - t.admitted_at);
         let prompt = t.prompt_tokens;
         t.probe.tokens_in.set(t.probe.tokens_in.get() + prompt);
-        let model = if pool.model_ref == "*" {
-            &t.spec.model_ref
-        } else {
-            &pool.model_ref
-        };
-        let generation = Generation::from_spec(&t.spec, model);
-        let replica = t.replica.and_then(|r| pool.replicas.get(r)).map_or("", |r| r.id.as_str());
+        let generation = generation_for(pool, &t.spec);
+        let replica = t
+            .replica
+            .and_then(|r| pool.replicas.get(r))
+            .map_or("", |r| r.id.as_str());
         tracing::info!(
             correlation_id = %t.correlation_id, tenant = %t.tenant.name, task_id = %t.spec.client.task_id, pool = %pool.cfg.id,
             replica = %replica, queue_position = t.admitted.queue_position, predicted_start_ms = t.admitted.predicted_start_ms,
@@ -221,6 +221,53 @@ impl Owner {
             self.fx.notices.push(DispatcherCommand::Started { task });
         }
         generation
+    }
+
+    /// Runs a started task that has streamed nothing on another replica of its pool,
+    /// when the one it got refused it (its engine is unreachable; the caller marked it
+    /// down): a new driver is to start there, on its session's next replica with a free
+    /// slot, else on the ready replica with the fewest tasks (the task already held a
+    /// slot of the pool; that replica's engine queues it until one frees, and no new task
+    /// starts there meanwhile). False when no replica is ready, the task ended meanwhile,
+    /// or it has moved as often as the pool has replicas; it then ends as any task whose
+    /// engine failed.
+    pub(crate) fn restart_elsewhere(&mut self, id: Uuid, pool_index: usize, from: usize) -> bool {
+        let Some(rc) = self.tasks.get(&id).cloned() else {
+            return false;
+        };
+        let Some(pool) = self.pools.get_mut(&pool_index) else {
+            return false;
+        };
+        let mut t = rc.borrow_mut();
+        let fresh =
+            t.state == State::Running && t.first_token_at.is_none() && t.replica == Some(from);
+        if !fresh || t.moves as usize >= pool.replicas.len() {
+            return false;
+        }
+        let Some(to) = pool.pick(t.spec.session_id).or_else(|| pool.least_busy()) else {
+            return false;
+        };
+        pool.replicas[from].busy = pool.replicas[from].busy.saturating_sub(1);
+        pool.replicas[to].busy += 1;
+        t.replica = Some(to);
+        t.moves += 1;
+        let (tx, stop) = oneshot::channel();
+        t.stop = Some(tx);
+        tracing::warn!(
+            correlation_id = %t.correlation_id, task_id = %t.spec.client.task_id, pool = %pool.cfg.id,
+            from = %pool.replicas[from].id, to = %pool.replicas[to].id, "task moved to another replica before its first token"
+        );
+        let generation = generation_for(pool, &t.spec);
+        drop(t);
+        self.fx.starts.push(Start {
+            task: rc,
+            pool: pool_index,
+            replica: to,
+            engine: pool.replicas[to].engine.clone(),
+            generation,
+            stop,
+        });
+        true
     }
 
     /// Sends a `metrics` frame to each queued task of the pool whose position changed.
@@ -244,4 +291,18 @@ impl Owner {
             }
         }
     }
+}
+
+/// What a task asks of its pool's engine: its spec, with the pool's model unless the
+/// pool serves any (`*`).
+fn generation_for(
+    pool: &super::pool::OwnerPool,
+    spec: &orchd_engine::task::TaskSpec,
+) -> Generation {
+    let model = if pool.model_ref == "*" {
+        &spec.model_ref
+    } else {
+        &pool.model_ref
+    };
+    Generation::from_spec(spec, model)
 }

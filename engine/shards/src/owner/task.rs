@@ -97,6 +97,8 @@ pub(crate) struct TaskRun {
     pub(super) started_at: Option<Instant>,
     /// The replica of its pool it runs on, once started.
     pub(super) replica: Option<usize>,
+    /// Times it was moved to another replica before its first token (its own refused).
+    pub(super) moves: u32,
     pub(super) first_token_at: Option<Instant>,
     pub(super) last_token_at: Option<Instant>,
     pub(super) deadline_at: Instant,
