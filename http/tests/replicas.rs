@@ -228,3 +228,87 @@ fn a_task_its_replica_refuses_before_any_token_runs_on_another() {
     // And the session stays on the replica it moved to.
     assert_eq!(turn(&s, &engines, &session, 2).0, ran_on);
 }
+
+#[test]
+fn a_drained_replica_finishes_its_tasks_and_takes_no_new_one() {
+    let engines = vec![
+        FakeEngine::start(),
+        FakeEngine::start(),
+        FakeEngine::start(),
+    ];
+    let s = server(&engines);
+    let session = uuid();
+    let (home, _) = turn(&s, &engines, &session, 2);
+    let home_id = engines[home].addr.to_string();
+    for e in &engines {
+        e.set_tpot(Duration::from_millis(20));
+    }
+    // A task runs on the replica when it is drained: it finishes.
+    let task = uuid();
+    let body = task_body(&task, &session, json!({"max_tokens": 30}));
+    assert_eq!(submit(s.addr, &[], &body).status, 202);
+    let running = open_stream(s.addr, &[], &task);
+    let drain = |replica: &str, deadline_ms: u64| {
+        let body = json!({"deadline_ms": deadline_ms, "replica": replica}).to_string();
+        s.post(
+            "/v1/pools/set/drain",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    let r = drain(&home_id, 10_000);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let doc = r.json();
+    assert_eq!(
+        (&doc["replica"], &doc["draining"]),
+        (&json!(home_id), &json!(true)),
+        "{doc}"
+    );
+    let frames = running.collect();
+    assert_eq!(
+        frames.last().unwrap().event,
+        "end",
+        "a drained replica's task finishes"
+    );
+    assert_eq!(tokens(&frames).len(), 30);
+    let states = replica_states(&s);
+    assert!(
+        states.contains(&(home_id.clone(), "draining".into())),
+        "{states:?}"
+    );
+    assert_eq!(concurrency(&s), u64::from(2 * SLOTS));
+    // Its session goes on elsewhere; the pool stays ready.
+    for e in &engines {
+        e.set_tpot(Duration::from_millis(1));
+    }
+    let (now, _) = turn(&s, &engines, &session, 2);
+    assert_ne!(now, home);
+    assert_eq!(s.get("/v1/pools/set/health", &[]).json()["ready"], true);
+    // No such replica: 404, the replica named.
+    let r = drain("10.9.9.9:1", 0);
+    assert_eq!(r.status, 404);
+    assert!(r.json()["message"].as_str().unwrap().contains("10.9.9.9:1"));
+    // A deadline that passes ends what still runs there.
+    let other = (0..3).find(|&i| i != home && i != now).unwrap();
+    let other_session = (0..100)
+        .map(|_| uuid())
+        .find(|sess| turn(&s, &engines, sess, 1).0 == other)
+        .expect("a session on the third replica");
+    engines[other].set_tpot(Duration::from_millis(50));
+    let task = uuid();
+    let body = task_body(&task, &other_session, json!({"max_tokens": 100}));
+    assert_eq!(submit(s.addr, &[], &body).status, 202);
+    let running = open_stream(s.addr, &[], &task);
+    assert_eq!(drain(&engines[other].addr.to_string(), 0).status, 202);
+    let frames = running.collect();
+    let last = frames.last().unwrap();
+    assert_eq!(last.event, "error", "{last:?}");
+    assert_eq!(last.data["code"], "POOL_UNAVAILABLE");
+    assert!(
+        last.data["message"]
+            .as_str()
+            .unwrap()
+            .contains("was drained"),
+        "{last:?}"
+    );
+}

@@ -79,6 +79,8 @@ pub struct ReplicaStats {
     pub id: String,
     /// It answers its health probe (always, for the mock).
     pub up: bool,
+    /// It is being drained: it takes no new task.
+    pub draining: bool,
     /// Slots it has (the pool's `slots`), and of them busy.
     pub slots: u32,
     pub busy: u32,
@@ -142,6 +144,15 @@ pub enum ShardCommand {
     PoolStats {
         pool: usize,
         reply: Reply<Option<PoolStats>>,
+    },
+    /// Drains one replica of a pool (issue 20): it takes no new task; its tasks still
+    /// running at the deadline end. Replies with the time left, or `None` if the pool has
+    /// no such replica.
+    DrainReplica {
+        pool: usize,
+        replica: String,
+        deadline: Duration,
+        reply: Reply<Option<Duration>>,
     },
 }
 

@@ -518,6 +518,15 @@ impl Shard {
                 ShardCommand::PoolStats { pool, reply } => {
                     let _ = reply.send(self.owner().pool_stats(pool));
                 }
+                ShardCommand::DrainReplica {
+                    pool,
+                    replica,
+                    deadline,
+                    reply,
+                } => {
+                    let _ =
+                        reply.send(self.with_owner(|o| o.drain_replica(pool, &replica, deadline)));
+                }
             }
         }
     }
@@ -669,6 +678,25 @@ impl Shard {
         self.invoke_on(owner, |reply| ShardCommand::PoolStats { pool, reply })
             .await
             .map_err(unavailable)
+    }
+
+    /// Drains one replica of pool `pool` (on its owner shard); the time its tasks have
+    /// left, or `None` if the pool has no such replica.
+    pub async fn drain_replica(
+        self: &Rc<Self>,
+        pool: usize,
+        replica: String,
+        deadline: Duration,
+    ) -> Result<Option<Duration>, ApiError> {
+        let owner = crate::placement::shard_for(pool, self.shard_count());
+        self.invoke_on(owner, |reply| ShardCommand::DrainReplica {
+            pool,
+            replica,
+            deadline,
+            reply,
+        })
+        .await
+        .map_err(unavailable)
     }
 
     /// Every shard's probes, in shard order (for `/metrics`).

@@ -36,7 +36,11 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
         .map(|r| {
             let mut replica = serde_json::json!({
                 "id": r.id,
-                "state": if r.up { "up" } else { "down" },
+                "state": match (r.draining, r.up) {
+                    (true, _) => "draining",
+                    (false, true) => "up",
+                    (false, false) => "down",
+                },
                 "slots": r.slots,
                 "busy": r.busy,
                 "engine_version": r.reported_version.as_deref().unwrap_or(&cfg.engine_version),
@@ -78,6 +82,9 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
 #[serde(deny_unknown_fields)]
 struct DrainBody {
     deadline_ms: u64,
+    /// One replica of the pool (`replicas[].id` of its health) instead of the pool
+    /// (issue 20).
+    replica: Option<String>,
 }
 
 pub(crate) async fn drain(
@@ -91,9 +98,42 @@ pub(crate) async fn drain(
             "deadline_ms: at most {MAX_DRAIN_MS}"
         )));
     }
+    if let Some(replica) = b.replica {
+        return drain_replica(app, id, replica, b.deadline_ms).await;
+    }
     let left = app.shard.dispatcher().drain(id, b.deadline_ms).await?;
     tracing::info!(pool = %id, deadline_ms = left, "pool draining");
     let doc = serde_json::json!({"pool_id": id, "draining": true, "deadline_ms": left});
+    Ok(respond::json(
+        StatusCode::ACCEPTED,
+        serde_json::to_vec(&doc).expect("serializes"),
+    ))
+}
+
+/// Drains one replica: it takes no new task (its sessions go to their next replica),
+/// its running tasks finish or end at the deadline; the pool goes on with the others.
+async fn drain_replica(
+    app: &ShardApp,
+    id: &str,
+    replica: String,
+    deadline_ms: u64,
+) -> Result<Response<Body>, ApiError> {
+    let (index, _, _) = app
+        .shard
+        .dispatcher()
+        .pool_state(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("pool {id} is not known")))?;
+    let deadline = std::time::Duration::from_millis(deadline_ms);
+    let left = app
+        .shard
+        .drain_replica(index, replica.clone(), deadline)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("replica: pool {id} has no replica {replica:?}"))
+        })?;
+    let left = left.as_millis() as u64;
+    let doc = serde_json::json!({"pool_id": id, "replica": replica, "draining": true, "deadline_ms": left});
     Ok(respond::json(
         StatusCode::ACCEPTED,
         serde_json::to_vec(&doc).expect("serializes"),

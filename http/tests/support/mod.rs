@@ -50,6 +50,11 @@ impl TestServer {
         self.client().send("GET", path, headers, b"")
     }
 
+    /// A POST with `body` on a fresh connection.
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.client().send("POST", path, headers, body)
+    }
+
     pub fn shutdown(mut self) {
         self.server
             .take()

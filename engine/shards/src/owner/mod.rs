@@ -159,6 +159,7 @@ impl Owner {
                 .map(|r| ReplicaStats {
                     id: r.id.clone(),
                     up: r.up,
+                    draining: r.drain_at.is_some(),
                     slots: p.cfg.slots,
                     busy: r.busy,
                     reported_version: r.reported_version.clone(),
@@ -350,6 +351,35 @@ impl Owner {
         }
     }
 
+    /// Drains the replica `id` of `pool`: no new task goes to it; its tasks still running
+    /// `deadline` from now end (a drain under way keeps its earlier deadline). The time
+    /// left, or `None` if the pool has no such replica.
+    pub(crate) fn drain_replica(
+        &mut self,
+        pool: usize,
+        id: &str,
+        deadline: Duration,
+    ) -> Option<Duration> {
+        let p = self.pools.get_mut(&pool)?;
+        let before = (p.up(), p.slots());
+        let r = p.replicas.iter_mut().find(|r| r.present && r.id == id)?;
+        let now = Instant::now();
+        let at = r
+            .drain_at
+            .map_or(now + deadline, |old| old.min(now + deadline));
+        r.drain_at = Some(at);
+        tracing::info!(pool = %p.cfg.id, replica = %id, deadline_ms = ms(at - now), "replica draining");
+        let after = (p.up(), p.slots());
+        if after != before {
+            self.fx.notices.push(DispatcherCommand::PoolUp {
+                pool,
+                up: after.0,
+                slots: after.1,
+            });
+        }
+        Some(at.saturating_duration_since(now))
+    }
+
     /// Switches the pool to `model_ref`, once its engine has loaded it. Tasks already
     /// running keep the model they started on; tasks started from now on use the new
     /// one.
@@ -360,9 +390,21 @@ impl Owner {
             .ok_or("pool is not on this shard")?;
         tracing::info!(pool = %p.cfg.id, from = %p.model_ref, to = %model_ref, "model switched");
         p.model_ref = model_ref;
-        // A reload after a finished drain brings the pool back.
+        // A reload after a finished drain brings the pool back, and its drained replicas.
         p.drain_at = None;
         p.drained = false;
+        let before = p.slots();
+        for r in &mut p.replicas {
+            r.drain_at = None;
+        }
+        if p.slots() != before {
+            self.fx.notices.push(DispatcherCommand::PoolUp {
+                pool,
+                up: p.up(),
+                slots: p.slots(),
+            });
+            self.pump(pool, Instant::now());
+        }
         Ok(())
     }
 
@@ -515,6 +557,17 @@ impl Owner {
                 kind: ErrorKind::PoolUnavailable,
                 message: format!("pool {name} was drained"),
             });
+        }
+        let replica = pool.zip(t.replica).and_then(|(p, r)| p.replicas.get(r));
+        if let (State::Running, Some(r)) = (t.state, replica) {
+            if r.drain_at.is_some_and(|at| now >= at) {
+                let name = pool.map_or("", |p| p.cfg.id.as_str());
+                return Some(Terminal::Failed {
+                    reason: CancelReason::Drain,
+                    kind: ErrorKind::PoolUnavailable,
+                    message: format!("replica {} of pool {name} was drained", r.id),
+                });
+            }
         }
         if now >= t.deadline_at {
             return Some(Terminal::Failed {

@@ -38,6 +38,9 @@ pub(crate) struct Replica {
     /// Bumped when it comes back into the set: its probe loop runs while this is the
     /// generation it started with.
     pub(super) generation: u32,
+    /// Drained (`POST /v1/pools/{id}/drain` with `replica`): no new task from then on;
+    /// its tasks still running at this deadline end. Cleared by a reload of the pool.
+    pub(super) drain_at: Option<Instant>,
 }
 
 impl Replica {
@@ -59,12 +62,13 @@ impl Replica {
             busy: 0,
             present: true,
             generation: 0,
+            drain_at: None,
         }
     }
 
-    /// It takes tasks: in the set and answering its probe.
+    /// It takes tasks: in the set, answering its probe, not drained.
     pub(super) fn ready(&self) -> bool {
-        self.present && self.up
+        self.present && self.up && self.drain_at.is_none()
     }
 }
 
