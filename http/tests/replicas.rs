@@ -126,6 +126,42 @@ fn a_sessions_tasks_stay_on_one_replica_and_sessions_spread_over_the_set() {
         used.iter().filter(|&&n| n > 0).count() >= 2,
         "twelve sessions over three replicas: {used:?}"
     );
+
+    // Series labeled replica_id are kept per replica: what ran on each, by its id; what
+    // no replica holds (tasks enqueued) under the pool's set of ids.
+    let text = s.get("/metrics", &[]).text();
+    let samples = |family: &str| -> Vec<(String, u64)> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter(|l| !l.contains("priority=\"batch\""))
+            .map(|l| {
+                let id = l
+                    .split("replica_id=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                let v = l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64;
+                (id.to_string(), v)
+            })
+            .collect()
+    };
+    let tokens_out = samples("tokens_out_total");
+    let mut by_id: Vec<(String, u64)> = tokens_out.clone();
+    by_id.sort();
+    let mut want: Vec<(String, u64)> = (0..3)
+        .map(|i| (ids[i].clone(), used[i] as u64 * 9))
+        .collect();
+    want.sort();
+    assert_eq!(
+        by_id, want,
+        "3 tokens x 3 turns per session, on its replica: {text}"
+    );
+    let started: u64 = samples("tasks_started_total").iter().map(|(_, v)| v).sum();
+    assert_eq!(started, 36);
+    let set = ids.join(",");
+    assert_eq!(samples("tasks_enqueued_total"), vec![(set, 36)], "{text}");
 }
 
 #[test]

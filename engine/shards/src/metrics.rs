@@ -238,6 +238,35 @@ pub struct PoolSample {
     pub gpu_utilization: f64,
     pub vram_used_bytes: u64,
     pub probe: PoolProbeSnapshot,
+    /// Every replica the pool has had (one that left DNS's answer keeps its counters).
+    pub replicas: Vec<ReplicaSample>,
+}
+
+/// What ran on one engine replica of a pool (issue 20), kept by the pool's owner and
+/// shared (`Rc`) with the tasks running there. A task counts its start (and its prompt)
+/// on the replica it first started on; its tokens on the one that streamed them.
+#[derive(Default)]
+pub struct ReplicaProbe {
+    pub started: [Cell<u64>; 2],
+    /// By [`CancelReason::index`].
+    pub canceled: [Cell<u64>; 8],
+    pub tokens_in: Cell<u64>,
+    pub tokens_out: Cell<u64>,
+}
+
+/// One replica as a scrape sees it.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaSample {
+    /// `replica_id`: host:port, or `mock`.
+    pub id: String,
+    pub started: [u64; 2],
+    pub canceled: [u64; 8],
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Busy slots / slots of this replica.
+    pub busy_share: f64,
+    /// KV bytes of the tasks running on it (the mock's simulated device memory).
+    pub vram_used_bytes: u64,
 }
 
 /// Admission outcomes counted where the request was served.

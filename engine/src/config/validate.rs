@@ -471,9 +471,10 @@ impl PoolConfig {
             .collect()
     }
 
-    /// The `replica_id` label of the pool's series: its replica's id, or for a replica
-    /// set (whose series are not yet kept per replica) the ids joined by commas, or the
-    /// `NAME:PORT` it discovers.
+    /// The pool's own `replica_id`: what its series carry for what no replica holds
+    /// (tasks enqueued, or ended while queued): its one replica's id, its replicas' ids
+    /// joined by commas, or the `NAME:PORT` it discovers. What ran on a replica carries
+    /// that replica's id.
     pub fn replica_id(&self) -> String {
         if let Some(Ok(d)) = self.adapter.discover.as_deref().map(parse_discover) {
             return format!("{}:{}", d.name, d.port);

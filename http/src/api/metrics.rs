@@ -18,7 +18,7 @@ use prometheus::TextEncoder;
 use orchd_engine::config::PoolConfig;
 use orchd_engine::{ApiError, CancelReason, Config, Engine, ErrorKind, ModelState};
 use orchd_shards::metrics::{
-    refusal_label, LatencySnapshot, PoolSample, TenantSnapshot, BUCKETS_MS, REFUSALS,
+    refusal_label, LatencySnapshot, PoolSample, ReplicaSample, TenantSnapshot, BUCKETS_MS, REFUSALS,
 };
 use orchd_shards::{rt, DispatcherSnapshot, ShardSnapshot};
 
@@ -119,18 +119,72 @@ struct Pool<'a> {
 impl Pool<'_> {
     /// engine, engine_version, pool_id, then replica_id if asked for, then `extra`.
     fn labels(&self, replica: bool, extra: Option<(&str, &str)>) -> Vec<LabelPair> {
+        self.labels_of(replica.then_some(self.replica.as_str()), extra)
+    }
+
+    /// engine, engine_version, pool_id, then `replica_id` if given, then `extra`.
+    fn labels_of(&self, replica: Option<&str>, extra: Option<(&str, &str)>) -> Vec<LabelPair> {
         let mut l = Vec::with_capacity(5);
         l.push(label("engine", self.cfg.engine.as_str()));
         l.push(label("engine_version", &self.cfg.engine_version));
         l.push(label("pool_id", &self.cfg.id));
-        if replica {
-            l.push(label("replica_id", &self.replica));
+        if let Some(r) = replica {
+            l.push(label("replica_id", r));
         }
         if let Some((k, v)) = extra {
             l.push(label(k, v));
         }
         l
     }
+}
+
+/// The samples of a family labeled `replica_id` (issue 20), per pool and value of the
+/// label `by` (if any): one per replica the pool has had, what ran on it
+/// (`on_replica`); and, when `on_pool` is given, what no replica holds (tasks enqueued,
+/// or ended while queued: the pool's count less its replicas') under the pool's own
+/// `replica_id` ([`PoolConfig::replica_id`]: its one replica's id, its replicas' ids
+/// joined, or the name it discovers). Samples with equal labels are summed, so a pool of
+/// one replica shows one sample, as before replica sets.
+fn per_replica(
+    pools: &[Pool<'_>],
+    by: Option<(&str, &[&str])>,
+    on_pool: Option<&dyn Fn(&PoolSample, usize) -> f64>,
+    on_replica: Option<&dyn Fn(&ReplicaSample, usize) -> f64>,
+    make: fn(f64) -> Metric,
+) -> Vec<Metric> {
+    let mut out = Vec::new();
+    for p in pools {
+        let values: Vec<Option<&str>> = match by {
+            Some((_, vs)) => vs.iter().map(|v| Some(*v)).collect(),
+            None => vec![None],
+        };
+        for (i, v) in values.into_iter().enumerate() {
+            let mut samples: Vec<(&str, f64)> = Vec::new();
+            fn add<'a>(samples: &mut Vec<(&'a str, f64)>, id: &'a str, x: f64) {
+                match samples.iter_mut().find(|(k, _)| *k == id) {
+                    Some((_, sum)) => *sum += x,
+                    None => samples.push((id, x)),
+                }
+            }
+            let mut on_replicas = 0.0;
+            for r in p.sample.replicas.iter().filter(|_| on_replica.is_some()) {
+                let x = on_replica.map_or(0.0, |f| f(r, i));
+                on_replicas += x;
+                add(&mut samples, &r.id, x);
+            }
+            if let Some(f) = on_pool {
+                let rest = (f(p.sample, i) - on_replicas).max(0.0);
+                if rest > 0.0 || samples.is_empty() {
+                    add(&mut samples, &p.replica, rest);
+                }
+            }
+            let extra = by.zip(v).map(|((name, _), v)| (name, v));
+            for (id, x) in samples {
+                out.push(labeled(make(x), p.labels_of(Some(id), extra)));
+            }
+        }
+    }
+    out
 }
 
 /// One sample per pool.
@@ -239,21 +293,39 @@ pub(crate) async fn render(
         "tasks_enqueued_total",
         COUNTER,
         "Tasks admitted into a pool's queue.",
-        per_pool_by(p, true, prio, |s, i| counter(s.probe.enqueued[i] as f64)),
+        per_replica(
+            p,
+            Some(prio),
+            Some(&|s, i| s.probe.enqueued[i] as f64),
+            None,
+            counter,
+        ),
     )
     .await;
     x.family(
         "tasks_started_total",
         COUNTER,
         "Tasks that got a slot and began running.",
-        per_pool_by(p, true, prio, |s, i| counter(s.probe.started[i] as f64)),
+        per_replica(
+            p,
+            Some(prio),
+            Some(&|s, i| s.probe.started[i] as f64),
+            Some(&|r, i| r.started[i] as f64),
+            counter,
+        ),
     )
     .await;
     x.family(
         "tasks_canceled_total",
         COUNTER,
         "Tasks ended before completion, by reason (client, orphaned, deadline, drop-lru, drain, shutdown, watchdog, engine).",
-        per_pool_by(p, true, ("reason", &reasons), |s, i| counter(s.probe.canceled[i] as f64)),
+        per_replica(
+            p,
+            Some(("reason", &reasons)),
+            Some(&|s, i| s.probe.canceled[i] as f64),
+            Some(&|r, i| r.canceled[i] as f64),
+            counter,
+        ),
     )
     .await;
     x.family(
@@ -276,21 +348,27 @@ pub(crate) async fn render(
         "kv_cache_usage_ratio",
         GAUGE,
         "Share of the engine's KV cache in use (mock: busy slots / slots).",
-        per_pool(p, true, |s| gauge(s.kv_cache_usage_ratio)),
+        per_replica(p, None, None, Some(&|r, _| r.busy_share), gauge),
     )
     .await;
     x.family(
         "gpu_utilization",
         GAUGE,
         "Device utilization reported by the engine (mock: busy slots / slots).",
-        per_pool_by(p, true, device, |s, _| gauge(s.gpu_utilization)),
+        per_replica(p, Some(device), None, Some(&|r, _| r.busy_share), gauge),
     )
     .await;
     x.family(
         "vram_used_bytes",
         GAUGE,
         "Device memory in use reported by the engine (mock: KV bytes of running tasks).",
-        per_pool_by(p, true, device, |s, _| gauge(s.vram_used_bytes as f64)),
+        per_replica(
+            p,
+            Some(device),
+            None,
+            Some(&|r, _| r.vram_used_bytes as f64),
+            gauge,
+        ),
     )
     .await;
     x.family(
@@ -313,14 +391,26 @@ pub(crate) async fn render(
         "tokens_in_total",
         COUNTER,
         "Prompt tokens of started tasks (whitespace words for the mock).",
-        per_pool(p, true, |s| counter(s.probe.tokens_in as f64)),
+        per_replica(
+            p,
+            None,
+            Some(&|s, _| s.probe.tokens_in as f64),
+            Some(&|r, _| r.tokens_in as f64),
+            counter,
+        ),
     )
     .await;
     x.family(
         "tokens_out_total",
         COUNTER,
         "Tokens streamed.",
-        per_pool(p, true, |s| counter(s.probe.tokens_out as f64)),
+        per_replica(
+            p,
+            None,
+            Some(&|s, _| s.probe.tokens_out as f64),
+            Some(&|r, _| r.tokens_out as f64),
+            counter,
+        ),
     )
     .await;
     // Pools that discover their replicas through DNS (issue 20); none, no series.
@@ -598,6 +688,12 @@ mod tests {
             gpu_utilization: 0.5,
             vram_used_bytes: 1 << 33,
             probe,
+            replicas: vec![ReplicaSample {
+                id: "mock".into(),
+                busy_share: 0.5,
+                vram_used_bytes: 1 << 33,
+                ..ReplicaSample::default()
+            }],
         };
         let shard = ShardSnapshot {
             http: ProbeSnapshot {

@@ -13,6 +13,7 @@ use orchd_engine::Engine;
 use super::task::{State, TaskRun, Terminal};
 use super::{ms, Owner};
 use crate::commands::DispatcherCommand;
+use crate::metrics::bump;
 
 impl Owner {
     /// Ends a task with its terminal frame (once), then lets its pool move on (start
@@ -82,6 +83,9 @@ impl Owner {
         }
         if let Some(reason) = how.cut_short() {
             t.probe.count_canceled(reason);
+            if let Some(r) = &t.replica_probe {
+                bump(&r.canceled[reason.index()]);
+            }
         }
         let (tokens, tenant, replica) = (t.tokens_out, t.spec.tenant, t.replica);
         let (asked, used) = (

@@ -42,7 +42,7 @@ use crate::commands::{
     DispatcherCommand, FrameMsg, PoolStats, Rendering, ReplicaStats, Subscribed,
 };
 use crate::engines::{Adapter, Health};
-use crate::metrics::{bump, PoolSample, TenantProbe, RECENT_WINDOW};
+use crate::metrics::{bump, PoolSample, ReplicaSample, TenantProbe, RECENT_WINDOW};
 
 /// A pool's DNS discovery, as its owner shard runs it.
 pub(crate) struct Discovery {
@@ -176,15 +176,32 @@ impl Owner {
     /// busy share of the slots, and device memory is the KV bytes of the running tasks.
     pub fn pool_sample(&self, pool: usize) -> Option<PoolSample> {
         let p = self.pools.get(&pool)?;
-        let kv_tokens: u64 = self
-            .tasks
-            .values()
-            .filter_map(|t| {
-                let t = t.borrow();
-                (t.state == State::Running && t.admitted.pool == pool)
-                    .then(|| t.prompt_tokens + u64::from(t.tokens_out))
+        // KV tokens of the running tasks, by replica.
+        let mut kv = vec![0u64; p.replicas.len()];
+        for t in self.tasks.values() {
+            let t = t.borrow();
+            if t.state == State::Running && t.admitted.pool == pool {
+                if let Some(k) = t.replica.and_then(|r| kv.get_mut(r)) {
+                    *k += t.prompt_tokens + u64::from(t.tokens_out);
+                }
+            }
+        }
+        let kv_tokens: u64 = kv.iter().sum();
+        let per_token = orchd_engine::admission::KV_BYTES_PER_TOKEN;
+        let replicas = p
+            .replicas
+            .iter()
+            .zip(&kv)
+            .map(|(r, kv)| ReplicaSample {
+                id: r.id.clone(),
+                started: [r.probe.started[0].get(), r.probe.started[1].get()],
+                canceled: std::array::from_fn(|i| r.probe.canceled[i].get()),
+                tokens_in: r.probe.tokens_in.get(),
+                tokens_out: r.probe.tokens_out.get(),
+                busy_share: f64::from(r.busy) / f64::from(p.cfg.slots),
+                vram_used_bytes: kv * per_token,
             })
-            .sum::<u64>();
+            .collect();
         let busy_share = f64::from(p.busy) / f64::from(p.slots().max(1));
         Some(PoolSample {
             pool,
@@ -193,8 +210,9 @@ impl Owner {
             slots_total: p.slots(),
             kv_cache_usage_ratio: busy_share,
             gpu_utilization: busy_share,
-            vram_used_bytes: kv_tokens * orchd_engine::admission::KV_BYTES_PER_TOKEN,
+            vram_used_bytes: kv_tokens * per_token,
             probe: p.probe.snapshot(),
+            replicas,
         })
     }
 

@@ -14,7 +14,7 @@ use orchd_engine::config::{PoolConfig, MAX_REPLICAS};
 
 use super::fair::{FairQueue, Share};
 use crate::engines::Adapter;
-use crate::metrics::PoolProbe;
+use crate::metrics::{PoolProbe, ReplicaProbe};
 
 /// One engine replica of a pool (a pool with `url` or the mock has one; `urls`, one
 /// per URL; issue 20).
@@ -31,6 +31,8 @@ pub(crate) struct Replica {
     pub(super) checked_at: Option<Instant>,
     /// Its tasks running now.
     pub(super) busy: u32,
+    /// What ran on it (its `replica_id` series).
+    pub(super) probe: Rc<ReplicaProbe>,
     /// In the set: always for `url`/`urls`; for `discover`, while DNS lists it (a replica
     /// that left keeps its entry, so its running tasks keep their index, and comes back
     /// into it if its address returns).
@@ -60,6 +62,7 @@ impl Replica {
             reported_version: None,
             checked_at: None,
             busy: 0,
+            probe: Rc::new(ReplicaProbe::default()),
             present: true,
             generation: 0,
             drain_at: None,

@@ -61,6 +61,7 @@ impl Owner {
             started_at: None,
             replica: None,
             moves: 0,
+            replica_probe: None,
             first_token_at: None,
             last_token_at: None,
             last_metrics_at: now,
@@ -200,6 +201,11 @@ impl Owner {
         t.tenant.record_queue_wait(now - t.admitted_at);
         let prompt = t.prompt_tokens;
         t.probe.tokens_in.set(t.probe.tokens_in.get() + prompt);
+        if let Some(r) = t.replica.and_then(|r| pool.replicas.get(r)) {
+            bump(&r.probe.started[class]);
+            r.probe.tokens_in.set(r.probe.tokens_in.get() + prompt);
+            t.replica_probe = Some(Rc::clone(&r.probe));
+        }
         let generation = generation_for(pool, &t.spec);
         let replica = t
             .replica
@@ -251,6 +257,8 @@ impl Owner {
         pool.replicas[to].busy += 1;
         t.replica = Some(to);
         t.moves += 1;
+        // Its start stays counted where it started; its tokens count where they stream.
+        t.replica_probe = Some(Rc::clone(&pool.replicas[to].probe));
         let (tx, stop) = oneshot::channel();
         t.stop = Some(tx);
         tracing::warn!(

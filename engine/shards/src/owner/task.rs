@@ -99,6 +99,8 @@ pub(crate) struct TaskRun {
     pub(super) replica: Option<usize>,
     /// Times it was moved to another replica before its first token (its own refused).
     pub(super) moves: u32,
+    /// The counters of the replica streaming it, once started.
+    pub(super) replica_probe: Option<Rc<crate::metrics::ReplicaProbe>>,
     pub(super) first_token_at: Option<Instant>,
     pub(super) last_token_at: Option<Instant>,
     pub(super) deadline_at: Instant,
@@ -211,6 +213,9 @@ impl TaskRun {
         let f = frame::token(self.next_id(), self.tokens_out, text);
         self.tokens_out += 1;
         bump(&self.probe.tokens_out);
+        if let Some(r) = &self.replica_probe {
+            bump(&r.tokens_out);
+        }
         bump(&self.tenant.tokens_out);
         if let Some(prev) = self.last_token_at {
             self.probe.inter_token.borrow_mut().record(now - prev);
