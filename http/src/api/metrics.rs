@@ -138,6 +138,11 @@ impl Pool<'_> {
     }
 }
 
+/// A value of a pool's sample, for the value index of a label.
+type OfPool<'a> = &'a dyn Fn(&PoolSample, usize) -> f64;
+/// A value of a replica's sample, for the value index of a label.
+type OfReplica<'a> = &'a dyn Fn(&ReplicaSample, usize) -> f64;
+
 /// The samples of a family labeled `replica_id` (issue 20), per pool and value of the
 /// label `by` (if any): one per replica the pool has had, what ran on it
 /// (`on_replica`); and, when `on_pool` is given, what no replica holds (tasks enqueued,
@@ -148,8 +153,8 @@ impl Pool<'_> {
 fn per_replica(
     pools: &[Pool<'_>],
     by: Option<(&str, &[&str])>,
-    on_pool: Option<&dyn Fn(&PoolSample, usize) -> f64>,
-    on_replica: Option<&dyn Fn(&ReplicaSample, usize) -> f64>,
+    on_pool: Option<OfPool<'_>>,
+    on_replica: Option<OfReplica<'_>>,
     make: fn(f64) -> Metric,
 ) -> Vec<Metric> {
     let mut out = Vec::new();
