@@ -1,7 +1,8 @@
 //! Replica sets discovered through DNS (issue 20, `adapter.discover`): a real DNS server
 //! (dnsmasq, from Debian; `.ci/run` installs it) answers one name with loopback
 //! addresses 127.0.0.2 and up, an in-test engine listens on each; the set follows what
-//! DNS says. Each test is `#[ignore]`d without dnsmasq (`.ci/run` runs them).
+//! DNS says. Each test is `#[ignore]`d, as it needs dnsmasq; `.ci/run` installs it and
+//! runs them.
 
 mod support;
 
@@ -201,7 +202,7 @@ fn metric(s: &TestServer, prefix: &str) -> u64 {
 
 #[test]
 #[ignore = "needs dnsmasq (Debian's dnsmasq-base; .ci/run installs it)"]
-fn the_replica_set_follows_dns_and_a_new_address_gets_traffic_within_one_refresh() {
+fn the_replica_set_follows_dns_and_a_new_address_gets_traffic_after_a_refresh() {
     let port = common_port();
     let engines: Vec<(u8, FakeEngine)> = (2..=5)
         .map(|h| {

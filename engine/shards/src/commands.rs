@@ -81,6 +81,9 @@ pub struct ReplicaStats {
     pub up: bool,
     /// It is being drained: it takes no new task.
     pub draining: bool,
+    /// Its drain's deadline passed: what ran there has ended; it stays out until a
+    /// reload of its pool.
+    pub drained: bool,
     /// Slots it has (the pool's `slots`), and of them busy.
     pub slots: u32,
     pub busy: u32,

@@ -185,6 +185,8 @@ impl Shard {
             config: parts.config,
             _not_send: PhantomData,
         });
+        // The dispatcher assumed every replica ready; tell it where that is not so.
+        shard.with_owner(Owner::report_capacities);
         rt::spawn(rt::Class::Latency, Rc::clone(&shard).serve_commands(inbox));
         rt::spawn(rt::Class::Throughput, Rc::clone(&shard).sweep_forever());
         for (pool, replica, generation, engine) in shard.owner().probed_engines() {
@@ -501,11 +503,14 @@ impl Shard {
                     rt::spawn(rt::Class::Latency, async move {
                         // Every replica loads the model, or the pool stays on its old one.
                         let engines = shard.owner().engines(pool);
-                        let mut loaded = match engines.is_empty() {
-                            true => Err("pool is not on this shard".into()),
-                            false => Ok(()),
+                        let mut loaded = match &engines {
+                            None => Err("pool is not on this shard".into()),
+                            Some(e) if e.is_empty() => {
+                                Err("the pool has no engine replica to load it".into())
+                            }
+                            Some(_) => Ok(()),
                         };
-                        for e in engines {
+                        for e in engines.into_iter().flatten() {
                             if loaded.is_ok() {
                                 loaded = e.load(&model_ref).await;
                             }
@@ -578,7 +583,13 @@ async fn probe_forever(
             return;
         }
         let health = engine.health().await;
-        shard.with_owner(|o| o.set_health(pool, replica, health));
+        // A replica that left the set (or left and came back) while the probe was out
+        // is not this probe's any more.
+        shard.with_owner(|o| {
+            if o.probe_current(pool, replica, generation) {
+                o.set_health(pool, replica, health);
+            }
+        });
     }
 }
 
@@ -589,8 +600,10 @@ async fn discover_forever(shard: Rc<Shard>, pool: usize, d: crate::owner::Discov
         if shard.stopping() {
             return;
         }
-        let (name, port, server) = (d.name.clone(), d.port, d.server);
-        let found = rt::blocking(move || crate::discover::resolve(&name, port, server)).await;
+        let found = crate::discover::resolve(d.name.clone(), d.port, d.server).await;
+        if shard.stopping() {
+            return;
+        }
         shard.with_owner(|o| o.discovered(pool, found));
         rt::sleep(d.every).await;
     }

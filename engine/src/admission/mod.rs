@@ -577,10 +577,12 @@ impl Admission {
             return;
         }
         let m = &mut self.pools[e.pool];
+        // As this side counted it: a task admitted to a free slot counts as running here
+        // even if its owner, short of a replica, queued it and it ended before starting.
         if e.in_queue {
             m.count_queued(e.tenant, e.class, false);
             e.in_queue = false;
-        } else if outcome.ran {
+        } else {
             m.count_running(e.tenant, false);
         }
         m.eta = eta;

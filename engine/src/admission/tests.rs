@@ -552,3 +552,27 @@ fn a_task_that_never_ran_gives_its_tenant_every_token_back() {
     a.on_finished(Uuid::from_u128(2), outcome, eta, 0);
     a.admit(&of(1, 3, ""), 0).unwrap();
 }
+
+#[test]
+fn a_task_admitted_to_a_free_slot_that_ends_without_running_frees_it() {
+    // Its owner, short of a ready replica (issue 20), queued it; it ended before it ran.
+    let mut a = one_pool(|_| {});
+    let first = a.admit(&spec(1, 1, ""), 0).unwrap();
+    assert_eq!(first.queue_position, 0);
+    finish(&mut a, first.task_id, never_ran(), 1);
+    assert_eq!(a.pools[0].running(), 0, "the slot is free again");
+    assert_eq!(a.admit(&spec(2, 2, ""), 2).unwrap().queue_position, 0);
+}
+
+#[test]
+fn the_slots_admission_counts_are_what_the_owner_reports() {
+    let mut a = one_pool(|p| p.queue_capacity = 5);
+    a.set_up(0, true, 3);
+    let pos: Vec<u32> = (1..=4)
+        .map(|i| a.admit(&spec(i, i, ""), 0).unwrap().queue_position)
+        .collect();
+    assert_eq!(pos, [0, 0, 0, 1]);
+    a.set_up(0, false, 0);
+    let e = a.admit(&spec(9, 9, ""), 0).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PoolUnready);
+}

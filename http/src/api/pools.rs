@@ -15,6 +15,9 @@ use crate::respond;
 /// Longest drain deadline accepted (a day).
 const MAX_DRAIN_MS: u64 = 86_400_000;
 
+/// Longest replica id a drain names (a host name and a port fit).
+const MAX_REPLICA_ID: usize = 300;
+
 pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, ApiError> {
     let (index, state, ready) = app
         .shard
@@ -36,10 +39,11 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
         .map(|r| {
             let mut replica = serde_json::json!({
                 "id": r.id,
-                "state": match (r.draining, r.up) {
-                    (true, _) => "draining",
-                    (false, true) => "up",
-                    (false, false) => "down",
+                "state": match (r.drained, r.draining, r.up) {
+                    (true, _, _) => "drained",
+                    (false, true, _) => "draining",
+                    (false, false, true) => "up",
+                    (false, false, false) => "down",
                 },
                 "slots": r.slots,
                 "busy": r.busy,
@@ -99,6 +103,11 @@ pub(crate) async fn drain(
         )));
     }
     if let Some(replica) = b.replica {
+        if replica.chars().count() > MAX_REPLICA_ID {
+            return Err(ApiError::invalid(format!(
+                "replica: at most {MAX_REPLICA_ID} characters (a replica's host:port)"
+            )));
+        }
         return drain_replica(app, id, replica, b.deadline_ms).await;
     }
     let left = app.shard.dispatcher().drain(id, b.deadline_ms).await?;

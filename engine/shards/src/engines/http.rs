@@ -75,7 +75,9 @@ impl<W: Wire> HttpEngine<W> {
     pub fn new(cfg: &AdapterConfig) -> Result<HttpEngine<W>, String> {
         let raw = cfg.url.as_deref().ok_or("no url")?;
         let url = parse_http_url(raw)?;
-        let addr = (url.host.as_str(), url.port)
+        // An IPv6 literal is bracketed in a URL (`http://[::1]:8080`), not in a lookup.
+        let name = url.host.trim_start_matches('[').trim_end_matches(']');
+        let addr = (name, url.port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
             .next()

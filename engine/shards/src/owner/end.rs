@@ -115,6 +115,8 @@ impl Owner {
             outcome,
             eta: p.eta,
         });
+        // A task that ran on a replica not ready any more gives admission nothing back.
+        self.report_capacity(pool_index);
         self.retained
             .push_back((now + Duration::from_millis(self.stream.retention_ms), id));
         Some((tokens, Some(pool_index)))

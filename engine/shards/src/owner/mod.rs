@@ -160,6 +160,7 @@ impl Owner {
                     id: r.id.clone(),
                     up: r.up,
                     draining: r.drain_at.is_some(),
+                    drained: r.drain_at.is_some_and(|at| Instant::now() >= at),
                     slots: p.cfg.slots,
                     busy: r.busy,
                     reported_version: r.reported_version.clone(),
@@ -282,16 +283,24 @@ impl Owner {
             Ok(addrs) => addrs,
             Err(why) => {
                 bump(&p.probe.discovery[1]);
-                tracing::warn!(pool = %p.cfg.id, error = %why, "replica discovery failed; the set is kept");
+                // Once per spell of failures (refreshes may come every 100 ms).
+                if !p.discovery_failing {
+                    p.discovery_failing = true;
+                    tracing::warn!(pool = %p.cfg.id, error = %why, "replica discovery failed; the set is kept until DNS answers");
+                }
                 return;
             }
         };
         bump(&p.probe.discovery[0]);
+        if std::mem::take(&mut p.discovery_failing) {
+            tracing::info!(pool = %p.cfg.id, "replica discovery answers again");
+        }
         let before = (p.up(), p.slots());
         let change = p.discovered(&addrs);
-        if change.refused > 0 {
-            tracing::warn!(pool = %p.cfg.id, refused = change.refused, "more addresses than a pool's replica limit");
+        if change.refused > 0 && change.refused != p.refused_addresses {
+            tracing::warn!(pool = %p.cfg.id, refused = change.refused, limit = orchd_engine::config::MAX_REPLICAS, "more addresses than a pool's replica limit; the rest are not used");
         }
+        p.refused_addresses = change.refused;
         p.probe.replica_changes[0]
             .set(p.probe.replica_changes[0].get() + change.joined.len() as u64);
         p.probe.replica_changes[1].set(p.probe.replica_changes[1].get() + change.left as u64);
@@ -305,25 +314,25 @@ impl Owner {
         if change.left > 0 {
             tracing::info!(pool = %p.cfg.id, left = change.left, "replicas left");
         }
-        let after = (p.up(), p.slots());
-        if after != before {
-            self.fx.notices.push(DispatcherCommand::PoolUp {
-                pool,
-                up: after.0,
-                slots: after.1,
-            });
-        }
-        if after.1 > before.1 {
+        let more = p.slots() > before.1;
+        self.report_capacity(pool);
+        if more {
             self.pump(pool, Instant::now());
         }
     }
 
-    /// A pool's engine replicas, for a reload.
-    pub(crate) fn engines(&self, pool: usize) -> Vec<Adapter> {
-        self.pools
-            .get(&pool)
-            .map(|p| p.replicas.iter().map(|r| r.engine.clone()).collect())
-            .unwrap_or_default()
+    /// The engines of a pool's replicas in its set (a URL that is unusable left out),
+    /// for a reload; `None` if the pool is not on this shard.
+    pub(crate) fn engines(&self, pool: usize) -> Option<Vec<Adapter>> {
+        let p = self.pools.get(&pool)?;
+        let usable = |r: &&pool::Replica| r.present && !matches!(r.engine, Adapter::Unusable(_));
+        Some(
+            p.replicas
+                .iter()
+                .filter(usable)
+                .map(|r| r.engine.clone())
+                .collect(),
+        )
     }
 
     /// Records what a replica's health probe (or a failed call) learned. A replica
@@ -349,11 +358,7 @@ impl Owner {
             return;
         }
         tracing::warn!(pool = %p.cfg.id, replica = %r.id, up = health.up, slots = ?health.slots, "engine health changed");
-        self.fx.notices.push(DispatcherCommand::PoolUp {
-            pool,
-            up: p.up(),
-            slots: p.slots(),
-        });
+        self.report_capacity(pool);
         // A replica that came back takes waiting tasks.
         if health.up {
             self.pump(pool, Instant::now());
@@ -369,6 +374,24 @@ impl Owner {
         }
     }
 
+    /// Tells the dispatcher the pool's readiness and the slots admission counts, when
+    /// they changed ([`pool::OwnerPool::admission_slots`]).
+    pub(super) fn report_capacity(&mut self, pool: usize) {
+        if let Some((up, slots)) = self.pools.get_mut(&pool).and_then(|p| p.capacity_changed()) {
+            self.fx
+                .notices
+                .push(DispatcherCommand::PoolUp { pool, up, slots });
+        }
+    }
+
+    /// Tells the dispatcher of every pool whose start differs from what it assumes (all
+    /// replicas ready): one whose engine URL is unusable, say. Once, at startup.
+    pub(crate) fn report_capacities(&mut self) {
+        for pool in self.pool_indexes() {
+            self.report_capacity(pool);
+        }
+    }
+
     /// Drains the replica `id` of `pool`: no new task goes to it; its tasks still running
     /// `deadline` from now end (a drain under way keeps its earlier deadline). The time
     /// left, or `None` if the pool has no such replica.
@@ -379,7 +402,6 @@ impl Owner {
         deadline: Duration,
     ) -> Option<Duration> {
         let p = self.pools.get_mut(&pool)?;
-        let before = (p.up(), p.slots());
         let r = p.replicas.iter_mut().find(|r| r.present && r.id == id)?;
         let now = Instant::now();
         let at = r
@@ -387,15 +409,9 @@ impl Owner {
             .map_or(now + deadline, |old| old.min(now + deadline));
         r.drain_at = Some(at);
         tracing::info!(pool = %p.cfg.id, replica = %id, deadline_ms = ms(at - now), "replica draining");
-        let after = (p.up(), p.slots());
-        if after != before {
-            self.fx.notices.push(DispatcherCommand::PoolUp {
-                pool,
-                up: after.0,
-                slots: after.1,
-            });
-        }
-        Some(at.saturating_duration_since(now))
+        let left = at.saturating_duration_since(now);
+        self.report_capacity(pool);
+        Some(left)
     }
 
     /// Switches the pool to `model_ref`, once its engine has loaded it. Tasks already
@@ -416,11 +432,7 @@ impl Owner {
             r.drain_at = None;
         }
         if p.slots() != before {
-            self.fx.notices.push(DispatcherCommand::PoolUp {
-                pool,
-                up: p.up(),
-                slots: p.slots(),
-            });
+            self.report_capacity(pool);
             self.pump(pool, Instant::now());
         }
         Ok(())

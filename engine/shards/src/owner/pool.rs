@@ -69,9 +69,12 @@ impl Replica {
         }
     }
 
-    /// It takes tasks: in the set, answering its probe, not drained.
+    /// It takes tasks: in the set, answering its probe, not drained, and its URL usable.
     pub(super) fn ready(&self) -> bool {
-        self.present && self.up && self.drain_at.is_none()
+        self.present
+            && self.up
+            && self.drain_at.is_none()
+            && !matches!(self.engine, Adapter::Unusable(_))
     }
 }
 
@@ -96,6 +99,13 @@ pub(crate) struct OwnerPool {
     pub(super) probe: Rc<PoolProbe>,
     /// In config order; each has the pool's `cfg.slots`.
     pub(crate) replicas: Vec<Replica>,
+    /// The last DNS refresh failed (its warning is logged once per spell).
+    pub(super) discovery_failing: bool,
+    /// Addresses the last refresh listed beyond the replica limit.
+    pub(super) refused_addresses: usize,
+    /// What the dispatcher was last told of the pool: (one replica ready, the slots
+    /// admission counts, [`OwnerPool::admission_slots`]).
+    pub(super) reported: (bool, u32),
     /// Tasks running, on all replicas.
     pub(super) busy: u32,
     pub(super) queue: FairQueue,
@@ -113,7 +123,10 @@ impl OwnerPool {
             .into_iter()
             .map(|(id, url)| Replica::new(cfg, id, url))
             .collect();
-        OwnerPool {
+        let mut pool = OwnerPool {
+            reported: (false, 0),
+            discovery_failing: false,
+            refused_addresses: 0,
             model_ref: cfg.model_ref.clone(),
             drain_at: None,
             drained: false,
@@ -124,7 +137,35 @@ impl OwnerPool {
             positions_due: false,
             eta: Eta::new(cfg.adapter.ttft_ms, cfg.adapter.tpot_ms),
             cfg: cfg.clone(),
-        }
+        };
+        // What the dispatcher assumes at start (`PoolMirror::new`): every replica ready.
+        let n = pool.replicas.len() as u32;
+        pool.reported = (n > 0, cfg.slots * n);
+        pool
+    }
+
+    /// The slots admission should count for the pool: each ready replica's (or its tasks,
+    /// when a task moved there made it busier than that), and the tasks still running on
+    /// replicas that are not ready (drained, down, gone from DNS), which the dispatcher
+    /// counts as running. So a task is told position 0 exactly when a slot is free.
+    pub(super) fn admission_slots(&self) -> u32 {
+        self.replicas
+            .iter()
+            .map(|r| match r.ready() {
+                true => r.busy.max(self.cfg.slots),
+                false => r.busy,
+            })
+            .sum()
+    }
+
+    /// What the dispatcher is to hear, if it changed since it last heard: (one replica
+    /// ready, [`OwnerPool::admission_slots`]).
+    pub(super) fn capacity_changed(&mut self) -> Option<(bool, u32)> {
+        let now = (self.up(), self.admission_slots());
+        (now != self.reported).then(|| {
+            self.reported = now;
+            now
+        })
     }
 
     pub(super) fn depth(&self) -> u32 {
@@ -163,11 +204,27 @@ impl OwnerPool {
                     r.generation += 1;
                     change.joined.push(i);
                 }
-                None if self.replicas.len() >= MAX_REPLICAS => change.refused += 1,
                 None => {
                     let url = format!("http://{id}");
-                    self.replicas.push(Replica::new(&self.cfg, id, Some(url)));
-                    change.joined.push(self.replicas.len() - 1);
+                    let fresh = Replica::new(&self.cfg, id, Some(url));
+                    // A replica that left long ago and runs nothing gives its entry up
+                    // (its old probe sees the next generation and stops).
+                    let idle = self.replicas.iter().position(|r| !r.present && r.busy == 0);
+                    match idle {
+                        _ if self.replicas.len() < MAX_REPLICAS => {
+                            self.replicas.push(fresh);
+                            change.joined.push(self.replicas.len() - 1);
+                        }
+                        Some(i) => {
+                            let generation = self.replicas[i].generation + 1;
+                            self.replicas[i] = Replica {
+                                generation,
+                                ..fresh
+                            };
+                            change.joined.push(i);
+                        }
+                        None => change.refused += 1,
+                    }
                 }
             }
         }
@@ -376,12 +433,42 @@ mod discovery_tests {
     }
 
     #[test]
-    fn at_most_max_replicas_entries() {
+    fn at_most_max_replicas_at_once_and_idle_entries_of_gone_ones_are_reused() {
         let mut p = discovering();
-        let many: Vec<SocketAddr> = (0..MAX_REPLICAS as u16 + 5)
-            .map(|i| SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 8080)))
-            .collect();
+        let addr = |i: u16| SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 8080));
+        let many: Vec<SocketAddr> = (0..MAX_REPLICAS as u16 + 5).map(addr).collect();
         let c = p.discovered(&many);
         assert_eq!((c.joined.len(), c.refused), (MAX_REPLICAS, 5));
+        // A rollout: every address new. The old entries left and run nothing: reused.
+        p.replicas[0].busy = 1; // one still runs a task: its entry stays
+        let next: Vec<SocketAddr> = (1000..1000 + MAX_REPLICAS as u16).map(addr).collect();
+        let c = p.discovered(&next);
+        assert_eq!(
+            (c.left, c.joined.len(), c.refused),
+            (MAX_REPLICAS, MAX_REPLICAS - 1, 1)
+        );
+        assert_eq!(p.replicas.len(), MAX_REPLICAS);
+        assert!(!p.replicas[0].present);
+        assert_eq!(
+            p.replicas[1].generation, 1,
+            "a reused entry's old probe stops"
+        );
+    }
+
+    #[test]
+    fn admission_counts_the_tasks_on_replicas_that_are_not_ready() {
+        let mut p = discovering();
+        p.discovered(&at(&[2, 3]));
+        assert_eq!(p.admission_slots(), 4);
+        // .3 is drained with one task still running: admission counts 2 + 1.
+        p.replicas[1].busy = 1;
+        p.replicas[1].drain_at = Some(Instant::now());
+        assert_eq!((p.slots(), p.admission_slots()), (2, 3));
+        // A task moved onto a full .2 makes it busier than its slots.
+        p.replicas[0].busy = 3;
+        assert_eq!(p.admission_slots(), 4);
+        p.replicas[1].busy = 0;
+        assert_eq!(p.capacity_changed(), Some((true, 3)));
+        assert_eq!(p.capacity_changed(), None, "told once");
     }
 }

@@ -15,7 +15,6 @@ use orchd_engine::{CancelReason, ErrorKind};
 use super::task::{State, TaskRun, Terminal};
 use super::{ms, Owner, Start};
 use crate::commands::{DispatcherCommand, NewTask};
-use crate::engines::Adapter;
 use crate::metrics::bump;
 
 impl Owner {
@@ -136,22 +135,13 @@ impl Owner {
             pool.replicas[replica].busy += 1;
             starting.push((next.id, replica));
         }
-        let mut ending = Vec::new();
+        // (A replica whose URL is unusable is never ready, so never picked: its pool is
+        // not ready while it has no other.)
         for (id, replica) in starting {
             let Some(rc) = self.tasks.get(&id).cloned() else {
                 continue;
             };
             rc.borrow_mut().replica = Some(replica);
-            if let Adapter::Unusable(_) = &self.pools[&pool_index].replicas[replica].engine {
-                let how = Terminal::Failed {
-                    reason: CancelReason::Engine,
-                    kind: ErrorKind::PoolUnavailable,
-                    message: "the pool's engine url is unusable".into(),
-                };
-                self.start_task(&rc, pool_index, now);
-                ending.push((id, how));
-                continue;
-            }
             let generation = self.start_task(&rc, pool_index, now);
             let (tx, stop) = oneshot::channel();
             rc.borrow_mut().stop = Some(tx);
@@ -164,9 +154,7 @@ impl Owner {
                 stop,
             });
         }
-        for (id, how) in ending {
-            self.finish(id, how, now);
-        }
+        self.report_capacity(pool_index);
         // Moves up the queue are reported together, at most every
         // stream.position_update_ms (a new task hears its place from `enqueue`).
         let window = self.stream.position_update_ms;
@@ -275,6 +263,7 @@ impl Owner {
             generation,
             stop,
         });
+        self.report_capacity(pool_index);
         true
     }
 
