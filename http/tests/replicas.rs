@@ -320,6 +320,19 @@ fn a_drained_replica_finishes_its_tasks_and_takes_no_new_one() {
     let (now, _) = turn(&s, &engines, &session, 2);
     assert_ne!(now, home);
     assert_eq!(s.get("/v1/pools/set/health", &[]).json()["ready"], true);
+    // Not a string: 400 naming the field (null included).
+    let null = json!({"deadline_ms": 0, "replica": null}).to_string();
+    let r = s.post(
+        "/v1/pools/set/drain",
+        &[("content-type", "application/json")],
+        null.as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("replica"),
+        "{}",
+        r.text()
+    );
     // No such replica: 404, the replica named.
     let r = drain("10.9.9.9:1", 0);
     assert_eq!(r.status, 404);

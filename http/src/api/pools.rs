@@ -87,8 +87,13 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
 struct DrainBody {
     deadline_ms: u64,
     /// One replica of the pool (`replicas[].id` of its health) instead of the pool
-    /// (issue 20).
+    /// (issue 20). A string when present: `null` is refused, as the contract says.
+    #[serde(default, deserialize_with = "present_string")]
     replica: Option<String>,
+}
+
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 pub(crate) async fn drain(
