@@ -35,41 +35,54 @@ impl Dns {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("hosts");
         write_hosts(&path, hosts);
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-            ])
-            .args([
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--local-ttl=0",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--addn-hosts={}", path.display()))
-            .arg(format!("--pid-file={}", dir.join("pid").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq runs (Debian's dnsmasq-base; .ci/run installs it)");
-        let dns = Dns {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            hosts: path,
-            dir,
-        };
-        // It answers once it serves its port (an answer of any kind will do).
-        wait_until(Duration::from_secs(10), "dnsmasq to answer", || {
-            dns.answers()
-        });
-        dns
+        let log = dir.join("log");
+        // A port free for UDP can be taken for TCP (dnsmasq wants both) or taken between
+        // the check and dnsmasq's bind: a few tries, each with a new port.
+        for _ in 0..5 {
+            let port = free_udp_and_tcp_port();
+            let child = Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                ])
+                .args([
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--local-ttl=0",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!("--addn-hosts={}", path.display()))
+                .arg(format!("--pid-file={}", dir.join("pid").display()))
+                .arg(format!("--log-facility={}", log.display()))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+                .spawn()
+                .expect("dnsmasq runs (Debian's dnsmasq-base; .ci/run installs it)");
+            let mut dns = Dns {
+                child,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                hosts: path.clone(),
+                dir: dir.clone(),
+            };
+            // It answers once it serves its port (an answer of any kind will do).
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if dns.answers() {
+                    return dns;
+                }
+                if dns.child.try_wait().ok().flatten().is_some() {
+                    break; // it gave up (the port, say): try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = dns.child.kill();
+            let _ = dns.child.wait();
+            std::mem::forget(dns); // its directory is reused by the next try
+        }
+        let said = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+        panic!("dnsmasq did not answer on any of five ports; it said: {said}");
     }
 
     fn answers(&self) -> bool {
@@ -103,6 +116,17 @@ impl Drop for Dns {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port free for both UDP and TCP now.
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 

@@ -189,13 +189,18 @@ impl Shard {
         shard.with_owner(Owner::report_capacities);
         rt::spawn(rt::Class::Latency, Rc::clone(&shard).serve_commands(inbox));
         rt::spawn(rt::Class::Throughput, Rc::clone(&shard).sweep_forever());
-        for (pool, replica, generation, engine) in shard.owner().probed_engines() {
+        // Read first, spawn after: no borrow of the owner is held while tasks start.
+        let (probed, discovering) = {
+            let owner = shard.owner();
+            (owner.probed_engines(), owner.discovering())
+        };
+        for (pool, replica, generation, engine) in probed {
             rt::spawn(
                 rt::Class::Throughput,
                 probe_forever(Rc::clone(&shard), (pool, replica, generation), engine),
             );
         }
-        for (pool, discovery) in shard.owner().discovering() {
+        for (pool, discovery) in discovering {
             rt::spawn(
                 rt::Class::Throughput,
                 discover_forever(Rc::clone(&shard), pool, discovery),
@@ -579,7 +584,8 @@ async fn probe_forever(
     };
     loop {
         rt::sleep(every).await;
-        if shard.stopping() || !shard.owner().probe_current(pool, replica, generation) {
+        let current = shard.owner().probe_current(pool, replica, generation);
+        if shard.stopping() || !current {
             return;
         }
         let health = engine.health().await;
