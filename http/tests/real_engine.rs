@@ -225,10 +225,12 @@ fn replica_set(engines: &[&Llama]) -> TestServer {
         id: "set".into(),
         engine: Engine::Llamacpp,
         model_ref: "tiny".into(),
-        slots: 2,
+        // Declared 1; each server says 2 (`-np 2`), and that is what counts.
+        slots: 1,
         ..PoolConfig::default()
     };
     p.adapter.kind = AdapterKind::Llamacpp;
+    p.adapter.slots_from_engine = true;
     p.adapter.urls = engines.iter().map(|e| e.url()).collect();
     p.adapter.health_interval_ms = 200;
     p.adapter.decode_timeout_ms = 10_000;
@@ -268,8 +270,19 @@ fn three_real_llama_cpp_replicas_keep_sessions_and_move_them_when_one_dies() {
     ];
     let refs: Vec<&Llama> = engines.iter().collect();
     let s = replica_set(&refs);
+    // Each replica's slots are its engine's `total_slots` once probed.
+    wait_until(Duration::from_secs(5), "the engines' own slots", || {
+        s.get("/v1/pools/set/health", &[]).json()["metrics"]["slots_total"] == 6
+    });
     let h = s.get("/v1/pools/set/health", &[]).json();
-    assert_eq!(h["metrics"]["slots_total"], 6, "{h}");
+    assert!(
+        h["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["slots"] == 2),
+        "{h}"
+    );
 
     // Every turn of a session on one engine, by the engines' own counts; the sessions
     // spread over the set.

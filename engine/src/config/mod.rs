@@ -23,4 +23,6 @@ pub use types::{
     DispatcherPlacement, OpenAiConfig, PoolConfig, QueuePolicy, Role, RuntimeChoice, ServerConfig,
     SessionsConfig, StreamConfig, TenantConfig, DEFAULT_TOML,
 };
-pub use validate::{key_digest, parse_discover, parse_http_url, Discover, HttpUrl, MAX_REPLICAS};
+pub use validate::{
+    key_digest, parse_discover, parse_http_url, Discover, HttpUrl, MAX_REPLICAS, MAX_SLOTS,
+};

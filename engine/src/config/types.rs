@@ -316,6 +316,10 @@ pub struct AdapterConfig {
     /// The DNS server `discover` asks, `IP:PORT`; absent: the system's resolver
     /// (`/etc/resolv.conf`, `/etc/hosts`).
     pub resolver: Option<String>,
+    /// HTTP adapters: each replica's slots are what its engine reports (llama.cpp's
+    /// `/props` `total_slots`, read by the health probe) once it has said; the pool's
+    /// `slots` until then, and for engines that do not say.
+    pub slots_from_engine: bool,
     /// HTTP adapters: sent as `Authorization: Bearer ...`; never logged.
     pub api_key: Option<ApiKey>,
     /// HTTP adapters: TCP connect timeout.
@@ -451,6 +455,7 @@ impl Default for AdapterConfig {
             discover: None,
             discover_interval_ms: 5_000,
             resolver: None,
+            slots_from_engine: false,
             api_key: None,
             connect_timeout_ms: 2_000,
             first_byte_timeout_ms: 30_000,

@@ -7,7 +7,8 @@ use crate::tenant::{Tenant, DEFAULT_TENANT, MAX_TENANTS};
 
 /// Limits on numbers a user may write; anything larger is a mistake, not a wish.
 const MAX_SHARDS: usize = 1024;
-const MAX_SLOTS: u32 = 65_536;
+/// Slots of one pool (or one replica) at most.
+pub const MAX_SLOTS: u32 = 65_536;
 const MAX_QUEUE: u32 = 10_000_000;
 const MAX_BODY: usize = 1 << 30;
 const MAX_TOKENS_PER_MINUTE: u64 = 1_000_000_000_000;
@@ -395,6 +396,11 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
             }
         }
         (AdapterKind::Mock, None, true) => {}
+    }
+    if a.kind == AdapterKind::Mock && a.slots_from_engine {
+        p.push(format!(
+            "{at}.adapter.slots_from_engine: the mock adapter reports no slots"
+        ));
     }
     if a.kind != AdapterKind::Mock {
         for (name, set) in [
@@ -787,6 +793,10 @@ tokens_per_minute = 2000000000000
             (
                 "kind = \"openai\"\nurls = []",
                 "pools[0].adapter.url: required",
+            ),
+            (
+                "slots_from_engine = true",
+                "pools[0].adapter.slots_from_engine: the mock adapter reports no slots",
             ),
         ] {
             let e = load(adapter).unwrap_err().to_string();

@@ -161,7 +161,7 @@ impl Owner {
                     up: r.up,
                     draining: r.drain_at.is_some(),
                     drained: r.drain_at.is_some_and(|at| Instant::now() >= at),
-                    slots: p.cfg.slots,
+                    slots: r.slots,
                     busy: r.busy,
                     reported_version: r.reported_version.clone(),
                     checked_ms_ago: r.checked_at.map(|t| ms(t.elapsed())),
@@ -199,7 +199,7 @@ impl Owner {
                 canceled: std::array::from_fn(|i| r.probe.canceled[i].get()),
                 tokens_in: r.probe.tokens_in.get(),
                 tokens_out: r.probe.tokens_out.get(),
-                busy_share: f64::from(r.busy) / f64::from(p.cfg.slots),
+                busy_share: f64::from(r.busy) / f64::from(r.slots),
                 vram_used_bytes: kv * per_token,
             })
             .collect();
@@ -342,25 +342,35 @@ impl Owner {
         let Some(p) = self.pools.get_mut(&pool) else {
             return;
         };
-        let Some(r) = p.replicas.get_mut(replica) else {
+        if replica >= p.replicas.len() {
             return;
-        };
+        }
+        let slots_before = p.slots();
+        let from_engine = p.cfg.adapter.slots_from_engine;
+        let r = &mut p.replicas[replica];
         r.checked_at = Some(Instant::now());
         if let Some(v) = health.version {
             r.reported_version = Some(v);
         }
-        if r.up == health.up {
-            return;
+        // The engine says how many sequences it runs at once: its slots, if asked to.
+        let said = health.slots.filter(|_| from_engine);
+        if let Some(n) = said.map(|n| n.clamp(1, orchd_engine::config::MAX_SLOTS)) {
+            if n != r.slots {
+                tracing::info!(pool = %p.cfg.id, replica = %r.id, from = r.slots, to = n, "replica slots as its engine reports");
+                r.slots = n;
+            }
         }
-        r.up = health.up;
-        if !r.present {
-            // It left the set: its health no longer counts.
-            return;
+        if r.up != health.up {
+            r.up = health.up;
+            // A replica that left the set: its health no longer counts.
+            if r.present {
+                tracing::warn!(pool = %p.cfg.id, replica = %r.id, up = health.up, slots = ?health.slots, "engine health changed");
+            }
         }
-        tracing::warn!(pool = %p.cfg.id, replica = %r.id, up = health.up, slots = ?health.slots, "engine health changed");
+        let grew = p.slots() > slots_before;
         self.report_capacity(pool);
-        // A replica that came back takes waiting tasks.
-        if health.up {
+        // A replica that came back (or has more slots) takes waiting tasks.
+        if grew {
             self.pump(pool, Instant::now());
         }
     }

@@ -31,6 +31,9 @@ pub(crate) struct Replica {
     pub(super) checked_at: Option<Instant>,
     /// Its tasks running now.
     pub(super) busy: u32,
+    /// Its slots: the pool's `slots`, or what its engine reports
+    /// (`adapter.slots_from_engine`).
+    pub(super) slots: u32,
     /// What ran on it (its `replica_id` series).
     pub(super) probe: Rc<ReplicaProbe>,
     /// In the set: always for `url`/`urls`; for `discover`, while DNS lists it (a replica
@@ -62,6 +65,7 @@ impl Replica {
             reported_version: None,
             checked_at: None,
             busy: 0,
+            slots: cfg.slots,
             probe: Rc::new(ReplicaProbe::default()),
             present: true,
             generation: 0,
@@ -97,7 +101,7 @@ pub(crate) struct OwnerPool {
     /// The dispatcher was told that `drain_at` passed.
     pub(super) drained: bool,
     pub(super) probe: Rc<PoolProbe>,
-    /// In config order; each has the pool's `cfg.slots`.
+    /// In config order (a discovered set: in the order they joined).
     pub(crate) replicas: Vec<Replica>,
     /// The last DNS refresh failed (its warning is logged once per spell).
     pub(super) discovery_failing: bool,
@@ -152,7 +156,7 @@ impl OwnerPool {
         self.replicas
             .iter()
             .map(|r| match r.ready() {
-                true => r.busy.max(self.cfg.slots),
+                true => r.busy.max(r.slots),
                 false => r.busy,
             })
             .sum()
@@ -174,7 +178,11 @@ impl OwnerPool {
 
     /// Slots of the replicas that take tasks.
     pub(crate) fn slots(&self) -> u32 {
-        self.cfg.slots * self.replicas.iter().filter(|r| r.ready()).count() as u32
+        self.replicas
+            .iter()
+            .filter(|r| r.ready())
+            .map(|r| r.slots)
+            .sum()
     }
 
     /// One replica of the set answers its health probe.
@@ -244,14 +252,14 @@ impl OwnerPool {
     /// while it has room and move to the same next one when it has none or is down;
     /// without, the ready replica with the most free slots.
     pub(super) fn pick(&self, session: Option<Uuid>) -> Option<usize> {
-        let free = |r: &Replica| r.ready() && r.busy < self.cfg.slots;
+        let free = |r: &Replica| r.ready() && r.busy < r.slots;
         let candidates = self.replicas.iter().enumerate().filter(|(_, r)| free(r));
         match session {
             Some(s) => candidates
                 .max_by_key(|(_, r)| weight(s, &r.id))
                 .map(|(i, _)| i),
             None => candidates
-                .max_by_key(|(i, r)| (self.cfg.slots - r.busy, std::cmp::Reverse(*i)))
+                .max_by_key(|(i, r)| (r.slots - r.busy, std::cmp::Reverse(*i)))
                 .map(|(i, _)| i),
         }
     }

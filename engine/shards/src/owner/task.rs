@@ -178,8 +178,10 @@ impl TaskRun {
     /// start while queued, tokens while running, budget remainders.
     pub(super) fn metrics_frame(&self, pool: &OwnerPool, now: Instant) -> Bytes {
         let queued = self.state == State::Queued;
-        let predicted_start =
-            queued.then(|| pool.eta.predicted_start_ms(self.position, pool.cfg.slots));
+        let predicted_start = queued.then(|| {
+            pool.eta
+                .predicted_start_ms(self.position, pool.slots().max(1))
+        });
         let remaining = self.spec.expected_out().saturating_sub(self.tokens_out);
         let predicted_left = pool
             .eta
