@@ -233,10 +233,6 @@ pub struct PoolSample {
     pub queue_depth: [u64; 2],
     pub slots_busy: u32,
     pub slots_total: u32,
-    /// The mock engine's simulated device figures (see `Owner::pool_sample`).
-    pub kv_cache_usage_ratio: f64,
-    pub gpu_utilization: f64,
-    pub vram_used_bytes: u64,
     pub probe: PoolProbeSnapshot,
     /// Every replica the pool has had (one that left DNS's answer keeps its counters).
     pub replicas: Vec<ReplicaSample>,

@@ -117,13 +117,8 @@ struct Pool<'a> {
 }
 
 impl Pool<'_> {
-    /// engine, engine_version, pool_id, then replica_id if asked for, then `extra`.
-    fn labels(&self, replica: bool, extra: Option<(&str, &str)>) -> Vec<LabelPair> {
-        self.labels_of(replica.then_some(self.replica.as_str()), extra)
-    }
-
     /// engine, engine_version, pool_id, then `replica_id` if given, then `extra`.
-    fn labels_of(&self, replica: Option<&str>, extra: Option<(&str, &str)>) -> Vec<LabelPair> {
+    fn labels(&self, replica: Option<&str>, extra: Option<(&str, &str)>) -> Vec<LabelPair> {
         let mut l = Vec::with_capacity(5);
         l.push(label("engine", self.cfg.engine.as_str()));
         l.push(label("engine_version", &self.cfg.engine_version));
@@ -185,7 +180,7 @@ fn per_replica(
             }
             let extra = by.zip(v).map(|((name, _), v)| (name, v));
             for (id, x) in samples {
-                out.push(labeled(make(x), p.labels_of(Some(id), extra)));
+                out.push(labeled(make(x), p.labels(Some(id), extra)));
             }
         }
     }
@@ -193,24 +188,23 @@ fn per_replica(
 }
 
 /// One sample per pool.
-fn per_pool(pools: &[Pool<'_>], replica: bool, f: impl Fn(&PoolSample) -> Metric) -> Vec<Metric> {
+fn per_pool(pools: &[Pool<'_>], f: impl Fn(&PoolSample) -> Metric) -> Vec<Metric> {
     pools
         .iter()
-        .map(|p| labeled(f(p.sample), p.labels(replica, None)))
+        .map(|p| labeled(f(p.sample), p.labels(None, None)))
         .collect()
 }
 
 /// One sample per pool and value of label `name`; `f` gets the value's index.
 fn per_pool_by(
     pools: &[Pool<'_>],
-    replica: bool,
     (name, values): (&str, &[&str]),
     f: impl Fn(&PoolSample, usize) -> Metric,
 ) -> Vec<Metric> {
     let mut out = Vec::with_capacity(pools.len() * values.len());
     for p in pools {
         for (i, v) in values.iter().enumerate() {
-            out.push(labeled(f(p.sample, i), p.labels(replica, Some((name, v)))));
+            out.push(labeled(f(p.sample, i), p.labels(None, Some((name, v)))));
         }
     }
     out
@@ -346,7 +340,7 @@ pub(crate) async fn render(
         "queue_depth",
         GAUGE,
         "Tasks waiting in a pool's queue.",
-        per_pool_by(p, false, prio, |s, i| gauge(s.queue_depth[i] as f64)),
+        per_pool_by(p, prio, |s, i| gauge(s.queue_depth[i] as f64)),
     )
     .await;
     x.family(
@@ -380,16 +374,14 @@ pub(crate) async fn render(
         "latency_first_token_ms",
         HISTOGRAM,
         "Admission to first token, ms.",
-        per_pool_by(p, false, prio, |s, i| {
-            histogram(&s.probe.first_token[i], MS)
-        }),
+        per_pool_by(p, prio, |s, i| histogram(&s.probe.first_token[i], MS)),
     )
     .await;
     x.family(
         "latency_decode_ms",
         HISTOGRAM,
         "First to last token, ms.",
-        per_pool_by(p, false, prio, |s, i| histogram(&s.probe.decode[i], MS)),
+        per_pool_by(p, prio, |s, i| histogram(&s.probe.decode[i], MS)),
     )
     .await;
     x.family(
@@ -435,7 +427,6 @@ pub(crate) async fn render(
             "DNS refreshes of a pool's replica set (adapter.discover), by outcome.",
             per_pool_by(
                 &discovering,
-                false,
                 ("outcome", &["answered", "failed"]),
                 |s, i| counter(s.probe.discovery[i] as f64),
             ),
@@ -445,12 +436,9 @@ pub(crate) async fn render(
             "replica_set_changes_total",
             COUNTER,
             "Replicas that joined or left a pool's set as DNS listed them.",
-            per_pool_by(
-                &discovering,
-                false,
-                ("change", &["joined", "left"]),
-                |s, i| counter(s.probe.replica_changes[i] as f64),
-            ),
+            per_pool_by(&discovering, ("change", &["joined", "left"]), |s, i| {
+                counter(s.probe.replica_changes[i] as f64)
+            }),
         )
         .await;
     }
@@ -508,30 +496,28 @@ pub(crate) async fn render(
         "queue_wait_seconds",
         HISTOGRAM,
         "Admission to start of execution.",
-        per_pool_by(p, false, prio, |s, i| {
-            histogram(&s.probe.queue_wait[i], SECONDS)
-        }),
+        per_pool_by(p, prio, |s, i| histogram(&s.probe.queue_wait[i], SECONDS)),
     )
     .await;
     x.family(
         "inter_token_seconds",
         HISTOGRAM,
         "Time between consecutive tokens of a task.",
-        per_pool(p, false, |s| histogram(&s.probe.inter_token, SECONDS)),
+        per_pool(p, |s| histogram(&s.probe.inter_token, SECONDS)),
     )
     .await;
     x.family(
         "pool_slots_busy",
         GAUGE,
         "Slots running a task.",
-        per_pool(p, false, |s| gauge(s.slots_busy.into())),
+        per_pool(p, |s| gauge(s.slots_busy.into())),
     )
     .await;
     x.family(
         "pool_ready",
         GAUGE,
         "1 if the pool admits tasks: ready (not draining, drained or reloading a drained pool) and its engine answers its health probe.",
-        per_pool(p, false, |s| {
+        per_pool(p, |s| {
             gauge(f64::from(u8::from(
                 d.pools_ready.get(s.pool).copied().unwrap_or(false),
             )))
@@ -689,9 +675,6 @@ mod tests {
             queue_depth: [4, 0],
             slots_busy: 1,
             slots_total: 2,
-            kv_cache_usage_ratio: 0.5,
-            gpu_utilization: 0.5,
-            vram_used_bytes: 1 << 33,
             probe,
             replicas: vec![ReplicaSample {
                 id: "mock".into(),

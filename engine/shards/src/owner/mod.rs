@@ -187,7 +187,6 @@ impl Owner {
                 }
             }
         }
-        let kv_tokens: u64 = kv.iter().sum();
         let per_token = orchd_engine::admission::KV_BYTES_PER_TOKEN;
         let replicas = p
             .replicas
@@ -203,15 +202,11 @@ impl Owner {
                 vram_used_bytes: kv * per_token,
             })
             .collect();
-        let busy_share = f64::from(p.busy) / f64::from(p.slots().max(1));
         Some(PoolSample {
             pool,
             queue_depth: [p.queue.len_of(0) as u64, p.queue.len_of(1) as u64],
             slots_busy: p.busy,
             slots_total: p.slots(),
-            kv_cache_usage_ratio: busy_share,
-            gpu_utilization: busy_share,
-            vram_used_bytes: kv_tokens * per_token,
             probe: p.probe.snapshot(),
             replicas,
         })
