@@ -211,6 +211,45 @@ impl TaskSpec {
         full[..16].try_into().expect("16 bytes")
     }
 
+    /// A hash of the first `bytes` bytes of the text an engine reads first (the prompt,
+    /// else the inputs one per line, or the chat messages as role and content), or
+    /// `None` when there are fewer (or `bytes` is 0, or the task is an embedding): two
+    /// tasks whose prompts start alike have the same hash, so a replica set can send them
+    /// where that start is cached (issue 20). SipHash with fixed keys: stable across
+    /// runs and instances.
+    pub fn prefix_hash(&self, bytes: usize) -> Option<u64> {
+        use std::hash::Hasher;
+        if bytes == 0 || self.extras.as_ref().is_some_and(|x| x.embed.is_some()) {
+            return None;
+        }
+        #[allow(deprecated)] // SipHasher: fixed keys, stable across runs, as wanted here
+        let mut h = std::hash::SipHasher::new();
+        let mut left = bytes;
+        let mut feed = |piece: &[u8]| {
+            let n = piece.len().min(left);
+            h.write(&piece[..n]);
+            left -= n;
+            left == 0
+        };
+        let chat = self.extras.as_ref().and_then(|x| x.chat.as_deref());
+        let done = match (chat, &self.prompt) {
+            (Some(messages), _) => messages.iter().any(|m| {
+                feed(m.role.as_str().as_bytes())
+                    || feed(b"\n")
+                    || feed(m.content.as_bytes())
+                    || feed(b"\n")
+            }),
+            (None, Some(prompt)) => feed(prompt.as_bytes()),
+            (None, None) => self
+                .inputs
+                .iter()
+                .flatten()
+                .enumerate()
+                .any(|(i, s)| (i > 0 && feed(b"\n")) || feed(s.as_bytes())),
+        };
+        done.then(|| h.finish())
+    }
+
     /// Rough prompt size in tokens (whitespace words), for KV estimates.
     pub fn prompt_tokens(&self) -> u64 {
         let words = |s: &str| s.split_whitespace().count() as u64;
@@ -319,6 +358,68 @@ pub(crate) mod tests {
             "\u{e9}".repeat(129)
         ));
         assert_eq!(err(&b), "sampler_profile_version: at most 128 characters");
+    }
+
+    #[test]
+    fn prompts_that_start_alike_have_one_prefix_hash() {
+        let spec = |prompt: &str| {
+            let mut s = TaskSpec::parse(body("").as_bytes()).unwrap();
+            s.prompt = Some(prompt.to_string());
+            s
+        };
+        let a = spec("You are a careful assistant. Question one?");
+        let b = spec("You are a careful assistant. Question two?");
+        assert_eq!(a.prefix_hash(28), b.prefix_hash(28));
+        assert!(a.prefix_hash(28).is_some());
+        assert_ne!(
+            a.prefix_hash(40),
+            b.prefix_hash(40),
+            "they differ within 40 bytes"
+        );
+        assert_eq!(a.prefix_hash(43), None, "shorter than the prefix");
+        assert_eq!(a.prefix_hash(0), None, "off");
+        // Inputs read as the completion text an engine is sent: one per line.
+        let mut c = spec("");
+        c.prompt = None;
+        c.inputs = Some(vec!["You are a careful".into(), "assistant.".into()]);
+        let joined = spec("You are a careful\nassistant.");
+        assert_eq!(c.prefix_hash(28), joined.prefix_hash(28));
+        assert!(c.prefix_hash(28).is_some());
+        // A chat: roles and contents in order; embeddings have none.
+        let chat = |first: &str| {
+            let mut s = spec("");
+            let messages = vec![
+                ChatMessage {
+                    role: crate::generation::Role::System,
+                    content: first.into(),
+                },
+                ChatMessage {
+                    role: crate::generation::Role::User,
+                    content: "hi".into(),
+                },
+            ];
+            s.extras = Some(Box::new(Extras {
+                chat: Some(messages),
+                ..Extras::default()
+            }));
+            s
+        };
+        let long = "a long shared system prompt";
+        assert_eq!(chat(long).prefix_hash(20), chat(long).prefix_hash(20));
+        assert_ne!(
+            chat(long).prefix_hash(20),
+            chat("another system prompt!!").prefix_hash(20)
+        );
+        assert!(
+            chat("x").prefix_hash(8).is_some(),
+            "the messages after the first count"
+        );
+        let mut e = spec(long);
+        e.extras = Some(Box::new(Extras {
+            embed: Some(vec![long.into()]),
+            ..Extras::default()
+        }));
+        assert_eq!(e.prefix_hash(4), None);
     }
 
     #[test]

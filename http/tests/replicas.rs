@@ -85,6 +85,50 @@ fn concurrency(s: &TestServer) -> u64 {
     caps["engines"][0]["concurrency"].as_u64().unwrap()
 }
 
+/// Runs one completion of the OpenAI door (no session) to its end: the engine that was
+/// asked for it.
+fn completion(s: &TestServer, engines: &[FakeEngine], prompt: &str) -> usize {
+    let before = asked(engines);
+    let body = json!({"model": "m", "prompt": prompt, "max_tokens": 2});
+    let r = s.post("/v1/completions", &[], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = asked(engines);
+    let moved: Vec<usize> = (0..engines.len())
+        .filter(|&i| after[i] != before[i])
+        .collect();
+    assert_eq!(moved.len(), 1, "{before:?} -> {after:?}");
+    moved[0]
+}
+
+#[test]
+fn prompts_that_start_alike_go_to_one_replica_without_a_session() {
+    let engines = [
+        FakeEngine::start(),
+        FakeEngine::start(),
+        FakeEngine::start(),
+    ];
+    let s = server(&engines);
+    // `adapter.prefix_bytes` is 256 by default: prompts sharing their first 256 bytes
+    // meet on one replica, whatever follows.
+    let document = |k: usize| format!("Document {k}: {}", "the same long instructions ".repeat(12));
+    let mut homes = Vec::new();
+    for k in 0..9 {
+        let home = completion(&s, &engines, &format!("{} question 0", document(k)));
+        for q in 1..3 {
+            let again = completion(&s, &engines, &format!("{} question {q}", document(k)));
+            assert_eq!(again, home, "document {k}, question {q}");
+        }
+        homes.push(home);
+    }
+    homes.sort();
+    homes.dedup();
+    assert!(homes.len() > 1, "nine prefixes, one replica: {homes:?}");
+    // A short prompt has no prefix to keep: the replica with the most free slots (all
+    // idle: the first).
+    assert_eq!(completion(&s, &engines, "short"), 0);
+    s.shutdown();
+}
+
 #[test]
 fn a_sessions_tasks_stay_on_one_replica_and_sessions_spread_over_the_set() {
     let engines = [

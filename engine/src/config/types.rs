@@ -320,6 +320,11 @@ pub struct AdapterConfig {
     /// `/props` `total_slots`, read by the health probe) once it has said; the pool's
     /// `slots` until then, and for engines that do not say.
     pub slots_from_engine: bool,
+    /// HTTP adapters with several replicas: a task without a session whose prompt is at
+    /// least this many bytes goes to the replica chosen by a hash of its first this many
+    /// bytes (rendezvous, over the replicas with a free slot), so prompts that start alike
+    /// meet their cached prefix on one engine; 0: to the replica with the most free slots.
+    pub prefix_bytes: u32,
     /// HTTP adapters: sent as `Authorization: Bearer ...`; never logged.
     pub api_key: Option<ApiKey>,
     /// HTTP adapters: TCP connect timeout.
@@ -456,6 +461,7 @@ impl Default for AdapterConfig {
             discover_interval_ms: 5_000,
             resolver: None,
             slots_from_engine: false,
+            prefix_bytes: 256,
             api_key: None,
             connect_timeout_ms: 2_000,
             first_byte_timeout_ms: 30_000,

@@ -397,6 +397,11 @@ fn validate_pool(i: usize, pool: &PoolConfig, ids: &mut HashSet<String>, p: &mut
         }
         (AdapterKind::Mock, None, true) => {}
     }
+    if a.prefix_bytes > MAX_PREFIX_BYTES {
+        p.push(format!(
+            "{at}.adapter.prefix_bytes: at most {MAX_PREFIX_BYTES}"
+        ));
+    }
     if a.kind == AdapterKind::Mock && a.slots_from_engine {
         p.push(format!(
             "{at}.adapter.slots_from_engine: the mock adapter reports no slots"
@@ -492,6 +497,9 @@ impl PoolConfig {
 
 /// Replicas of one pool at most (`adapter.urls`, or the addresses `discover` finds).
 pub const MAX_REPLICAS: usize = 64;
+
+/// `adapter.prefix_bytes` at most: a longer prefix routes almost no prompt by it.
+pub const MAX_PREFIX_BYTES: u32 = 65_536;
 
 /// `dns://NAME:PORT` of `adapter.discover`, split.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -797,6 +805,10 @@ tokens_per_minute = 2000000000000
             (
                 "slots_from_engine = true",
                 "pools[0].adapter.slots_from_engine: the mock adapter reports no slots",
+            ),
+            (
+                "kind = \"openai\"\nurl = \"http://x:1\"\nprefix_bytes = 65537",
+                "pools[0].adapter.prefix_bytes: at most 65536",
             ),
         ] {
             let e = load(adapter).unwrap_err().to_string();

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use orchd_engine::admission::Eta;
 use orchd_engine::config::{PoolConfig, MAX_REPLICAS};
+use orchd_engine::task::TaskSpec;
 
 use super::fair::{FairQueue, Share};
 use crate::engines::Adapter;
@@ -246,19 +247,37 @@ impl OwnerPool {
             .find_map(|r| r.reported_version.as_deref())
     }
 
-    /// The replica a task of `session` takes now, if one has a free slot: with a
-    /// session, the first by rendezvous weight (hash of session and replica id) among
-    /// the ready replicas with a free slot, so a session's tasks stay on one replica
-    /// while it has room and move to the same next one when it has none or is down;
-    /// without, the ready replica with the most free slots.
-    pub(super) fn pick(&self, session: Option<Uuid>) -> Option<usize> {
+    /// What routes `spec` among the replicas: its session; else the start of its
+    /// prompt (`adapter.prefix_bytes`, when the pool has several replicas and the prompt
+    /// is that long); else nothing.
+    pub(super) fn affinity(&self, spec: &TaskSpec) -> Affinity {
+        if let Some(s) = spec.session_id {
+            return Affinity::Session(s);
+        }
+        if self.replicas.len() < 2 {
+            return Affinity::None;
+        }
+        spec.prefix_hash(self.cfg.adapter.prefix_bytes as usize)
+            .map_or(Affinity::None, Affinity::Prefix)
+    }
+
+    /// The replica a task with `affinity` takes now, if one has a free slot: with a
+    /// session or a prompt prefix, the first by rendezvous weight (a hash of it and the
+    /// replica id) among the ready replicas with a free slot, so a session's tasks (and
+    /// prompts that start alike) stay on one replica while it has room and move to the
+    /// same next one when it has none or is down; without, the ready replica with the
+    /// most free slots.
+    pub(super) fn pick(&self, affinity: Affinity) -> Option<usize> {
         let free = |r: &Replica| r.ready() && r.busy < r.slots;
         let candidates = self.replicas.iter().enumerate().filter(|(_, r)| free(r));
-        match session {
-            Some(s) => candidates
+        match affinity {
+            Affinity::Session(s) => candidates
                 .max_by_key(|(_, r)| weight(s, &r.id))
                 .map(|(i, _)| i),
-            None => candidates
+            Affinity::Prefix(h) => candidates
+                .max_by_key(|(_, r)| weight(h, &r.id))
+                .map(|(i, _)| i),
+            Affinity::None => candidates
                 .max_by_key(|(i, r)| (r.slots - r.busy, std::cmp::Reverse(*i)))
                 .map(|(i, _)| i),
         }
@@ -293,12 +312,22 @@ impl OwnerPool {
     }
 }
 
-/// A session's rendezvous weight for a replica: the same on every run and every orchd
-/// (SipHash with fixed keys), so two instances send a session to the same replica.
-fn weight(session: Uuid, replica: &str) -> u64 {
+/// What keeps a task's replica: its session, or the hash of its prompt's start
+/// ([`TaskSpec::prefix_hash`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Affinity {
+    Session(Uuid),
+    Prefix(u64),
+    None,
+}
+
+/// A session's (or a prefix's) rendezvous weight for a replica: the same on every run
+/// and every orchd (SipHash with fixed keys), so two instances send a session to the
+/// same replica.
+fn weight(key: impl Hash, replica: &str) -> u64 {
     #[allow(deprecated)] // SipHasher: fixed keys, stable across runs, as wanted here
     let mut h = std::hash::SipHasher::new();
-    session.hash(&mut h);
+    key.hash(&mut h);
     replica.hash(&mut h);
     h.finish()
 }
@@ -329,15 +358,19 @@ mod tests {
     fn a_session_stays_on_its_replica_and_moves_when_it_is_full_or_down() {
         let mut p = pool(3, 1);
         let s = Uuid::from_u128(7);
-        let home = p.pick(Some(s)).unwrap();
-        assert_eq!(p.pick(Some(s)), Some(home), "the same replica every time");
+        let home = p.pick(Affinity::Session(s)).unwrap();
+        assert_eq!(
+            p.pick(Affinity::Session(s)),
+            Some(home),
+            "the same replica every time"
+        );
         p.replicas[home].busy = 1;
-        let next = p.pick(Some(s)).unwrap();
+        let next = p.pick(Affinity::Session(s)).unwrap();
         assert_ne!(next, home, "a full replica is passed over");
         p.replicas[home].busy = 0;
         p.replicas[home].up = false;
         assert_eq!(
-            p.pick(Some(s)),
+            p.pick(Affinity::Session(s)),
             Some(next),
             "a down one too, for the same next one"
         );
@@ -345,7 +378,7 @@ mod tests {
         for r in &mut p.replicas {
             r.up = false;
         }
-        assert_eq!(p.pick(Some(s)), None);
+        assert_eq!(p.pick(Affinity::Session(s)), None);
     }
 
     #[test]
@@ -353,9 +386,56 @@ mod tests {
         let p = pool(3, 4);
         let mut used = [0; 3];
         for i in 0..300u128 {
-            used[p.pick(Some(Uuid::from_u128(i * 7919))).unwrap()] += 1;
+            used[p
+                .pick(Affinity::Session(Uuid::from_u128(i * 7919)))
+                .unwrap()] += 1;
         }
         assert!(used.iter().all(|&n| n > 60), "{used:?}");
+    }
+
+    #[test]
+    fn prompts_that_start_alike_meet_on_one_replica() {
+        let mut p = pool(3, 2);
+        let task = |prompt: String, session: bool| {
+            let b = r#"{"task_id":"6f1c3c7e-2b4a-4c1e-9c1d-1a2b3c4d5e6f","session_id":"0b7e8f6a-1111-4222-8333-944455556666",
+                "workload":"completion","model_ref":"m","engine":"llamacpp","ctx":4096,"priority":"interactive",
+                "max_tokens":8,"deadline_ms":60000,"prompt":"x"}"#;
+            let mut s = TaskSpec::parse(b.as_bytes()).unwrap();
+            if !session {
+                s.session_id = None;
+            }
+            s.prompt = Some(prompt);
+            s
+        };
+        let system = |k: usize| format!("{k:03} {}", "shared instructions ".repeat(20));
+        // One prefix, whatever follows it: one replica.
+        let a = p.affinity(&task(system(1) + "question one", false));
+        let b = p.affinity(&task(system(1) + "a different question", false));
+        assert!(matches!(a, Affinity::Prefix(_)));
+        assert_eq!(a, b);
+        let home = p.pick(a).unwrap();
+        assert_eq!(p.pick(b), Some(home));
+        // Many prefixes spread over the replicas.
+        let mut used = [0; 3];
+        for k in 0..60 {
+            used[p.pick(p.affinity(&task(system(k), false))).unwrap()] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 8), "{used:?}");
+        // A full replica passes its prefixes to the same next one.
+        p.replicas[home].busy = 2;
+        let next = p.pick(a).unwrap();
+        assert_ne!(next, home);
+        assert_eq!(p.pick(b), Some(next));
+        // A session routes by itself; a short prompt, or prefixes off, by free slots.
+        let s = task(system(1), true);
+        assert_eq!(p.affinity(&s), Affinity::Session(s.session_id.unwrap()));
+        assert_eq!(p.affinity(&task("short".into(), false)), Affinity::None);
+        p.cfg.adapter.prefix_bytes = 0;
+        assert_eq!(p.affinity(&task(system(1), false)), Affinity::None);
+        // One replica: nothing to choose.
+        let mut one = pool(1, 2);
+        one.cfg.adapter.prefix_bytes = 16;
+        assert_eq!(one.affinity(&task(system(1), false)), Affinity::None);
     }
 
     #[test]
@@ -364,13 +444,13 @@ mod tests {
         p.replicas[0].busy = 3;
         p.replicas[1].busy = 1;
         p.replicas[2].busy = 2;
-        assert_eq!(p.pick(None), Some(1));
+        assert_eq!(p.pick(Affinity::None), Some(1));
         p.replicas[1].busy = 2;
-        assert_eq!(p.pick(None), Some(1), "a tie goes to the first");
+        assert_eq!(p.pick(Affinity::None), Some(1), "a tie goes to the first");
         for r in &mut p.replicas {
             r.busy = 4;
         }
-        assert_eq!(p.pick(None), None, "all full");
+        assert_eq!(p.pick(Affinity::None), None, "all full");
         p.replicas[2].busy = 5;
         p.replicas[0].up = false;
         assert_eq!(
@@ -425,7 +505,7 @@ mod discovery_tests {
         assert_eq!(p.slots(), 6);
         for i in 0..100u128 {
             assert_ne!(
-                p.pick(Some(uuid::Uuid::from_u128(i))),
+                p.pick(Affinity::Session(uuid::Uuid::from_u128(i))),
                 Some(1),
                 "a replica that left takes no task"
             );

@@ -12,6 +12,7 @@ use orchd_engine::frame::{self, Event};
 use orchd_engine::generation::Generation;
 use orchd_engine::{CancelReason, ErrorKind};
 
+use super::pool::Affinity;
 use super::task::{State, TaskRun, Terminal};
 use super::{ms, Owner, Start};
 use crate::commands::{DispatcherCommand, NewTask};
@@ -122,15 +123,15 @@ impl Owner {
         };
         let mut starting = Vec::new();
         // While a ready replica has a free slot: the next task, on its replica.
-        while pool.pick(None).is_some() {
+        while pool.pick(Affinity::None).is_some() {
             let Some(next) = pool.queue.pop() else {
                 break;
             };
-            let session = self
+            let affinity = self
                 .tasks
                 .get(&next.id)
-                .and_then(|t| t.borrow().spec.session_id);
-            let replica = pool.pick(session).expect("a replica has a free slot");
+                .map_or(Affinity::None, |t| pool.affinity(&t.borrow().spec));
+            let replica = pool.pick(affinity).expect("a replica has a free slot");
             pool.busy += 1;
             pool.replicas[replica].busy += 1;
             starting.push((next.id, replica));
@@ -238,7 +239,10 @@ impl Owner {
         if !fresh || t.moves as usize >= pool.replicas.len() {
             return false;
         }
-        let Some(to) = pool.pick(t.spec.session_id).or_else(|| pool.least_busy()) else {
+        let Some(to) = pool
+            .pick(pool.affinity(&t.spec))
+            .or_else(|| pool.least_busy())
+        else {
             return false;
         };
         pool.replicas[from].busy = pool.replicas[from].busy.saturating_sub(1);
