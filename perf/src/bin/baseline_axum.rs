@@ -117,6 +117,9 @@ async fn run(app: App, spec: TaskSpec) {
     }
     let mut tokens = MockTokens::new(&spec, &spec.model_ref);
     let started = Instant::now();
+    // Tokens are due at start + ttft + k * tpot, as orchd's mock paces them; a late token
+    // does not make the next ones catch up in a burst (the next is due a tpot after it).
+    let mut due = tokio::time::Instant::now();
     for i in 0..spec.max_tokens {
         {
             let mut tasks = app.tasks.lock().unwrap();
@@ -129,7 +132,13 @@ async fn run(app: App, spec: TaskSpec) {
             t.tokens_out += 1;
         }
         if !app.tpot.is_zero() {
-            tokio::time::sleep(app.tpot).await;
+            let now = tokio::time::Instant::now();
+            due = if due + app.tpot > now {
+                due + app.tpot
+            } else {
+                now + app.tpot
+            };
+            tokio::time::sleep_until(due).await;
         } else if i % 16 == 15 {
             tokio::task::yield_now().await;
         }
