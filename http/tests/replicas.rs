@@ -126,7 +126,71 @@ fn prompts_that_start_alike_go_to_one_replica_without_a_session() {
     // A short prompt has no prefix to keep: the replica with the most free slots (all
     // idle: the first).
     assert_eq!(completion(&s, &engines, "short"), 0);
+    assert_eq!(
+        routing(&s),
+        [0, 27, 1, 0, 0],
+        "by session, prefix, free slots; missed"
+    );
+
+    // Its own replica full (two slow completions hold its two slots), a prompt goes to
+    // the next one, and the miss is counted.
+    let home = homes_of(&s, &engines, &document(0));
+    engines[home].set_tpot(Duration::from_millis(300));
+    let seen = engines[home].generations().len();
+    let slow: Vec<_> = (0..2)
+        .map(|q| {
+            let addr = s.addr;
+            let body = json!({"model": "m", "prompt": format!("{} slow {q}", document(0)), "max_tokens": 2});
+            std::thread::spawn(move || {
+                let r = orchd_testkit::Client::connect(addr).send(
+                    "POST",
+                    "/v1/completions",
+                    &[],
+                    body.to_string().as_bytes(),
+                );
+                assert_eq!(r.status, 200, "{}", r.text());
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(5), "its own replica full", || {
+        engines[home].generations().len() == seen + 2
+    });
+    let elsewhere = completion(&s, &engines, &format!("{} question 9", document(0)));
+    assert_ne!(elsewhere, home);
+    for t in slow {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        routing(&s),
+        [0, 31, 1, 0, 1],
+        "27, the look-up, the two slow, the one elsewhere"
+    );
     s.shutdown();
+}
+
+/// The replica prompts starting with `prefix` go to while all have room.
+fn homes_of(s: &TestServer, engines: &[FakeEngine], prefix: &str) -> usize {
+    completion(s, engines, &format!("{prefix} which replica?"))
+}
+
+/// `replica_routing_total` by session, prefix and free slots, then
+/// `replica_affinity_missed_total` by session and prefix, of the pool "set".
+fn routing(s: &TestServer) -> [u64; 5] {
+    let text = s.get("/metrics", &[]).text();
+    let value = |family: &str, by: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{family}{{")) && l.contains(&format!("by=\"{by}\"")))
+            .unwrap_or_else(|| panic!("no {family} by {by} in {text}"));
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+    };
+    [
+        value("replica_routing_total", "session"),
+        value("replica_routing_total", "prefix"),
+        value("replica_routing_total", "free_slots"),
+        value("replica_affinity_missed_total", "session"),
+        value("replica_affinity_missed_total", "prefix"),
+    ]
 }
 
 #[test]
@@ -169,6 +233,12 @@ fn a_sessions_tasks_stay_on_one_replica_and_sessions_spread_over_the_set() {
     assert!(
         used.iter().filter(|&&n| n > 0).count() >= 2,
         "twelve sessions over three replicas: {used:?}"
+    );
+
+    assert_eq!(
+        routing(&s),
+        [36, 0, 0, 0, 0],
+        "every turn on its session's replica"
     );
 
     // Series labeled replica_id are kept per replica: what ran on each, by its id; what

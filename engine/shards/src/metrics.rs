@@ -150,6 +150,12 @@ pub struct PoolProbe {
     pub discovery: [Cell<u64>; 2],
     /// Replicas that [joined, left] its set.
     pub replica_changes: [Cell<u64>; 2],
+    /// Tasks started on a replica of a set, by what chose it: [session, prompt prefix,
+    /// most free slots].
+    pub routed: [Cell<u64>; 3],
+    /// Of those routed by [session, prefix], started away from their own replica (the
+    /// first by rendezvous weight among the ready ones), which was full.
+    pub affinity_missed: [Cell<u64>; 2],
     /// The same first-token and decode latencies over the last minutes, for health.
     recent_first_token: RefCell<Recent>,
     recent_decode: RefCell<Recent>,
@@ -204,6 +210,8 @@ impl PoolProbe {
             inter_token: self.inter_token.borrow().snapshot(),
             discovery: [self.discovery[0].get(), self.discovery[1].get()],
             replica_changes: [self.replica_changes[0].get(), self.replica_changes[1].get()],
+            routed: std::array::from_fn(|i| self.routed[i].get()),
+            affinity_missed: std::array::from_fn(|i| self.affinity_missed[i].get()),
         }
     }
 }
@@ -224,6 +232,10 @@ pub struct PoolProbeSnapshot {
     pub discovery: [u64; 2],
     /// Replicas that [joined, left] the set (pools with `discover`).
     pub replica_changes: [u64; 2],
+    /// Tasks started on a replica by [session, prefix, free slots] (replica sets).
+    pub routed: [u64; 3],
+    /// Of those by [session, prefix], away from their own replica.
+    pub affinity_missed: [u64; 2],
 }
 
 /// One pool as a scrape sees it.

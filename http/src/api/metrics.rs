@@ -442,6 +442,40 @@ pub(crate) async fn render(
         )
         .await;
     }
+    // Pools over a set of replicas (`urls`, or `discover`): how their tasks were routed.
+    let sets: Vec<Pool<'_>> = pools
+        .iter()
+        .filter(|x| x.cfg.adapter.discover.is_some() || x.cfg.adapter.urls.len() > 1)
+        .map(|x| Pool {
+            cfg: x.cfg,
+            replica: x.replica.clone(),
+            sample: x.sample,
+        })
+        .collect();
+    if !sets.is_empty() {
+        x.family(
+            "replica_routing_total",
+            COUNTER,
+            "Tasks started on a replica of a set, by what chose the replica: the task's \
+             session, its prompt's first adapter.prefix_bytes bytes, or the most free slots.",
+            per_pool_by(
+                &sets,
+                ("by", &["session", "prefix", "free_slots"]),
+                |s, i| counter(s.probe.routed[i] as f64),
+            ),
+        )
+        .await;
+        x.family(
+            "replica_affinity_missed_total",
+            COUNTER,
+            "Tasks routed by session or prefix that started away from their own replica \
+             (the first by rendezvous weight among the ready ones), because it was full.",
+            per_pool_by(&sets, ("by", &["session", "prefix"]), |s, i| {
+                counter(s.probe.affinity_missed[i] as f64)
+            }),
+        )
+        .await;
+    }
     x.family(
         "admission_backpressure_events_total",
         COUNTER,

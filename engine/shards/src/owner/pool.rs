@@ -15,7 +15,7 @@ use orchd_engine::task::TaskSpec;
 
 use super::fair::{FairQueue, Share};
 use crate::engines::Adapter;
-use crate::metrics::{PoolProbe, ReplicaProbe};
+use crate::metrics::{bump, PoolProbe, ReplicaProbe};
 
 /// One engine replica of a pool (a pool with `url` or the mock has one; `urls`, one
 /// per URL; issue 20).
@@ -268,8 +268,39 @@ impl OwnerPool {
     /// same next one when it has none or is down; without, the ready replica with the
     /// most free slots.
     pub(super) fn pick(&self, affinity: Affinity) -> Option<usize> {
-        let free = |r: &Replica| r.ready() && r.busy < r.slots;
-        let candidates = self.replicas.iter().enumerate().filter(|(_, r)| free(r));
+        self.choose(affinity, |r| r.ready() && r.busy < r.slots)
+    }
+
+    /// The replica a task with `affinity` would take if every replica had room: its own
+    /// (the first by rendezvous weight among the ready ones). `None` without an affinity.
+    pub(super) fn home(&self, affinity: Affinity) -> Option<usize> {
+        match affinity {
+            Affinity::None => None,
+            _ => self.choose(affinity, Replica::ready),
+        }
+    }
+
+    /// Counts a task started on `replica` (a set's routing series): what chose it, and
+    /// whether it is away from its own replica.
+    pub(super) fn count_routed(&self, affinity: Affinity, replica: usize) {
+        let by = match affinity {
+            Affinity::Session(_) => 0,
+            Affinity::Prefix(_) => 1,
+            Affinity::None => 2,
+        };
+        bump(&self.probe.routed[by]);
+        // With one replica a task is always on its own (no weight to compute).
+        if by < 2 && self.replicas.len() > 1 && self.home(affinity) != Some(replica) {
+            bump(&self.probe.affinity_missed[by]);
+        }
+    }
+
+    fn choose(&self, affinity: Affinity, eligible: impl Fn(&Replica) -> bool) -> Option<usize> {
+        let candidates = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| eligible(r));
         match affinity {
             Affinity::Session(s) => candidates
                 .max_by_key(|(_, r)| weight(s, &r.id))
@@ -425,6 +456,14 @@ mod tests {
         p.replicas[home].busy = 2;
         let next = p.pick(a).unwrap();
         assert_ne!(next, home);
+        assert_eq!(p.home(a), Some(home), "still its own replica, full or not");
+        p.count_routed(a, next);
+        p.count_routed(Affinity::None, next);
+        assert_eq!(p.probe.routed[1].get(), 1);
+        assert_eq!(p.probe.routed[2].get(), 1);
+        assert_eq!(p.probe.affinity_missed[1].get(), 1, "away from its own");
+        p.count_routed(a, home);
+        assert_eq!(p.probe.affinity_missed[1].get(), 1);
         assert_eq!(p.pick(b), Some(next));
         // A session routes by itself; a short prompt, or prefixes off, by free slots.
         let s = task(system(1), true);

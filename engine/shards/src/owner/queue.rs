@@ -132,6 +132,7 @@ impl Owner {
                 .get(&next.id)
                 .map_or(Affinity::None, |t| pool.affinity(&t.borrow().spec));
             let replica = pool.pick(affinity).expect("a replica has a free slot");
+            pool.count_routed(affinity, replica);
             pool.busy += 1;
             pool.replicas[replica].busy += 1;
             starting.push((next.id, replica));
