@@ -52,6 +52,11 @@ fn turn(s: &TestServer, engines: &[FakeEngine], session: &str, n: u32) -> (usize
     );
     assert_eq!(r.status, 202, "{}", r.text());
     let frames = stream(s.addr, &[], &task);
+    (the_one_asked(engines, &before), frames)
+}
+
+/// The one engine asked for a generation since `before` (exactly one, exactly once).
+fn the_one_asked(engines: &[FakeEngine], before: &[usize]) -> usize {
     let after = asked(engines);
     let moved: Vec<usize> = (0..engines.len())
         .filter(|&i| after[i] != before[i])
@@ -62,7 +67,7 @@ fn turn(s: &TestServer, engines: &[FakeEngine], session: &str, n: u32) -> (usize
         "one engine answers a task: {before:?} -> {after:?}"
     );
     assert_eq!(after[moved[0]], before[moved[0]] + 1);
-    (moved[0], frames)
+    moved[0]
 }
 
 fn replica_states(s: &TestServer) -> Vec<(String, String)> {
@@ -92,12 +97,7 @@ fn completion(s: &TestServer, engines: &[FakeEngine], prompt: &str) -> usize {
     let body = json!({"model": "m", "prompt": prompt, "max_tokens": 2});
     let r = s.post("/v1/completions", &[], body.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
-    let after = asked(engines);
-    let moved: Vec<usize> = (0..engines.len())
-        .filter(|&i| after[i] != before[i])
-        .collect();
-    assert_eq!(moved.len(), 1, "{before:?} -> {after:?}");
-    moved[0]
+    the_one_asked(engines, &before)
 }
 
 #[test]

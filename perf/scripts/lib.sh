@@ -17,6 +17,11 @@
 #   wait_ready PORT [PATH]       waits (10 s at most) until http://127.0.0.1:PORT/PATH
 #                                answers 2xx (default /readyz); exits the script if not
 #   stop PID                     kill and reap
+#   llama_set PORT [ARGS]        three real llama.cpp servers (RE_HOME, default
+#                                /tmp/real-engine) on 127.0.0.2-4, one free port from PORT,
+#                                `-c 8192 -np 2 -t 1 --metrics` plus ARGS, waited for; sets
+#                                LLAMA_PIDS, LLAMA_URLS (quoted, for a TOML list) and
+#                                LLAMA_ADDRS (host:port); logs in $DIR/llama-H.log
 #
 # Loopback only: every server listens on 127.0.0.1.
 set -euo pipefail
@@ -72,4 +77,25 @@ stop() {
   local keep=() p
   for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
   PIDS=("${keep[@]}")
+}
+
+llama_set() {
+  local port=$1 h; shift
+  local home=${RE_HOME:-/tmp/real-engine}
+  local bin=$home/build/bin/llama-server model=$home/tiny-llama.gguf
+  [[ -x $bin && -f $model ]] || { echo "no $bin or $model: run ../shared/tools/real-engine/setup.sh" >&2; exit 1; }
+  for h in 2 3 4; do  # free on every address the servers take
+    while (exec 3<>"/dev/tcp/127.0.0.$h/$port") 2>/dev/null; do port=$((port + 1)); done
+  done
+  LLAMA_PIDS=(); LLAMA_URLS=(); LLAMA_ADDRS=()
+  for h in 2 3 4; do
+    # Not under `timeout`: a script may kill a server itself. Tracked: stopped on exit.
+    "$bin" -m "$model" --host "127.0.0.$h" --port "$port" -c 8192 -np 2 -t 1 --no-ui --metrics \
+      "$@" > "$DIR/llama-$h.log" 2>&1 &
+    LLAMA_PIDS+=($!); track $!
+    LLAMA_URLS+=("\"http://127.0.0.$h:$port\""); LLAMA_ADDRS+=("127.0.0.$h:$port")
+  done
+  for h in 2 3 4; do
+    for _ in $(seq 300); do curl -fs "http://127.0.0.$h:$port/health" >/dev/null && break; sleep 0.1; done
+  done
 }

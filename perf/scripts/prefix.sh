@@ -14,28 +14,13 @@
 # /tmp/real-engine) holds llama-server and the tiny model. Loopback only, bounded.
 source "$(dirname "$0")/lib.sh"
 build orchd-http
-RE_HOME=${RE_HOME:-/tmp/real-engine}
-BIN=$RE_HOME/build/bin/llama-server; MODEL=$RE_HOME/tiny-llama.gguf
-[[ -x $BIN && -f $MODEL ]] || { echo "no $BIN or $MODEL: run ../shared/tools/real-engine/setup.sh" >&2; exit 1; }
 CACHE_RAM=${CACHE_RAM:-8192}
 echo "machine: $(nproc) cpus, $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
 echo "engines: 3 x llama-server -c 8192 -np 2 --cache-ram $CACHE_RAM; requests: ${PREFIXES:-24} prefixes x ${PER_PREFIX:-8}, ${CONC:-6} at once"
 (($#)) || set -- 0 256
 for bytes in "$@"; do
-  EP=$(free_port 18861)
-  for h in 2 3 4; do
-    while (exec 3<>"/dev/tcp/127.0.0.$h/$EP") 2>/dev/null; do EP=$((EP + 1)); done
-  done
-  urls=(); pids=(); eps=()
-  for h in 2 3 4; do
-    "$BIN" -m "$MODEL" --host "127.0.0.$h" --port "$EP" -c 8192 -np 2 -t 1 --no-ui --metrics \
-      --cache-ram "$CACHE_RAM" > "$DIR/llama-$h.log" 2>&1 &
-    pids+=($!); track $!
-    urls+=("\"http://127.0.0.$h:$EP\""); eps+=("127.0.0.$h:$EP")
-  done
-  for h in 2 3 4; do
-    for _ in $(seq 300); do curl -fs "http://127.0.0.$h:$EP/health" >/dev/null && break; sleep 0.1; done
-  done
+  llama_set 18861 --cache-ram "$CACHE_RAM"
+  pids=("${LLAMA_PIDS[@]}"); urls=("${LLAMA_URLS[@]}"); eps=("${LLAMA_ADDRS[@]}")
   cat > "$DIR/orchd.toml" <<TOML
 [[pools]]
 id = "set"

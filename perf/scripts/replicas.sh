@@ -9,25 +9,8 @@
 # /tmp/real-engine) holds llama-server and the tiny model. Loopback only, bounded.
 source "$(dirname "$0")/lib.sh"
 build orchd-http
-RE_HOME=${RE_HOME:-/tmp/real-engine}
-BIN=$RE_HOME/build/bin/llama-server; MODEL=$RE_HOME/tiny-llama.gguf
-[[ -x $BIN && -f $MODEL ]] || { echo "no $BIN or $MODEL: run ../shared/tools/real-engine/setup.sh" >&2; exit 1; }
-EP=$(free_port 18841)
-for h in 2 3 4; do  # free on every address the servers take
-  while (exec 3<>"/dev/tcp/127.0.0.$h/$EP") 2>/dev/null; do EP=$((EP + 1)); done
-done
-urls=(); pids=()
-for h in 2 3 4; do
-  # Not under `timeout`: the kill below must reach the server itself. The prelude stops
-  # every tracked process on exit.
-  "$BIN" -m "$MODEL" --host "127.0.0.$h" --port "$EP" -c 8192 -np 2 -t 1 --no-ui --metrics \
-    > "$DIR/llama-$h.log" 2>&1 &
-  pids+=($!); track $!
-  urls+=("\"http://127.0.0.$h:$EP\"")
-done
-for h in 2 3 4; do
-  for _ in $(seq 300); do curl -fs "http://127.0.0.$h:$EP/health" >/dev/null && break; sleep 0.1; done
-done
+llama_set 18841
+pids=("${LLAMA_PIDS[@]}"); urls=("${LLAMA_URLS[@]}"); EP=${LLAMA_ADDRS[0]##*:}
 cat > "$DIR/orchd.toml" <<TOML
 [sessions]
 max_turns = 1000

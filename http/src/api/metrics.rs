@@ -109,6 +109,7 @@ fn labeled(mut m: Metric, labels: Vec<LabelPair>) -> Metric {
 }
 
 /// A configured pool and its sample from the shard that owns it.
+#[derive(Clone)]
 struct Pool<'a> {
     cfg: &'a PoolConfig,
     /// `replica_id`: the pool's engine replica ([`PoolConfig::replica_id`]).
@@ -208,6 +209,11 @@ fn per_pool_by(
         }
     }
     out
+}
+
+/// The pools whose config `keep` accepts.
+fn only<'a>(pools: &[Pool<'a>], keep: impl Fn(&PoolConfig) -> bool) -> Vec<Pool<'a>> {
+    pools.iter().filter(|p| keep(p.cfg)).cloned().collect()
 }
 
 /// One counter per engine and value of label `name`: `f(engine index, value index)`.
@@ -411,15 +417,7 @@ pub(crate) async fn render(
     )
     .await;
     // Pools that discover their replicas through DNS (issue 20); none, no series.
-    let discovering: Vec<Pool<'_>> = pools
-        .iter()
-        .filter(|x| x.cfg.adapter.discover.is_some())
-        .map(|x| Pool {
-            cfg: x.cfg,
-            replica: x.replica.clone(),
-            sample: x.sample,
-        })
-        .collect();
+    let discovering = only(&pools, |c| c.adapter.discover.is_some());
     if !discovering.is_empty() {
         x.family(
             "replica_discovery_total",
@@ -443,15 +441,9 @@ pub(crate) async fn render(
         .await;
     }
     // Pools over a set of replicas (`urls`, or `discover`): how their tasks were routed.
-    let sets: Vec<Pool<'_>> = pools
-        .iter()
-        .filter(|x| x.cfg.adapter.discover.is_some() || x.cfg.adapter.urls.len() > 1)
-        .map(|x| Pool {
-            cfg: x.cfg,
-            replica: x.replica.clone(),
-            sample: x.sample,
-        })
-        .collect();
+    let sets = only(&pools, |c| {
+        c.adapter.discover.is_some() || c.adapter.urls.len() > 1
+    });
     if !sets.is_empty() {
         x.family(
             "replica_routing_total",
