@@ -386,7 +386,7 @@ pub(crate) mod tests {
         assert_eq!(c.prefix_hash(28), joined.prefix_hash(28));
         assert!(c.prefix_hash(28).is_some());
         // A chat: roles and contents in order; embeddings have none.
-        let chat = |first: &str| {
+        let chat = |first: &str, second: &str| {
             let mut s = spec("");
             let messages = vec![
                 ChatMessage {
@@ -395,7 +395,7 @@ pub(crate) mod tests {
                 },
                 ChatMessage {
                     role: crate::generation::Role::User,
-                    content: "hi".into(),
+                    content: second.into(),
                 },
             ];
             s.extras = Some(Box::new(Extras {
@@ -405,13 +405,19 @@ pub(crate) mod tests {
             s
         };
         let long = "a long shared system prompt";
-        assert_eq!(chat(long).prefix_hash(20), chat(long).prefix_hash(20));
-        assert_ne!(
-            chat(long).prefix_hash(20),
-            chat("another system prompt!!").prefix_hash(20)
+        assert_eq!(
+            chat(long, "hi").prefix_hash(20),
+            chat(long, "ho").prefix_hash(20)
         );
-        assert!(
-            chat("x").prefix_hash(8).is_some(),
+        assert_ne!(
+            chat(long, "hi").prefix_hash(20),
+            chat("another system prompt!!", "hi").prefix_hash(20)
+        );
+        // "system\nx\nuser\n" is 14 bytes: 16 reach into the second message's content.
+        assert!(chat("x", "hi").prefix_hash(16).is_some());
+        assert_ne!(
+            chat("x", "hi").prefix_hash(16),
+            chat("x", "ho").prefix_hash(16),
             "the messages after the first count"
         );
         let mut e = spec(long);

@@ -135,7 +135,8 @@ fn prompts_that_start_alike_go_to_one_replica_without_a_session() {
     // Its own replica full (two slow completions hold its two slots), a prompt goes to
     // the next one, and the miss is counted.
     let home = homes_of(&s, &engines, &document(0));
-    engines[home].set_tpot(Duration::from_millis(300));
+    // 1.5 s a token: the slots stay taken well past the next request on a busy machine.
+    engines[home].set_tpot(Duration::from_millis(1500));
     let seen = engines[home].generations().len();
     let slow: Vec<_> = (0..2)
         .map(|q| {

@@ -84,8 +84,11 @@ llama_set() {
   local home=${RE_HOME:-/tmp/real-engine}
   local bin=$home/build/bin/llama-server model=$home/tiny-llama.gguf
   [[ -x $bin && -f $model ]] || { echo "no $bin or $model: run ../shared/tools/real-engine/setup.sh" >&2; exit 1; }
-  for h in 2 3 4; do  # free on every address the servers take
-    while (exec 3<>"/dev/tcp/127.0.0.$h/$port") 2>/dev/null; do port=$((port + 1)); done
+  # One port free on every address the servers take.
+  while (exec 3<>"/dev/tcp/127.0.0.2/$port") 2>/dev/null \
+    || (exec 3<>"/dev/tcp/127.0.0.3/$port") 2>/dev/null \
+    || (exec 3<>"/dev/tcp/127.0.0.4/$port") 2>/dev/null; do
+    port=$((port + 1))
   done
   LLAMA_PIDS=(); LLAMA_URLS=(); LLAMA_ADDRS=()
   for h in 2 3 4; do
@@ -96,6 +99,8 @@ llama_set() {
     LLAMA_URLS+=("\"http://127.0.0.$h:$port\""); LLAMA_ADDRS+=("127.0.0.$h:$port")
   done
   for h in 2 3 4; do
-    for _ in $(seq 300); do curl -fs "http://127.0.0.$h:$port/health" >/dev/null && break; sleep 0.1; done
+    for _ in $(seq 300); do curl -fs "http://127.0.0.$h:$port/health" >/dev/null && continue 2; sleep 0.1; done
+    echo "llama-server on 127.0.0.$h:$port not healthy after 30 s (log: $DIR/llama-$h.log)" >&2
+    exit 1
   done
 }

@@ -5,8 +5,8 @@ cache hits of the engines behind it, read from their own counters (llama.cpp `/m
 `llamacpp:prompt_tokens_total` evaluated, `llamacpp:prompt_tokens_cached_total` taken from
 cache). Run by perf/scripts/prefix.sh, which starts the engines and orchd.
 
-PREFIXES distinct prefixes (~1,500 bytes of seeded words each, different from the first
-byte), PER_PREFIX requests each with a prompt of its own after the prefix, in one seeded
+PREFIXES distinct prefixes (~1,500 bytes of seeded words each, "Document K: " and then
+their own words), PER_PREFIX requests each with a prompt of its own after the prefix, in one seeded
 random order, CONC at once; every run of the same arguments sends the same requests.
 """
 import argparse, http.client, json, random, statistics, threading, time
@@ -62,19 +62,25 @@ def worker():
         body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": a.tokens,
                            "stream": True, "temperature": 0})
         t0 = time.monotonic()
-        c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-        r = c.getresponse()
-        if r.status != 200:
+        try:
+            c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            r = c.getresponse()
+            if r.status != 200:
+                r.read()
+                failed.append(r.status)
+                continue
+            first = None
+            for line in r:
+                if line.startswith(b"data: ") and first is None:
+                    first = time.monotonic() - t0
+                if line.strip() == b"data: [DONE]":
+                    break
             r.read()
-            failed.append(r.status)
+        except (OSError, http.client.HTTPException) as e:
+            failed.append(type(e).__name__)
+            c.close()
+            c = http.client.HTTPConnection(host, int(port), timeout=60)
             continue
-        first = None
-        for line in r:
-            if line.startswith(b"data: ") and first is None:
-                first = time.monotonic() - t0
-            if line.strip() == b"data: [DONE]":
-                break
-        r.read()
         with lock:
             ttft.append(first)
 
