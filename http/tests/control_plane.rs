@@ -78,10 +78,11 @@ fn health_has_its_shape_and_unknown_pools_are_404() {
     assert_eq!(m["engine"], "llamacpp");
     assert_eq!(m["engine_version"], "mock-1");
     assert_eq!(m["latency_first_token_ms"]["count"], 1);
-    // One replica, the mock: up, never probed (no last_probe_ms_ago).
+    // One replica, the mock: up, never probed (no last_probe_ms_ago), on its owner.
     assert_eq!(
         h["replicas"],
-        json!([{"id": "mock", "state": "up", "slots": 2, "busy": 0, "engine_version": "mock-1"}])
+        json!([{"id": "mock", "state": "up", "slots": 2, "busy": 0, "engine_version": "mock-1",
+            "shard": m["shard"]}])
     );
     assert!(m["latency_decode_ms"]["p99"].as_f64().unwrap() >= 0.0);
     let r = s.get("/v1/pools/nope/health", &[]);

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use orchd_engine::config::{AdapterKind, PoolConfig};
 use orchd_testkit::fake_engine::{FakeEngine, Mode};
-use orchd_testkit::{open_stream, stream, submit, task_body, tokens, uuid, wait_until, Event};
+use orchd_testkit::{
+    cancel, open_stream, stream, submit, task_body, tokens, uuid, wait_until, Event,
+};
 use serde_json::json;
 use support::TestServer;
 
@@ -20,6 +22,10 @@ fn server(engines: &[FakeEngine]) -> TestServer {
 }
 
 fn server_probing(engines: &[FakeEngine], health_interval_ms: u64) -> TestServer {
+    server_with(engines, health_interval_ms, true)
+}
+
+fn server_with(engines: &[FakeEngine], health_interval_ms: u64, spread: bool) -> TestServer {
     let mut c = TestServer::config(2);
     let mut p = PoolConfig {
         id: "set".into(),
@@ -31,7 +37,9 @@ fn server_probing(engines: &[FakeEngine], health_interval_ms: u64) -> TestServer
     p.adapter.health_interval_ms = health_interval_ms;
     p.adapter.connect_timeout_ms = 500;
     p.adapter.retries = 0;
+    p.adapter.spread_replicas = spread;
     c.pools = vec![p];
+    c.sessions.max_turns = 1000;
     TestServer::start(c)
 }
 
@@ -475,4 +483,79 @@ fn a_drained_replica_finishes_its_tasks_and_takes_no_new_one() {
             .contains("was drained"),
         "{last:?}"
     );
+}
+
+/// The shard each replica's engine is talked to from, and the pool owner's.
+fn shards_of(s: &TestServer) -> (Vec<u64>, u64) {
+    let h = s.get("/v1/pools/set/health", &[]).json();
+    let of = |r: &serde_json::Value| r["shard"].as_u64().unwrap();
+    let replicas = h["replicas"].as_array().unwrap().iter().map(of).collect();
+    (replicas, h["metrics"]["shard"].as_u64().unwrap())
+}
+
+/// A set's replicas are spread over the shards (issue 20): each engine is talked to from
+/// one core, the fewest from the pool's owner, which keeps the queue and the tasks. What
+/// a replica driven from another shard streams reaches the client whole and in order,
+/// and cancel stays exact (no token after it, `X-Tokens-Out` the count streamed).
+#[test]
+fn a_sets_replicas_are_driven_from_every_shard() {
+    let engines = [
+        FakeEngine::start(),
+        FakeEngine::start(),
+        FakeEngine::start(),
+    ];
+    let s = server(&engines);
+    let (shards, owner) = shards_of(&s);
+    let other = 1 - owner;
+    assert_eq!(shards, vec![other, owner, other]);
+
+    // A session whose replica is driven from the other shard.
+    let (session, at) = (0..50)
+        .map(|_| {
+            let session = uuid();
+            let (at, _) = turn(&s, &engines, &session, 1);
+            (session, at)
+        })
+        .find(|(_, at)| shards[*at] == other)
+        .expect("a session on a replica of the other shard");
+    // Tokens as fast as the engine writes them (several to a read): all, in order.
+    engines[at].set_tpot(Duration::ZERO);
+    let (again, frames) = turn(&s, &engines, &session, 300);
+    assert_eq!(again, at);
+    let want: Vec<String> = (0..300).map(orchd_testkit::fake_engine::token).collect();
+    assert_eq!(tokens(&frames), want);
+    orchd_testkit::assert_well_formed(&frames);
+
+    // Canceled after a varying number of frames: nothing leaks past the cancel.
+    engines[at].set_tpot(Duration::from_millis(2));
+    let mut canceled = 0;
+    for round in 0..12 {
+        let task = uuid();
+        let body = task_body(&task, &session, json!({"max_tokens": 40}));
+        let r = submit(s.addr, &[], &body);
+        assert_eq!(r.status, 202, "{}", r.text());
+        let mut reader = open_stream(s.addr, &[], &task);
+        for _ in 0..(round % 6) {
+            reader.next_event();
+        }
+        let r = cancel(s.addr, &task);
+        assert_eq!(r.status, 204);
+        let n: usize = r.header("x-tokens-out").unwrap().parse().unwrap();
+        while reader.next_event().is_some() {}
+        let frames = stream(s.addr, &[], &task);
+        assert_eq!(tokens(&frames).len(), n, "round {round}");
+        if frames.last().unwrap().data.get("canceled") == Some(&json!(true)) {
+            canceled += 1;
+        }
+    }
+    assert!(canceled > 0, "no round canceled mid-stream");
+    s.shutdown();
+
+    // `spread_replicas = false`: every replica on the owner.
+    let s = server_with(&engines, 100, false);
+    let (shards, owner) = shards_of(&s);
+    assert_eq!(shards, vec![owner; 3]);
+    let (_, frames) = turn(&s, &engines, &uuid(), 3);
+    assert_eq!(tokens(&frames).len(), 3);
+    s.shutdown();
 }

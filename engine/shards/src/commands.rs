@@ -3,10 +3,17 @@
 //! ([`DispatcherCommand`]), and the values they carry. Nothing here imports the modules
 //! that send or handle them, so no two modules of this crate import each other.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 use uuid::Uuid;
+
+use orchd_engine::config::AdapterConfig;
+use orchd_engine::generation::Generation;
+use orchd_engine::EngineError;
 
 use orchd_engine::admission::{Admitted, Eta, Outcome, PoolState, SessionView};
 use orchd_engine::artifact::{StoreError, Stored};
@@ -91,7 +98,50 @@ pub struct ReplicaStats {
     pub reported_version: Option<String>,
     /// How long ago its health was last learned, ms (`None`: never probed, the mock).
     pub checked_ms_ago: Option<u64>,
+    /// The shard whose core talks to its engine (its tasks' generations run there).
+    pub shard: usize,
 }
+
+/// A task's generation to run on the shard its replica is homed on, away from its
+/// pool's owner (issue 20: a set's replicas are spread over the shards). The owner keeps
+/// the task (queue, frames, subscribers, cancel); this shard opens the engine's stream
+/// and sends the tokens back ([`ShardCommand::Driven`]).
+pub struct Drive {
+    pub task: Uuid,
+    /// The id its client sent and its tenant, for logs.
+    pub shown: Uuid,
+    pub tenant: TenantId,
+    /// The pool's owner, which hears the tokens and the end.
+    pub owner: ShardId,
+    /// (pool, replica index) on the owner.
+    pub at: (usize, usize),
+    /// The replica's id and its engine's config (its one `url`): this shard keeps one
+    /// engine client per replica, built from it on first use.
+    pub replica: Arc<str>,
+    pub engine: Arc<AdapterConfig>,
+    pub generation: Generation,
+    /// What ends it early without the owner: `max_tokens` and the deadline (the owner
+    /// checks both again).
+    pub max_tokens: u32,
+    pub deadline_at: Instant,
+    /// Fires (is dropped) when the task ends on its owner.
+    pub stop: oneshot::Receiver<()>,
+}
+
+/// How a generation ended, as its driver saw it.
+#[derive(Debug)]
+pub enum DriveEnd {
+    /// The engine said it was done (with its count of the prompt, if it said), or
+    /// `max_tokens` was reached.
+    Done { prompt_tokens: Option<u64> },
+    /// The deadline passed while decoding.
+    Deadline,
+    /// The engine call failed, before (`streamed: false`) or after the first token.
+    Failed { error: EngineError, streamed: bool },
+}
+
+/// One token's text and when it arrived from the engine.
+pub type TokenAt = (Cow<'static, str>, Instant);
 
 /// Commands a shard executes on its own core.
 pub enum ShardCommand {
@@ -156,6 +206,18 @@ pub enum ShardCommand {
         replica: String,
         deadline: Duration,
         reply: Reply<Option<Duration>>,
+    },
+    /// From a pool's owner: run a task's generation on its replica's engine here.
+    Drive(Box<Drive>),
+    /// To a pool's owner, from the shard driving a task (in order, per task): the tokens
+    /// read since the last message, then its embeddings and its end once it ended.
+    Driven {
+        task: Uuid,
+        /// (pool, replica index) it runs on.
+        at: (usize, usize),
+        tokens: Vec<TokenAt>,
+        embeddings: Option<Vec<Vec<f32>>>,
+        end: Option<DriveEnd>,
     },
 }
 

@@ -1,64 +1,73 @@
-//! Runs one task's generation on its owner shard: opens the engine's stream (retrying
-//! a refused connection or a 5xx before the first token, with capped jitter), hands
-//! each token to the owner, and ends the task the way the engine ended. When the task
+//! Runs one task's generation: opens the engine's stream (retrying a refused
+//! connection or a 5xx before the first token, with capped jitter), hands each token to
+//! the task's owner, and tells it how the engine ended. The driver runs on the shard its
+//! replica is homed on: the owner's own, or (a replica set spread over the shards,
+//! issue 20) another, which sends the tokens back in batches ([`RemoteSink`]). When the task
 //! ends elsewhere (cancel, watchdog, drain, deadline), its stop signal fires and the
 //! generation is dropped, which closes the engine's request: a real engine sees its
 //! client go and stops generating.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use orchd_engine::config::AdapterConfig;
 use orchd_engine::generation::Generation;
-use orchd_engine::{CancelReason, EngineError};
+use orchd_engine::EngineError;
 
-use crate::engines::{Adapter, EngineAdapter, Health, Piece, TokenStream};
-use crate::owner::task::{Step, TaskRun, Terminal};
-use crate::owner::Start;
+use crate::commands::{Drive, DriveEnd, ShardCommand, TokenAt};
+use crate::engines::{Adapter, EngineAdapter, Piece, TokenStream};
+use crate::mesh::Mailbox;
+use crate::owner::task::Step;
 use crate::rt;
 
-/// Where a driver's task lives: its owner shard (the one implementation), seen only
-/// through what a driver needs of it.
-pub(crate) trait Home: 'static {
-    /// Hands the owner a token of a running task.
-    fn token(&self, task: &RefCell<TaskRun>, text: &str, now: Instant) -> Step;
-    /// Ends the task (no-op if it already ended elsewhere).
-    fn end(this: &Rc<Self>, id: Uuid, how: Terminal);
-    /// A replica (pool, replica) answered like an engine that is down.
-    fn engine_down(this: &Rc<Self>, at: (usize, usize), health: Health);
-    /// Runs the task, which has streamed nothing, on another replica of its pool; false
-    /// if there is none to run it (see `Owner::restart_elsewhere`).
-    fn restart_elsewhere(this: &Rc<Self>, id: Uuid, at: (usize, usize)) -> bool;
+/// Where a driver's tokens and end go: its task's owner, on this shard
+/// (`shard::LocalSink`, each token at once) or on another ([`RemoteSink`], in batches).
+#[allow(async_fn_in_trait)] // shard-local futures: never sent to another thread
+pub(crate) trait Sink: 'static {
+    /// Hands over a token of the running task; says whether to go on.
+    fn token(&mut self, text: Cow<'static, str>, now: Instant) -> Step;
+    /// An embedding request's vectors, for its `end` frame.
+    fn embeddings(&mut self, vectors: Vec<Vec<f32>>);
+    /// It holds tokens not yet handed over.
+    fn holding(&self) -> bool {
+        false
+    }
+    /// Hands over what is held back: called before the driver waits for its engine.
+    async fn flush(&mut self) {}
+    /// The generation ended (not called when the task ended elsewhere first).
+    async fn ended(self, how: DriveEnd);
 }
 
-/// Spawns the driver of a task that got its slot, for its pool's kind of engine.
-pub(crate) fn start<H: Home>(home: &Rc<H>, s: Start) {
-    let shard = Rc::clone(home);
-    let Start {
-        task,
-        pool,
-        replica,
-        engine,
-        generation,
-        stop,
-    } = s;
-    let pool = (pool, replica);
+/// What logs name a task by: orchd's key, the id its client sent, its tenant's name.
+pub(crate) struct Who {
+    pub(crate) id: Uuid,
+    pub(crate) shown: Uuid,
+    pub(crate) tenant: String,
+}
+
+/// Spawns the driver of a task that got its slot, for its replica's kind of engine.
+pub(crate) fn start<S: Sink>(
+    sink: S,
+    engine: Adapter,
+    who: Who,
+    generation: Generation,
+    stop: oneshot::Receiver<()>,
+) {
     match engine {
-        Adapter::Mock(e) => rt::spawn(
-            rt::Class::Throughput,
-            drive(shard, task, pool, e, generation, stop),
-        ),
-        Adapter::OpenAi(e) => rt::spawn(
-            rt::Class::Throughput,
-            drive(shard, task, pool, e, generation, stop),
-        ),
-        Adapter::LlamaCpp(e) => rt::spawn(
-            rt::Class::Throughput,
-            drive(shard, task, pool, e, generation, stop),
-        ),
+        Adapter::Mock(e) => rt::spawn(rt::Class::Throughput, drive(sink, who, e, generation, stop)),
+        Adapter::OpenAi(e) => {
+            rt::spawn(rt::Class::Throughput, drive(sink, who, e, generation, stop))
+        }
+        Adapter::LlamaCpp(e) => {
+            rt::spawn(rt::Class::Throughput, drive(sink, who, e, generation, stop))
+        }
         // The owner ends such tasks itself; it never hands one over.
         Adapter::Unusable(_) => {}
     }
@@ -77,21 +86,15 @@ enum Ended<S> {
     },
 }
 
-async fn drive<H: Home, A: EngineAdapter>(
-    shard: Rc<H>,
-    task: Rc<RefCell<TaskRun>>,
-    pool: (usize, usize),
+async fn drive<K: Sink, A: EngineAdapter>(
+    mut sink: K,
+    who: Who,
     engine: Rc<A>,
     generation: Generation,
     stop: oneshot::Receiver<()>,
 ) {
-    // `id` is orchd's key for the task; logs show the id its client sent, and its tenant.
-    let (id, shown, tenant) = {
-        let t = task.borrow();
-        (t.spec.task_id, t.spec.client.task_id, Rc::clone(&t.tenant))
-    };
     let generate = async {
-        let mut stream = match open(&*engine, id, &generation).await {
+        let mut stream = match open(&*engine, who.id, &generation).await {
             Ok(s) => s,
             Err(error) => {
                 return Ended::Failed {
@@ -101,22 +104,30 @@ async fn drive<H: Home, A: EngineAdapter>(
             }
         };
         loop {
-            match stream.next().await {
-                Ok(Some(Piece::Text(text))) => {
-                    let step = shard.token(&task, &text, Instant::now());
-                    match step {
-                        Step::More(_) => {}
-                        Step::Done => return Ended::Complete(None),
-                        Step::Deadline => return Ended::Deadline,
-                        Step::Stopped => return Ended::Stopped,
+            // A piece the engine already sent is taken at once; before waiting for
+            // the next, what the sink holds is handed over.
+            let piece = if sink.holding() {
+                let mut next = std::pin::pin!(stream.next());
+                match futures_lite::future::poll_once(next.as_mut()).await {
+                    Some(piece) => piece,
+                    None => {
+                        sink.flush().await;
+                        next.await
                     }
                 }
-                Ok(Some(Piece::Embeddings(vectors))) => {
-                    // Kept for the `end` frame, which carries them to the client.
-                    task.borrow_mut().embeddings = Some(vectors);
-                }
+            } else {
+                stream.next().await
+            };
+            match piece {
+                Ok(Some(Piece::Text(text))) => match sink.token(text, Instant::now()) {
+                    Step::More(_) => {}
+                    Step::Done => return Ended::Complete(None),
+                    Step::Deadline => return Ended::Deadline,
+                    Step::Stopped => return Ended::Stopped,
+                },
+                Ok(Some(Piece::Embeddings(vectors))) => sink.embeddings(vectors),
                 Ok(Some(Piece::End(usage))) => {
-                    tracing::debug!(tenant = %tenant.name, task_id = %shown, ?usage, "engine done");
+                    tracing::debug!(tenant = %who.tenant, task_id = %who.shown, ?usage, "engine done");
                     return Ended::Complete(Some((stream, usage.prompt_tokens)));
                 }
                 Ok(None) => {
@@ -144,34 +155,151 @@ async fn drive<H: Home, A: EngineAdapter>(
     .await;
     match ended {
         Ended::Stopped => {}
-        Ended::Deadline => H::end(&shard, id, Terminal::deadline_in_decode()),
-        Ended::Complete(None) => H::end(
-            &shard,
-            id,
-            Terminal::Done {
+        Ended::Deadline => sink.ended(DriveEnd::Deadline).await,
+        Ended::Complete(None) => {
+            sink.ended(DriveEnd::Done {
                 prompt_tokens: None,
-            },
-        ),
+            })
+            .await
+        }
         Ended::Complete(Some((stream, prompt_tokens))) => {
-            H::end(&shard, id, Terminal::Done { prompt_tokens });
+            sink.ended(DriveEnd::Done { prompt_tokens }).await;
             stream.finish().await;
         }
         Ended::Failed { error, streamed } => {
-            if error.engine_down() {
-                H::engine_down(&shard, pool, Health::default());
-                // Nothing streamed yet: the next replica of the set may run it.
-                if !streamed && H::restart_elsewhere(&shard, id, pool) {
-                    return;
-                }
-            }
-            let kind = error.error_kind(streamed);
-            tracing::warn!(tenant = %tenant.name, task_id = %shown, error = %error, code = %kind, "engine call failed");
-            let how = Terminal::Failed {
-                reason: CancelReason::Engine,
-                kind,
-                message: error.to_string(),
-            };
-            H::end(&shard, id, how);
+            sink.ended(DriveEnd::Failed { error, streamed }).await;
+        }
+    }
+}
+
+/// The sink of a task whose pool's owner is another shard: tokens go back in one
+/// [`ShardCommand::Driven`] per read from the engine (every token the read brought),
+/// waiting while the owner's mailbox is full, so none is lost and the engine is read
+/// no faster than the owner takes its tokens. `max_tokens` and the deadline are checked
+/// here too, to stop the engine without a round trip; the owner has the last word.
+pub(crate) struct RemoteSink {
+    owner: Mailbox<ShardCommand>,
+    task: Uuid,
+    at: (usize, usize),
+    held: Vec<TokenAt>,
+    embeddings: Option<Vec<Vec<f32>>>,
+    sent: u32,
+    max_tokens: u32,
+    deadline_at: Instant,
+}
+
+impl RemoteSink {
+    async fn send(&mut self, end: Option<DriveEnd>) {
+        let cmd = ShardCommand::Driven {
+            task: self.task,
+            at: self.at,
+            tokens: std::mem::take(&mut self.held),
+            embeddings: self.embeddings.take(),
+            end,
+        };
+        // Gone: the owner has stopped (shutdown), and its tasks with it.
+        let _ = self.owner.send(cmd).await;
+    }
+}
+
+impl Sink for RemoteSink {
+    fn token(&mut self, text: Cow<'static, str>, now: Instant) -> Step {
+        if now >= self.deadline_at {
+            return Step::Deadline;
+        }
+        if self.sent >= self.max_tokens {
+            return Step::Done;
+        }
+        self.sent += 1;
+        self.held.push((text, now));
+        Step::More(false)
+    }
+
+    fn embeddings(&mut self, vectors: Vec<Vec<f32>>) {
+        self.embeddings = Some(vectors);
+    }
+
+    fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    async fn flush(&mut self) {
+        self.send(None).await;
+    }
+
+    async fn ended(mut self, how: DriveEnd) {
+        self.send(Some(how)).await;
+    }
+}
+
+/// The engine clients of the replicas homed on this shard whose pools' owners are
+/// elsewhere: one per (pool, replica), built on the first task, so its keep-alive
+/// connections are this core's.
+#[derive(Default)]
+pub(crate) struct Remote {
+    engines: RefCell<HashMap<(usize, Arc<str>), Adapter>>,
+}
+
+/// Entries kept before those no task is using are let go (a set that churns through
+/// DNS names new replicas; the old ones' clients would otherwise stay).
+const REMOTE_ENGINES_KEPT: usize = 4 * orchd_engine::config::MAX_REPLICAS;
+
+impl Remote {
+    fn engine(&self, pool: usize, replica: &Arc<str>, cfg: &AdapterConfig) -> Adapter {
+        let mut engines = self.engines.borrow_mut();
+        if let Some(e) = engines.get(&(pool, Arc::clone(replica))) {
+            return e.clone();
+        }
+        if engines.len() >= REMOTE_ENGINES_KEPT {
+            engines.retain(|_, e| !e.unused());
+        }
+        let e = Adapter::from_config(cfg);
+        engines.insert((pool, Arc::clone(replica)), e.clone());
+        e
+    }
+
+    /// Starts the driver of a task sent here by its pool's owner.
+    pub(crate) fn start(&self, d: Drive, tenant: String, owner: Mailbox<ShardCommand>) {
+        let Drive {
+            task,
+            shown,
+            tenant: _,
+            owner: _,
+            at,
+            replica,
+            engine,
+            generation,
+            max_tokens,
+            deadline_at,
+            stop,
+        } = d;
+        let engine = self.engine(at.0, &replica, &engine);
+        let sink = RemoteSink {
+            owner,
+            task,
+            at,
+            held: Vec::new(),
+            embeddings: None,
+            sent: 0,
+            max_tokens,
+            deadline_at,
+        };
+        let who = Who {
+            id: task,
+            shown,
+            tenant,
+        };
+        match engine {
+            // Its URL does not resolve from here: the task fails as on its owner.
+            Adapter::Unusable(why) => rt::spawn(rt::Class::Throughput, async move {
+                let error = EngineError::Unreachable(why.to_string());
+                sink.ended(DriveEnd::Failed {
+                    error,
+                    streamed: false,
+                })
+                .await
+            }),
+            engine => start(sink, engine, who, generation, stop),
         }
     }
 }

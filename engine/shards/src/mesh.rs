@@ -104,6 +104,15 @@ impl<C> Mailbox<C> {
         })
     }
 
+    /// Sends, waiting while the mailbox is full (for a stream of messages that must all
+    /// arrive, in order: the waiting slows their producer).
+    pub async fn send(&self, command: C) -> Result<(), MeshError> {
+        self.tx
+            .send_async(command)
+            .await
+            .map_err(|_| MeshError::Gone)
+    }
+
     /// Sends `make(reply)` and waits for the reply.
     pub async fn request<R>(&self, make: impl FnOnce(Reply<R>) -> C) -> Result<R, MeshError> {
         let (reply, answer) = oneshot::channel();

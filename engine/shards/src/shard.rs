@@ -3,6 +3,7 @@
 //! what its owner decides ([`Effects`]): starting engine drivers, telling the
 //! dispatcher, storing transcripts, scheduling position updates.
 
+use std::borrow::Cow;
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,14 +24,15 @@ use orchd_engine::Config;
 use orchd_engine::ApiError;
 
 use crate::commands::{
-    DispatcherCommand, FrameMsg, PoolStats, ProbeSnapshot, Rendering, ShardCommand, ShardSnapshot,
-    Subscribed,
+    DispatcherCommand, Drive, DriveEnd, FrameMsg, PoolStats, ProbeSnapshot, Rendering,
+    ShardCommand, ShardSnapshot, Subscribed, TokenAt,
 };
+use crate::driver::{Sink, Who};
 use crate::engines::Adapter;
 use crate::mesh::{self, unavailable, Inbox, Mailbox, MeshError, Reply, ShardId};
 use crate::metrics::TenantProbe;
-use crate::owner::task::{Step, TaskRun, Terminal};
-use crate::owner::{Effects, Owner};
+use crate::owner::task::{Step, TaskRun};
+use crate::owner::{Effects, Engine, Owner, Start};
 use crate::rt;
 
 /// Shard-local counters: plain cells, no atomics; read by a scrape on the same core.
@@ -136,6 +138,8 @@ pub struct Shard {
     pub probe: Probe,
     /// The tasks and pools this shard owns.
     owner: RefCell<Owner>,
+    /// Engine clients of replicas homed here whose pools' owners are other shards.
+    remote: crate::driver::Remote,
     /// Notices for the dispatcher that found its mailbox full; sent first next time,
     /// so the dispatcher's view of queues never loses an event.
     outbox: RefCell<VecDeque<DispatcherCommand>>,
@@ -171,6 +175,7 @@ impl Shard {
         let owner = Owner::new(&parts.config, parts.id.0, shards, probe.tenants.clone());
         let shard = Rc::new(Shard {
             owner: RefCell::new(owner),
+            remote: Default::default(),
             artifacts: RefCell::new(ArtifactStore::new(&parts.config, shards)),
             id: parts.id,
             peers: parts.peers,
@@ -254,7 +259,7 @@ impl Shard {
             }
         }
         for s in fx.starts {
-            crate::driver::start(self, s);
+            self.start_driver(s);
         }
         for (pool, replica, generation, engine) in fx.probes {
             rt::spawn(
@@ -268,6 +273,105 @@ impl Shard {
                 rt::sleep(after).await;
                 shard.with_owner(|o| o.update_positions(pool, Instant::now()));
             });
+        }
+    }
+
+    /// Starts a task's driver: here, or on the shard its replica is homed on (if that
+    /// shard's mailbox is full, the task fails as if its engine were out of reach, so
+    /// its slot is not held by a driver that never ran).
+    fn start_driver(self: &Rc<Self>, s: crate::owner::Start) {
+        let Start {
+            task,
+            pool,
+            replica,
+            engine,
+            generation,
+            stop,
+        } = s;
+        let (id, shown, tenant, max_tokens, deadline_at) = {
+            let t = task.borrow();
+            let deadline_at = t.deadline_at();
+            (
+                t.spec.task_id,
+                t.spec.client.task_id,
+                t.spec.tenant,
+                t.spec.max_tokens,
+                deadline_at,
+            )
+        };
+        let at = (pool, replica);
+        match engine {
+            Engine::Here(engine) => {
+                let who = Who {
+                    id,
+                    shown,
+                    tenant: task.borrow().tenant.name.clone(),
+                };
+                let sink = LocalSink {
+                    shard: Rc::clone(self),
+                    task,
+                    id,
+                    at,
+                };
+                crate::driver::start(sink, engine, who, generation, stop);
+            }
+            Engine::On {
+                shard,
+                replica,
+                config,
+            } => {
+                let drive = Drive {
+                    task: id,
+                    shown,
+                    tenant,
+                    owner: self.id,
+                    at,
+                    replica,
+                    engine: config,
+                    generation,
+                    max_tokens,
+                    deadline_at,
+                    stop,
+                };
+                if let Err(back) = self.peers[shard].try_send(ShardCommand::Drive(Box::new(drive)))
+                {
+                    let error = orchd_engine::EngineError::Unreachable(format!(
+                        "shard {shard}, which drives its replica, did not take it: {}",
+                        back.error
+                    ));
+                    let how = DriveEnd::Failed {
+                        error,
+                        streamed: false,
+                    };
+                    self.with_owner(|o| o.driver_ended(id, at, how));
+                }
+            }
+        }
+    }
+
+    /// Tokens (and the end) of a task of this shard's pools, from the shard driving it.
+    fn driven(
+        self: &Rc<Self>,
+        id: Uuid,
+        at: (usize, usize),
+        tokens: Vec<TokenAt>,
+        embeddings: Option<Vec<Vec<f32>>>,
+        end: Option<DriveEnd>,
+    ) {
+        let task = self.owner().task(id);
+        if let Some(task) = task {
+            let owner = self.owner();
+            for (text, now) in tokens {
+                if !matches!(owner.token(&task, &text, now), Step::More(_)) {
+                    break;
+                }
+            }
+            if let Some(v) = embeddings {
+                task.borrow_mut().embeddings = Some(v);
+            }
+        }
+        if let Some(how) = end {
+            self.with_owner(|o| o.driver_ended(id, at, how));
         }
     }
 
@@ -537,6 +641,18 @@ impl Shard {
                     let _ =
                         reply.send(self.with_owner(|o| o.drain_replica(pool, &replica, deadline)));
                 }
+                ShardCommand::Drive(d) => {
+                    let tenant = self.probe.tenant(d.tenant).name.clone();
+                    let owner = self.peers[d.owner.0].clone();
+                    self.remote.start(*d, tenant, owner);
+                }
+                ShardCommand::Driven {
+                    task,
+                    at,
+                    tokens,
+                    embeddings,
+                    end,
+                } => self.driven(task, at, tokens, embeddings, end),
             }
         }
     }
@@ -551,25 +667,27 @@ impl Shard {
     }
 }
 
-impl crate::driver::Home for Shard {
-    fn token(&self, task: &RefCell<TaskRun>, text: &str, now: Instant) -> Step {
-        self.owner().token(task, text, now)
+/// The sink of a driver running on its task's owner: each token goes to the owner at
+/// once, in order with cancel (both run on this thread).
+struct LocalSink {
+    shard: Rc<Shard>,
+    task: Rc<RefCell<TaskRun>>,
+    id: Uuid,
+    at: (usize, usize),
+}
+
+impl Sink for LocalSink {
+    fn token(&mut self, text: Cow<'static, str>, now: Instant) -> Step {
+        self.shard.owner().token(&self.task, &text, now)
     }
 
-    fn end(this: &Rc<Self>, id: Uuid, how: Terminal) {
-        this.with_owner(|o| o.end(id, how));
+    fn embeddings(&mut self, vectors: Vec<Vec<f32>>) {
+        self.task.borrow_mut().embeddings = Some(vectors);
     }
 
-    fn engine_down(
-        this: &Rc<Self>,
-        (pool, replica): (usize, usize),
-        health: crate::engines::Health,
-    ) {
-        this.with_owner(|o| o.set_health(pool, replica, health));
-    }
-
-    fn restart_elsewhere(this: &Rc<Self>, id: Uuid, (pool, replica): (usize, usize)) -> bool {
-        this.with_owner(|o| o.restart_elsewhere(id, pool, replica))
+    async fn ended(self, how: DriveEnd) {
+        self.shard
+            .with_owner(|o| o.driver_ended(self.id, self.at, how));
     }
 }
 

@@ -325,6 +325,10 @@ pub struct AdapterConfig {
     /// bytes (rendezvous, over the replicas with a free slot), so prompts that start alike
     /// meet their cached prefix on one engine; 0: to the replica with the most free slots.
     pub prefix_bytes: u32,
+    /// HTTP adapters with several replicas: spread the replicas over the shards, each
+    /// replica's engine connections (its tasks' generations) on one core, the fewest on
+    /// the pool's owner, which keeps the queue and the tasks; false: all on the owner.
+    pub spread_replicas: bool,
     /// HTTP adapters: sent as `Authorization: Bearer ...`; never logged.
     pub api_key: Option<ApiKey>,
     /// HTTP adapters: TCP connect timeout.
@@ -462,6 +466,7 @@ impl Default for AdapterConfig {
             resolver: None,
             slots_from_engine: false,
             prefix_bytes: 256,
+            spread_replicas: true,
             api_key: None,
             connect_timeout_ms: 2_000,
             first_byte_timeout_ms: 30_000,

@@ -48,6 +48,7 @@ pub(crate) async fn health(app: &ShardApp, id: &str) -> Result<Response<Body>, A
                 "slots": r.slots,
                 "busy": r.busy,
                 "engine_version": r.reported_version.as_deref().unwrap_or(&cfg.engine_version),
+                "shard": r.shard,
             });
             if let Some(ago) = r.checked_ms_ago {
                 replica["last_probe_ms_ago"] = ago.into();

@@ -109,6 +109,16 @@ impl Adapter {
         made.unwrap_or_else(|e| Adapter::Unusable(e.into()))
     }
 
+    /// Nothing but this handle holds the engine (no task is running on it).
+    pub fn unused(&self) -> bool {
+        match self {
+            Adapter::Mock(e) => Rc::strong_count(e) == 1,
+            Adapter::OpenAi(e) => Rc::strong_count(e) == 1,
+            Adapter::LlamaCpp(e) => Rc::strong_count(e) == 1,
+            Adapter::Unusable(_) => true,
+        }
+    }
+
     /// How often the engine's health is probed; `None`: never.
     pub fn health_interval(&self) -> Option<Duration> {
         match self {

@@ -24,22 +24,23 @@ pub(crate) mod task;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use orchd_engine::artifact::Stored;
-use orchd_engine::config::{Config, StreamConfig};
+use orchd_engine::config::{AdapterConfig, Config, StreamConfig};
 use orchd_engine::generation::Generation;
 use orchd_engine::tenant::TenantId;
 use orchd_engine::{CancelReason, ErrorKind};
 
 use self::fair::Share;
-use self::pool::OwnerPool;
+use self::pool::{OwnerPool, Place};
 use self::task::{State, Step, TaskRun, Terminal};
 use crate::commands::{
-    DispatcherCommand, FrameMsg, PoolStats, Rendering, ReplicaStats, Subscribed,
+    DispatcherCommand, DriveEnd, FrameMsg, PoolStats, Rendering, ReplicaStats, Subscribed,
 };
 use crate::engines::{Adapter, Health};
 use crate::metrics::{bump, PoolSample, ReplicaSample, TenantProbe, RECENT_WINDOW};
@@ -61,10 +62,21 @@ pub(crate) struct Start {
     pub(crate) pool: usize,
     /// The replica of the pool it runs on.
     pub(crate) replica: usize,
-    pub(crate) engine: Adapter,
+    pub(crate) engine: Engine,
     pub(crate) generation: Generation,
     /// Fires (is dropped) when the task ends elsewhere.
     pub(crate) stop: oneshot::Receiver<()>,
+}
+
+/// Where a started task's generation runs: on the owner, or on the shard its replica
+/// is homed on ([`pool::Replica::shard`]).
+pub(crate) enum Engine {
+    Here(Adapter),
+    On {
+        shard: usize,
+        replica: Arc<str>,
+        config: Arc<AdapterConfig>,
+    },
 }
 
 /// What the owner decided, for its shard to carry out.
@@ -120,7 +132,13 @@ impl Owner {
             .iter()
             .enumerate()
             .filter(|(i, _)| crate::placement::shard_for(*i, shards).0 == shard)
-            .map(|(i, p)| (i, OwnerPool::new(p, &shares)))
+            .map(|(i, p)| {
+                let place = Place {
+                    here: shard,
+                    shards,
+                };
+                (i, OwnerPool::new(p, &shares, place))
+            })
             .collect();
         Owner {
             pools,
@@ -165,6 +183,7 @@ impl Owner {
                     busy: r.busy,
                     reported_version: r.reported_version.clone(),
                     checked_ms_ago: r.checked_at.map(|t| ms(t.elapsed())),
+                    shard: r.shard,
                 })
                 .collect(),
             first_token_ms,
@@ -462,6 +481,57 @@ impl Owner {
             }
         }
         step
+    }
+
+    /// A task this shard keeps.
+    pub(crate) fn task(&self, id: Uuid) -> Option<Rc<RefCell<TaskRun>>> {
+        self.tasks.get(&id).cloned()
+    }
+
+    /// A task's generation ended, as its driver (here or on another shard) saw it. An
+    /// engine found down is marked so (while the task still runs there: a late report
+    /// of a task that ended meanwhile changes nothing), and a task that streamed nothing
+    /// moves to another replica if one can take it; otherwise the task ends accordingly
+    /// (no-op if it already ended elsewhere).
+    pub(crate) fn driver_ended(
+        &mut self,
+        id: Uuid,
+        (pool, replica): (usize, usize),
+        how: DriveEnd,
+    ) {
+        let (error, streamed) = match how {
+            DriveEnd::Done { prompt_tokens } => {
+                return self.end(id, Terminal::Done { prompt_tokens })
+            }
+            DriveEnd::Deadline => return self.end(id, Terminal::deadline_in_decode()),
+            DriveEnd::Failed { error, streamed } => (error, streamed),
+        };
+        let Some(rc) = self.task(id) else {
+            return;
+        };
+        let (running_there, shown, tenant) = {
+            let t = rc.borrow();
+            let there = t.state == State::Running && t.replica == Some(replica);
+            (there, t.spec.client.task_id, t.tenant.name.clone())
+        };
+        if !running_there {
+            return;
+        }
+        if error.engine_down() {
+            self.set_health(pool, replica, Health::default());
+            // Nothing streamed yet: the next replica of the set may run it.
+            if !streamed && self.restart_elsewhere(id, pool, replica) {
+                return;
+            }
+        }
+        let kind = error.error_kind(streamed);
+        tracing::warn!(tenant = %tenant, task_id = %shown, error = %error, code = %kind, "engine call failed");
+        let how = Terminal::Failed {
+            reason: CancelReason::Engine,
+            kind,
+            message: error.to_string(),
+        };
+        self.end(id, how);
     }
 
     /// Cancels a task (no-op once it has ended); returns the tokens it produced.

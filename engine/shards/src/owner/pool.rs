@@ -5,12 +5,13 @@
 
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use uuid::Uuid;
 
 use orchd_engine::admission::Eta;
-use orchd_engine::config::{PoolConfig, MAX_REPLICAS};
+use orchd_engine::config::{AdapterConfig, PoolConfig, MAX_REPLICAS};
 use orchd_engine::task::TaskSpec;
 
 use super::fair::{FairQueue, Share};
@@ -22,7 +23,14 @@ use crate::metrics::{bump, PoolProbe, ReplicaProbe};
 pub(crate) struct Replica {
     /// `host:port`, or `mock`.
     pub(crate) id: String,
+    /// Its engine client on the owner (health probes, reloads, and the tasks it drives
+    /// when it is homed here).
     pub(crate) engine: Adapter,
+    /// What its engine client is built from (its one `url`), for another shard.
+    pub(crate) config: Arc<AdapterConfig>,
+    /// The shard its tasks' generations run on: the owner's, or (a set spread over the
+    /// shards) another.
+    pub(crate) shard: usize,
     /// It answers its health probe (always true for the mock).
     pub(super) up: bool,
     /// The version it reports about itself, once probed.
@@ -50,7 +58,7 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    fn new(cfg: &PoolConfig, id: String, url: Option<String>) -> Replica {
+    fn new(cfg: &PoolConfig, id: String, url: Option<String>, shard: usize) -> Replica {
         let mut adapter = cfg.adapter.clone();
         adapter.url = url;
         adapter.urls = Vec::new();
@@ -62,6 +70,8 @@ impl Replica {
         Replica {
             id,
             engine,
+            config: Arc::new(adapter),
+            shard,
             up: true,
             reported_version: None,
             checked_at: None,
@@ -71,6 +81,18 @@ impl Replica {
             present: true,
             generation: 0,
             drain_at: None,
+        }
+    }
+
+    /// Where a task started on it runs its generation, seen from the owner on `here`.
+    pub(super) fn engine_from(&self, here: usize) -> super::Engine {
+        match self.shard == here {
+            true => super::Engine::Here(self.engine.clone()),
+            false => super::Engine::On {
+                shard: self.shard,
+                replica: Arc::from(self.id.as_str()),
+                config: Arc::clone(&self.config),
+            },
         }
     }
 
@@ -93,8 +115,16 @@ pub(super) struct SetChange {
     pub(super) refused: usize,
 }
 
+/// Where a pool's owner is, among how many shards: where its replicas may be homed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Place {
+    pub(crate) here: usize,
+    pub(crate) shards: usize,
+}
+
 pub(crate) struct OwnerPool {
     pub(crate) cfg: PoolConfig,
+    pub(super) place: Place,
     pub(super) model_ref: String,
     /// When the pool's remaining tasks are ended: a drain's deadline (the one place it
     /// is kept; the dispatcher hears when it passed).
@@ -122,13 +152,9 @@ pub(crate) struct OwnerPool {
 }
 
 impl OwnerPool {
-    pub(super) fn new(cfg: &PoolConfig, shares: &[Share]) -> OwnerPool {
-        let replicas = cfg
-            .replicas()
-            .into_iter()
-            .map(|(id, url)| Replica::new(cfg, id, url))
-            .collect();
+    pub(super) fn new(cfg: &PoolConfig, shares: &[Share], place: Place) -> OwnerPool {
         let mut pool = OwnerPool {
+            place,
             reported: (false, 0),
             discovery_failing: false,
             refused_addresses: 0,
@@ -136,17 +162,43 @@ impl OwnerPool {
             drain_at: None,
             drained: false,
             probe: Rc::new(PoolProbe::default()),
-            replicas,
+            replicas: Vec::new(),
             busy: 0,
             queue: FairQueue::new(shares),
             positions_due: false,
             eta: Eta::new(cfg.adapter.ttft_ms, cfg.adapter.tpot_ms),
             cfg: cfg.clone(),
         };
+        for (id, url) in cfg.replicas() {
+            let shard = pool.home_shard();
+            pool.replicas.push(Replica::new(cfg, id, url, shard));
+        }
         // What the dispatcher assumes at start (`PoolMirror::new`): every replica ready.
         let n = pool.replicas.len() as u32;
         pool.reported = (n > 0, cfg.slots * n);
         pool
+    }
+
+    /// The shard a joining replica is homed on. A set (`urls`, `discover`) spreads its replicas over the shards
+    /// (`adapter.spread_replicas`): each goes to the shard with the fewest of the set's
+    /// present replicas, the owner's last among equals, as it also keeps the set's
+    /// tasks; a replica keeps its shard for as long as it has its entry. A pool of one
+    /// engine (`url`, the mock) runs on its owner.
+    fn home_shard(&self) -> usize {
+        let Place { here, shards } = self.place;
+        let a = &self.cfg.adapter;
+        let set = a.urls.len() > 1 || a.discover.is_some();
+        if !set || !a.spread_replicas || shards < 2 {
+            return here;
+        }
+        let mut homed = vec![0usize; shards];
+        for r in self.replicas.iter().filter(|r| r.present) {
+            homed[r.shard] += 1;
+        }
+        (1..=shards)
+            .map(|k| (here + k) % shards)
+            .min_by_key(|&s| homed[s])
+            .unwrap_or(here)
     }
 
     /// The slots admission should count for the pool: each ready replica's (or its tasks,
@@ -215,10 +267,10 @@ impl OwnerPool {
                 }
                 None => {
                     let url = format!("http://{id}");
-                    let fresh = Replica::new(&self.cfg, id, Some(url));
                     // A replica that left long ago and runs nothing gives its entry up
                     // (its old probe sees the next generation and stops).
                     let idle = self.replicas.iter().position(|r| !r.present && r.busy == 0);
+                    let fresh = Replica::new(&self.cfg, id, Some(url), self.home_shard());
                     match idle {
                         _ if self.replicas.len() < MAX_REPLICAS => {
                             self.replicas.push(fresh);
@@ -382,6 +434,7 @@ mod tests {
                 weight: 1,
                 max_running: 0,
             }],
+            Place { here: 0, shards: 1 },
         )
     }
 
@@ -518,6 +571,7 @@ mod discovery_tests {
                 weight: 1,
                 max_running: 0,
             }],
+            Place { here: 0, shards: 1 },
         )
     }
 
@@ -557,6 +611,64 @@ mod discovery_tests {
         // Nothing listed: nothing takes tasks.
         assert_eq!(p.discovered(&[]).left, 4);
         assert_eq!((p.slots(), p.up()), (0, false));
+    }
+
+    #[test]
+    fn a_set_is_spread_over_the_shards_and_a_replica_keeps_its_shard() {
+        let mut p = discovering();
+        p.place = Place { here: 1, shards: 3 };
+        p.discovered(&at(&[2, 3, 4, 5]));
+        let shards = |p: &OwnerPool| p.replicas.iter().map(|r| r.shard).collect::<Vec<_>>();
+        // The owner (shard 1) last among equals.
+        assert_eq!(shards(&p), vec![2, 0, 1, 2]);
+        // .3 leaves, .6 joins: to the shard left with the fewest; the others stay.
+        p.discovered(&at(&[2, 4, 5, 6]));
+        assert_eq!(shards(&p), vec![2, 0, 1, 2, 0]);
+        // .3 comes back: to where it was.
+        p.discovered(&at(&[2, 3, 4, 5, 6]));
+        assert_eq!(shards(&p)[1], 0);
+        // Off, or one shard: everything on the owner.
+        let mut off = discovering();
+        off.place = p.place;
+        off.cfg.adapter.spread_replicas = false;
+        off.discovered(&at(&[2, 3, 4]));
+        assert_eq!(shards(&off), vec![1, 1, 1]);
+        let mut one = discovering();
+        one.discovered(&at(&[2, 3]));
+        assert_eq!(shards(&one), vec![0, 0]);
+    }
+
+    #[test]
+    fn a_pool_of_one_engine_runs_on_its_owner() {
+        let mut c = Config::default();
+        let p = &mut c.pools[0];
+        p.adapter.kind = AdapterKind::Openai;
+        p.adapter.url = Some("http://127.0.0.2:8080".into());
+        let share = Share {
+            weight: 1,
+            max_running: 0,
+        };
+        let place = Place { here: 1, shards: 2 };
+        let pool = OwnerPool::new(p, &[share], place);
+        assert_eq!(pool.replicas[0].shard, 1);
+        assert!(matches!(
+            pool.replicas[0].engine_from(1),
+            crate::owner::Engine::Here(_)
+        ));
+        p.adapter.url = None;
+        p.adapter.urls = vec![
+            "http://127.0.0.2:8080".into(),
+            "http://127.0.0.3:8080".into(),
+        ];
+        let set = OwnerPool::new(p, &[share], place);
+        assert_eq!(
+            set.replicas.iter().map(|r| r.shard).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert!(matches!(
+            set.replicas[0].engine_from(1),
+            crate::owner::Engine::On { shard: 0, .. }
+        ));
     }
 
     #[test]

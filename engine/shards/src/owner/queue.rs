@@ -151,7 +151,10 @@ impl Owner {
                 task: rc,
                 pool: pool_index,
                 replica,
-                engine: self.pools[&pool_index].replicas[replica].engine.clone(),
+                engine: {
+                    let p = &self.pools[&pool_index];
+                    p.replicas[replica].engine_from(p.place.here)
+                },
                 generation,
                 stop,
             });
@@ -264,7 +267,7 @@ impl Owner {
             task: rc,
             pool: pool_index,
             replica: to,
-            engine: pool.replicas[to].engine.clone(),
+            engine: pool.replicas[to].engine_from(pool.place.here),
             generation,
             stop,
         });

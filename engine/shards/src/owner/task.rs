@@ -118,6 +118,11 @@ pub(crate) struct TaskRun {
 }
 
 impl TaskRun {
+    /// When its deadline passes.
+    pub(crate) fn deadline_at(&self) -> Instant {
+        self.deadline_at
+    }
+
     pub(super) fn next_id(&self) -> u64 {
         self.frames.len() as u64
     }
