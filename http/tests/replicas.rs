@@ -496,15 +496,18 @@ fn shards_of(s: &TestServer) -> (Vec<u64>, u64) {
 /// A set's replicas are spread over the shards (issue 20): each engine is talked to from
 /// one core, the fewest from the pool's owner, which keeps the queue and the tasks. What
 /// a replica driven from another shard streams reaches the client whole and in order,
-/// and cancel stays exact (no token after it, `X-Tokens-Out` the count streamed).
+/// cancel stays exact (no token after it, `X-Tokens-Out` the count streamed), and its
+/// failures end tasks as on the owner: a stream cut mid-way `WORKER_RESET`, a refusal
+/// before the first token moves the task to another replica and marks this one down.
 #[test]
 fn a_sets_replicas_are_driven_from_every_shard() {
-    let engines = [
+    let mut engines = vec![
         FakeEngine::start(),
         FakeEngine::start(),
         FakeEngine::start(),
     ];
-    let s = server(&engines);
+    // Probes too rare to notice anything here: only tasks find a replica gone.
+    let s = server_probing(&engines, 60_000);
     let (shards, owner) = shards_of(&s);
     let other = 1 - owner;
     assert_eq!(shards, vec![other, owner, other]);
@@ -518,7 +521,7 @@ fn a_sets_replicas_are_driven_from_every_shard() {
         })
         .find(|(_, at)| shards[*at] == other)
         .expect("a session on a replica of the other shard");
-    // Tokens as fast as the engine writes them (several to a read): all, in order.
+    // Tokens as fast as the engine writes them: all, in order.
     engines[at].set_tpot(Duration::ZERO);
     let (again, frames) = turn(&s, &engines, &session, 300);
     assert_eq!(again, at);
@@ -549,12 +552,40 @@ fn a_sets_replicas_are_driven_from_every_shard() {
         }
     }
     assert!(canceled > 0, "no round canceled mid-stream");
+
+    // Its engine cuts the stream three tokens in.
+    engines[at].set_mode(Mode::DieAfter(3));
+    let task = uuid();
+    let body = task_body(&task, &session, json!({"max_tokens": 20}));
+    assert_eq!(submit(s.addr, &[], &body).status, 202);
+    let frames = stream(s.addr, &[], &task);
+    let last = frames.last().unwrap();
+    assert_eq!(
+        (last.event.as_str(), &last.data["code"]),
+        ("error", &json!("WORKER_RESET")),
+        "{frames:?}"
+    );
+    assert_eq!(tokens(&frames).len(), 3);
+
+    // It is gone: the next turn is refused there, runs whole on another replica, and
+    // the refusal marks it down.
+    let dead = engines.remove(at);
+    let dead_id = dead.addr.to_string();
+    drop(dead);
+    let (_, frames) = turn(&s, &engines, &session, 5);
+    assert_eq!(tokens(&frames).len(), 5);
+    assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    let states = replica_states(&s);
+    assert!(
+        states.iter().any(|(id, st)| *id == dead_id && st == "down"),
+        "{states:?}"
+    );
     s.shutdown();
 
     // `spread_replicas = false`: every replica on the owner.
     let s = server_with(&engines, 100, false);
     let (shards, owner) = shards_of(&s);
-    assert_eq!(shards, vec![owner; 3]);
+    assert_eq!(shards, vec![owner; 2]);
     let (_, frames) = turn(&s, &engines, &uuid(), 3);
     assert_eq!(tokens(&frames).len(), 3);
     s.shutdown();

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # One pool over N replicas (issue 20): orchd (two shards, the default here) in front of N
-# OpenAI-compatible fake engines (perf/src/bin/fake_engine.rs, no delay), a closed loop of
+# OpenAI-compatible fake engines (perf/src/bin/fake_engine.rs; TPOT_US between a stream's
+# tokens, default 0: none), a closed loop of
 # CONC users streaming TOKENS tokens a task; rounds alternate `spread_replicas = false`
 # (every replica on the pool's owner) and `true` (spread over the shards). Per round:
 # tokens/s, each shard thread's CPU, and (PSTAT=1) sendmsg / io_uring_enter calls of orchd
 # in a 2 s window (perf stat). Loopback only; bounded by TASKS.
 #
-#   bash perf/scripts/spread.sh [N] [ROUNDS]     env: CONC=64 TOKENS=256 TASKS=3000 PSTAT=
+#   bash perf/scripts/spread.sh [N] [ROUNDS]
+#   env: CONC=64 TOKENS=256 TASKS=3000 TPOT_US=0 PSTAT= (set: count system calls)
 source "$(dirname "$0")/lib.sh"
 N=${1:-4}; ROUNDS=${2:-3}; CONC=${CONC:-64}; TOKENS=${TOKENS:-256}; TASKS=${TASKS:-3000}
+TPOT_US=${TPOT_US:-0}
 build
 EP=$(free_port 19300); URLS=()
 for i in $(seq "$N"); do
   EP=$(free_port "$EP")
-  "$FAKE" "127.0.0.1:$EP" 2>/dev/null & track $!
+  "$FAKE" "127.0.0.1:$EP" --tpot-us "$TPOT_US" 2>/dev/null & track $!
   wait_ready "$EP" /v1/models
   URLS+=("\"http://127.0.0.1:$EP\""); EP=$((EP + 1))
 done
@@ -45,7 +48,7 @@ round() {
   stop "$PID"
 }
 
-echo "N=$N replicas, $CONC users, $TOKENS tokens a task, $TASKS tasks a round"
+echo "N=$N replicas, $CONC users, $TOKENS tokens a task, $TASKS tasks a round, engine tpot $TPOT_US us"
 for r in $(seq "$ROUNDS"); do
   round false
   round true

@@ -8,7 +8,7 @@
 //! client go and stops generating.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,7 +23,8 @@ use orchd_engine::EngineError;
 
 use crate::commands::{Drive, DriveEnd, ShardCommand, TokenAt};
 use crate::engines::{Adapter, EngineAdapter, Piece, TokenStream};
-use crate::mesh::Mailbox;
+use crate::mesh::{Mailbox, MeshError};
+use crate::metrics::TenantProbe;
 use crate::owner::task::Step;
 use crate::rt;
 
@@ -39,17 +40,22 @@ pub(crate) trait Sink: 'static {
     fn holding(&self) -> bool {
         false
     }
+    /// What it holds is to go now, whatever the engine has ready (a first token, a
+    /// full batch).
+    fn due(&self) -> bool {
+        false
+    }
     /// Hands over what is held back: called before the driver waits for its engine.
     async fn flush(&mut self) {}
     /// The generation ended (not called when the task ended elsewhere first).
     async fn ended(self, how: DriveEnd);
 }
 
-/// What logs name a task by: orchd's key, the id its client sent, its tenant's name.
+/// What logs name a task by: orchd's key, the id its client sent, its tenant.
 pub(crate) struct Who {
     pub(crate) id: Uuid,
     pub(crate) shown: Uuid,
-    pub(crate) tenant: String,
+    pub(crate) tenant: Rc<TenantProbe>,
 }
 
 /// Spawns the driver of a task that got its slot, for its replica's kind of engine.
@@ -106,6 +112,9 @@ async fn drive<K: Sink, A: EngineAdapter>(
         loop {
             // A piece the engine already sent is taken at once; before waiting for
             // the next, what the sink holds is handed over.
+            if sink.due() {
+                sink.flush().await;
+            }
             let piece = if sink.holding() {
                 let mut next = std::pin::pin!(stream.next());
                 match futures_lite::future::poll_once(next.as_mut()).await {
@@ -127,7 +136,7 @@ async fn drive<K: Sink, A: EngineAdapter>(
                 },
                 Ok(Some(Piece::Embeddings(vectors))) => sink.embeddings(vectors),
                 Ok(Some(Piece::End(usage))) => {
-                    tracing::debug!(tenant = %who.tenant, task_id = %who.shown, ?usage, "engine done");
+                    tracing::debug!(tenant = %who.tenant.name, task_id = %who.shown, ?usage, "engine done");
                     return Ended::Complete(Some((stream, usage.prompt_tokens)));
                 }
                 Ok(None) => {
@@ -172,11 +181,17 @@ async fn drive<K: Sink, A: EngineAdapter>(
     }
 }
 
+/// Tokens a remote driver holds at most before it sends them, whatever its engine
+/// has ready.
+const BATCH: usize = 64;
+
 /// The sink of a task whose pool's owner is another shard: tokens go back in one
-/// [`ShardCommand::Driven`] per read from the engine (every token the read brought),
-/// waiting while the owner's mailbox is full, so none is lost and the engine is read
-/// no faster than the owner takes its tokens. `max_tokens` and the deadline are checked
-/// here too, to stop the engine without a round trip; the owner has the last word.
+/// [`ShardCommand::Driven`] per read from the engine (every token the read brought, at
+/// most [`BATCH`]; the first token at once). Sent only while the owner's mailbox is at
+/// most half full, so token traffic never takes the room its requests need (cancel,
+/// subscribe, admission), and the engine is read no faster than the owner takes its
+/// tokens; none is lost. `max_tokens` and the deadline are checked here too, to stop
+/// the engine without a round trip; the owner has the last word.
 pub(crate) struct RemoteSink {
     owner: Mailbox<ShardCommand>,
     task: Uuid,
@@ -186,6 +201,8 @@ pub(crate) struct RemoteSink {
     sent: u32,
     max_tokens: u32,
     deadline_at: Instant,
+    /// This shard's count of running remote drivers (shutdown waits for them).
+    running: Rc<Cell<usize>>,
 }
 
 impl RemoteSink {
@@ -198,7 +215,33 @@ impl RemoteSink {
             end,
         };
         // Gone: the owner has stopped (shutdown), and its tasks with it.
-        let _ = self.owner.send(cmd).await;
+        let half = self.owner.capacity() / 2;
+        let _ = send_when_room(&self.owner, cmd, half).await;
+    }
+}
+
+impl Drop for RemoteSink {
+    fn drop(&mut self) {
+        self.running.set(self.running.get() - 1);
+    }
+}
+
+/// Sends `cmd`, which must arrive, once fewer than `limit` commands wait in `to`
+/// (looking again every millisecond while not); `Gone` once its shard has stopped.
+pub(crate) async fn send_when_room(
+    to: &Mailbox<ShardCommand>,
+    mut cmd: ShardCommand,
+    limit: usize,
+) -> Result<(), MeshError> {
+    loop {
+        if to.queued() < limit {
+            match to.try_send(cmd) {
+                Ok(()) => return Ok(()),
+                Err(back) if back.error == MeshError::Gone => return Err(MeshError::Gone),
+                Err(back) => cmd = back.command,
+            }
+        }
+        rt::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -223,6 +266,10 @@ impl Sink for RemoteSink {
         !self.held.is_empty()
     }
 
+    fn due(&self) -> bool {
+        self.held.len() >= BATCH || (self.sent == 1 && !self.held.is_empty())
+    }
+
     async fn flush(&mut self) {
         self.send(None).await;
     }
@@ -238,6 +285,8 @@ impl Sink for RemoteSink {
 #[derive(Default)]
 pub(crate) struct Remote {
     engines: RefCell<HashMap<(usize, Arc<str>), Adapter>>,
+    /// Drivers running here for other shards' tasks.
+    running: Rc<Cell<usize>>,
 }
 
 /// Entries kept before those no task is using are let go (a set that churns through
@@ -258,8 +307,13 @@ impl Remote {
         e
     }
 
+    /// Drivers running here for other shards' tasks.
+    pub(crate) fn running(&self) -> usize {
+        self.running.get()
+    }
+
     /// Starts the driver of a task sent here by its pool's owner.
-    pub(crate) fn start(&self, d: Drive, tenant: String, owner: Mailbox<ShardCommand>) {
+    pub(crate) fn start(&self, d: Drive, tenant: Rc<TenantProbe>, owner: Mailbox<ShardCommand>) {
         let Drive {
             task,
             shown,
@@ -274,6 +328,7 @@ impl Remote {
             stop,
         } = d;
         let engine = self.engine(at.0, &replica, &engine);
+        self.running.set(self.running.get() + 1);
         let sink = RemoteSink {
             owner,
             task,
@@ -283,6 +338,7 @@ impl Remote {
             sent: 0,
             max_tokens,
             deadline_at,
+            running: Rc::clone(&self.running),
         };
         let who = Who {
             id: task,

@@ -104,13 +104,9 @@ impl<C> Mailbox<C> {
         })
     }
 
-    /// Sends, waiting while the mailbox is full (for a stream of messages that must all
-    /// arrive, in order: the waiting slows their producer).
-    pub async fn send(&self, command: C) -> Result<(), MeshError> {
-        self.tx
-            .send_async(command)
-            .await
-            .map_err(|_| MeshError::Gone)
+    /// Commands it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(usize::MAX)
     }
 
     /// Sends `make(reply)` and waits for the reply.

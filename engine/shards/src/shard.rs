@@ -21,7 +21,7 @@ use orchd_engine::artifact::{StoreError, Stored};
 use orchd_engine::tenant::TenantId;
 use orchd_engine::Config;
 
-use orchd_engine::ApiError;
+use orchd_engine::{ApiError, CancelReason, ErrorKind};
 
 use crate::commands::{
     DispatcherCommand, Drive, DriveEnd, FrameMsg, PoolStats, ProbeSnapshot, Rendering,
@@ -31,7 +31,7 @@ use crate::driver::{Sink, Who};
 use crate::engines::Adapter;
 use crate::mesh::{self, unavailable, Inbox, Mailbox, MeshError, Reply, ShardId};
 use crate::metrics::TenantProbe;
-use crate::owner::task::{Step, TaskRun};
+use crate::owner::task::{Step, TaskRun, Terminal};
 use crate::owner::{Effects, Engine, Owner, Start};
 use crate::rt;
 
@@ -276,10 +276,8 @@ impl Shard {
         }
     }
 
-    /// Starts a task's driver: here, or on the shard its replica is homed on (if that
-    /// shard's mailbox is full, the task fails as if its engine were out of reach, so
-    /// its slot is not held by a driver that never ran).
-    fn start_driver(self: &Rc<Self>, s: crate::owner::Start) {
+    /// Starts a task's driver: here, or on the shard its replica is homed on.
+    fn start_driver(self: &Rc<Self>, s: Start) {
         let Start {
             task,
             pool,
@@ -288,65 +286,65 @@ impl Shard {
             generation,
             stop,
         } = s;
-        let (id, shown, tenant, max_tokens, deadline_at) = {
+        let (who, tenant, max_tokens, deadline_at) = {
             let t = task.borrow();
-            let deadline_at = t.deadline_at();
-            (
-                t.spec.task_id,
-                t.spec.client.task_id,
-                t.spec.tenant,
-                t.spec.max_tokens,
-                deadline_at,
-            )
+            let who = Who {
+                id: t.spec.task_id,
+                shown: t.spec.client.task_id,
+                tenant: Rc::clone(&t.tenant),
+            };
+            (who, t.spec.tenant, t.spec.max_tokens, t.deadline_at())
         };
         let at = (pool, replica);
-        match engine {
+        let (shard, replica, config) = match engine {
             Engine::Here(engine) => {
-                let who = Who {
-                    id,
-                    shown,
-                    tenant: task.borrow().tenant.name.clone(),
-                };
                 let sink = LocalSink {
                     shard: Rc::clone(self),
                     task,
-                    id,
+                    id: who.id,
                     at,
                 };
-                crate::driver::start(sink, engine, who, generation, stop);
+                return crate::driver::start(sink, engine, who, generation, stop);
             }
             Engine::On {
                 shard,
                 replica,
                 config,
-            } => {
-                let drive = Drive {
-                    task: id,
-                    shown,
-                    tenant,
-                    owner: self.id,
-                    at,
-                    replica,
-                    engine: config,
-                    generation,
-                    max_tokens,
-                    deadline_at,
-                    stop,
+            } => (shard, replica, config),
+        };
+        let id = who.id;
+        let drive = ShardCommand::Drive(Box::new(Drive {
+            task: id,
+            shown: who.shown,
+            tenant,
+            owner: self.id,
+            at,
+            replica,
+            engine: config,
+            generation,
+            max_tokens,
+            deadline_at,
+            stop,
+        }));
+        let Err(back) = self.peers[shard].try_send(drive) else {
+            return;
+        };
+        // Its mailbox is full: the start waits for room (it is not the engine's fault).
+        let (me, peer) = (Rc::clone(self), self.peers[shard].clone());
+        rt::spawn(rt::Class::Latency, async move {
+            let room = peer.capacity();
+            if crate::driver::send_when_room(&peer, back.command, room)
+                .await
+                .is_err()
+            {
+                let how = Terminal::Failed {
+                    reason: CancelReason::Shutdown,
+                    kind: ErrorKind::PoolUnavailable,
+                    message: "orchd is shutting down".into(),
                 };
-                if let Err(back) = self.peers[shard].try_send(ShardCommand::Drive(Box::new(drive)))
-                {
-                    let error = orchd_engine::EngineError::Unreachable(format!(
-                        "shard {shard}, which drives its replica, did not take it: {}",
-                        back.error
-                    ));
-                    let how = DriveEnd::Failed {
-                        error,
-                        streamed: false,
-                    };
-                    self.with_owner(|o| o.driver_ended(id, at, how));
-                }
+                me.with_owner(|o| o.end(id, how));
             }
-        }
+        });
     }
 
     /// Tokens (and the end) of a task of this shard's pools, from the shard driving it.
@@ -491,9 +489,10 @@ impl Shard {
         }
     }
 
-    /// Tasks on this shard that have not ended.
+    /// Tasks on this shard that have not ended, and the generations it runs for other
+    /// shards' tasks (shutdown's grace waits for both).
     pub fn live_tasks(&self) -> usize {
-        self.owner().live_tasks()
+        self.owner().live_tasks() + self.remote.running()
     }
 
     /// The dispatcher, through its typed handle.
@@ -642,7 +641,7 @@ impl Shard {
                         reply.send(self.with_owner(|o| o.drain_replica(pool, &replica, deadline)));
                 }
                 ShardCommand::Drive(d) => {
-                    let tenant = self.probe.tenant(d.tenant).name.clone();
+                    let tenant = Rc::clone(&self.probe.tenants[d.tenant.index()]);
                     let owner = self.peers[d.owner.0].clone();
                     self.remote.start(*d, tenant, owner);
                 }

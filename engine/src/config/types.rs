@@ -326,8 +326,8 @@ pub struct AdapterConfig {
     /// meet their cached prefix on one engine; 0: to the replica with the most free slots.
     pub prefix_bytes: u32,
     /// HTTP adapters with several replicas: spread the replicas over the shards, each
-    /// replica's engine connections (its tasks' generations) on one core, the fewest on
-    /// the pool's owner, which keeps the queue and the tasks; false: all on the owner.
+    /// replica's tasks' generations (engine streams) on one core, the fewest on the
+    /// pool's owner, which keeps the queue and the tasks; false: all on the owner.
     pub spread_replicas: bool,
     /// HTTP adapters: sent as `Authorization: Bearer ...`; never logged.
     pub api_key: Option<ApiKey>,

@@ -1,5 +1,5 @@
-//! Real engines over HTTP (SPEC section 4): an HTTP/1.1 client on the owner shard's
-//! executor (hyper's client over the same socket adapter as the server), a small
+//! Real engines over HTTP (SPEC section 4): an HTTP/1.1 client on one shard's executor
+//! (the pool owner's, or the one its replica is homed on) (hyper's client over the same socket adapter as the server), a small
 //! keep-alive pool per engine endpoint, and an incremental parser of the engines' SSE.
 //! What differs between engines (paths, request bodies, event fields) is a [`Wire`];
 //! see `openai.rs` and `llamacpp.rs`.
@@ -52,7 +52,8 @@ pub trait Wire {
 /// Largest embeddings answer read from an engine.
 const MAX_EMBEDDINGS_BODY: usize = 64 << 20;
 
-/// One engine endpoint and its idle connections. Lives on the pool's owner shard.
+/// One engine endpoint and its idle connections, on one shard (each shard that talks to
+/// the endpoint has its own).
 pub struct Client {
     url: HttpUrl,
     addr: SocketAddr,

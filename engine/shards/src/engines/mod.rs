@@ -68,7 +68,8 @@ pub trait TokenStream {
     async fn finish(self);
 }
 
-/// One engine endpoint. Lives on the shard that owns its pool.
+/// One engine endpoint, on one shard: its pool's owner (health probes, reloads, and
+/// the tasks of a replica homed there) or the shard its replica is homed on.
 #[allow(async_fn_in_trait)] // shard-local futures: never sent to another thread
 pub trait EngineAdapter {
     type Stream: TokenStream;

@@ -23,6 +23,8 @@ use crate::metrics::{bump, PoolProbe, ReplicaProbe};
 pub(crate) struct Replica {
     /// `host:port`, or `mock`.
     pub(crate) id: String,
+    /// The same, shared with the shard its tasks run on (see [`Replica::engine_from`]).
+    key: Arc<str>,
     /// Its engine client on the owner (health probes, reloads, and the tasks it drives
     /// when it is homed here).
     pub(crate) engine: Adapter,
@@ -68,6 +70,7 @@ impl Replica {
             tracing::error!(pool = %cfg.id, replica = %id, error = %why, "engine url unusable; its tasks will fail");
         }
         Replica {
+            key: Arc::from(id.as_str()),
             id,
             engine,
             config: Arc::new(adapter),
@@ -90,7 +93,7 @@ impl Replica {
             true => super::Engine::Here(self.engine.clone()),
             false => super::Engine::On {
                 shard: self.shard,
-                replica: Arc::from(self.id.as_str()),
+                replica: Arc::clone(&self.key),
                 config: Arc::clone(&self.config),
             },
         }
