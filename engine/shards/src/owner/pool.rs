@@ -677,10 +677,20 @@ mod discovery_tests {
     #[test]
     fn at_most_max_replicas_at_once_and_idle_entries_of_gone_ones_are_reused() {
         let mut p = discovering();
+        p.place = Place { here: 0, shards: 2 };
+        // Present replicas by the shard they are homed on.
+        let homed = |p: &OwnerPool| {
+            let mut n = [0usize; 2];
+            for r in p.replicas.iter().filter(|r| r.present) {
+                n[r.shard] += 1;
+            }
+            n
+        };
         let addr = |i: u16| SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 8080));
         let many: Vec<SocketAddr> = (0..MAX_REPLICAS as u16 + 5).map(addr).collect();
         let c = p.discovered(&many);
         assert_eq!((c.joined.len(), c.refused), (MAX_REPLICAS, 5));
+        assert_eq!(homed(&p), [MAX_REPLICAS / 2; 2]);
         // A rollout: every address new. The old entries left and run nothing: reused.
         p.replicas[0].busy = 1; // one still runs a task: its entry stays
         let next: Vec<SocketAddr> = (1000..1000 + MAX_REPLICAS as u16).map(addr).collect();
@@ -695,6 +705,10 @@ mod discovery_tests {
             p.replicas[1].generation, 1,
             "a reused entry's old probe stops"
         );
+        // The set stays balanced over the shards.
+        let [a, b] = homed(&p);
+        assert_eq!(a + b, MAX_REPLICAS - 1);
+        assert!(a.abs_diff(b) <= 1, "{a} / {b}");
     }
 
     #[test]
