@@ -1,6 +1,7 @@
 //! Real engines over HTTP (SPEC section 4): an HTTP/1.1 client on one shard's executor
-//! (the pool owner's, or the one its replica is homed on) (hyper's client over the same socket adapter as the server), a small
-//! keep-alive pool per engine endpoint, and an incremental parser of the engines' SSE.
+//! (the pool owner's, or the one its replica is homed on; hyper's client over the same
+//! socket adapter as the server), a small keep-alive pool per engine endpoint, and an
+//! incremental parser of the engines' SSE.
 //! What differs between engines (paths, request bodies, event fields) is a [`Wire`];
 //! see `openai.rs` and `llamacpp.rs`.
 //!

@@ -182,11 +182,11 @@ impl OwnerPool {
         pool
     }
 
-    /// The shard a joining replica is homed on. A set (`urls`, `discover`) spreads its replicas over the shards
-    /// (`adapter.spread_replicas`): each goes to the shard with the fewest of the set's
-    /// present replicas, the owner's last among equals, as it also keeps the set's
-    /// tasks; a replica keeps its shard for as long as it has its entry. A pool of one
-    /// engine (`url`, the mock) runs on its owner.
+    /// The shard a joining replica is homed on. A set (`urls`, `discover`) spreads its
+    /// replicas over the shards (`adapter.spread_replicas`): each goes to the shard with
+    /// the fewest of the set's present replicas, the owner's last among equals, as it
+    /// also keeps the set's tasks; a replica keeps its shard for as long as it has its
+    /// entry. A pool of one engine (`url`, the mock) runs on its owner.
     fn home_shard(&self) -> usize {
         let Place { here, shards } = self.place;
         let a = &self.cfg.adapter;
