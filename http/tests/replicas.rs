@@ -361,6 +361,29 @@ fn a_replica_that_dies_ends_its_streams_with_worker_reset_and_its_sessions_move(
     assert_eq!(again, b_now, "a session whose replica lives stays on it");
 }
 
+/// Stops engine `home` (the replica of `session`) and runs the session's next turn:
+/// refused by its replica, it runs whole on another, and the refusal marks the stopped
+/// one down. The replica it ran on (an index into what is left of `engines`).
+fn refused_and_moved(
+    s: &TestServer,
+    engines: &mut Vec<FakeEngine>,
+    home: usize,
+    session: &str,
+) -> usize {
+    let dead = engines.remove(home);
+    let dead_id = dead.addr.to_string();
+    drop(dead);
+    let (ran_on, frames) = turn(s, engines, session, 5);
+    assert_eq!(tokens(&frames).len(), 5);
+    assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    let states = replica_states(s);
+    assert!(
+        states.iter().any(|(id, st)| *id == dead_id && st == "down"),
+        "the refusal marked it down: {states:?}"
+    );
+    ran_on
+}
+
 #[test]
 fn a_task_its_replica_refuses_before_any_token_runs_on_another() {
     // Probes too rare to notice anything here: only the task finds its replica gone.
@@ -372,18 +395,7 @@ fn a_task_its_replica_refuses_before_any_token_runs_on_another() {
     let s = server_probing(&engines, 60_000);
     let session = uuid();
     let (home, _) = turn(&s, &engines, &session, 2);
-    let dead = engines.remove(home);
-    let dead_id = dead.addr.to_string();
-    drop(dead);
-    // The next turn is refused by its replica, then runs on another, whole.
-    let (ran_on, frames) = turn(&s, &engines, &session, 5);
-    assert_eq!(tokens(&frames).len(), 5);
-    assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
-    let states = replica_states(&s);
-    assert!(
-        states.iter().any(|(id, st)| *id == dead_id && st == "down"),
-        "the refusal marked it down: {states:?}"
-    );
+    let ran_on = refused_and_moved(&s, &mut engines, home, &session);
     // And the session stays on the replica it moved to.
     assert_eq!(turn(&s, &engines, &session, 2).0, ran_on);
 }
@@ -567,19 +579,8 @@ fn a_sets_replicas_are_driven_from_every_shard() {
     );
     assert_eq!(tokens(&frames).len(), 3);
 
-    // It is gone: the next turn is refused there, runs whole on another replica, and
-    // the refusal marks it down.
-    let dead = engines.remove(at);
-    let dead_id = dead.addr.to_string();
-    drop(dead);
-    let (_, frames) = turn(&s, &engines, &session, 5);
-    assert_eq!(tokens(&frames).len(), 5);
-    assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
-    let states = replica_states(&s);
-    assert!(
-        states.iter().any(|(id, st)| *id == dead_id && st == "down"),
-        "{states:?}"
-    );
+    // It is gone: the next turn is refused there and runs on another replica.
+    refused_and_moved(&s, &mut engines, at, &session);
     s.shutdown();
 
     // `spread_replicas = false`: every replica on the owner.

@@ -286,18 +286,17 @@ impl Shard {
             generation,
             stop,
         } = s;
-        let (who, tenant, max_tokens, deadline_at) = {
-            let t = task.borrow();
-            let who = Who {
-                id: t.spec.task_id,
-                shown: t.spec.client.task_id,
-                tenant: Rc::clone(&t.tenant),
-            };
-            (who, t.spec.tenant, t.spec.max_tokens, t.deadline_at())
-        };
         let at = (pool, replica);
         let (shard, replica, config) = match engine {
             Engine::Here(engine) => {
+                let who = {
+                    let t = task.borrow();
+                    Who {
+                        id: t.spec.task_id,
+                        shown: t.spec.client.task_id,
+                        tenant: Rc::clone(&t.tenant),
+                    }
+                };
                 let sink = LocalSink {
                     shard: Rc::clone(self),
                     task,
@@ -312,20 +311,22 @@ impl Shard {
                 config,
             } => (shard, replica, config),
         };
-        let id = who.id;
+        let t = task.borrow();
+        let id = t.spec.task_id;
         let drive = ShardCommand::Drive(Box::new(Drive {
             task: id,
-            shown: who.shown,
-            tenant,
+            shown: t.spec.client.task_id,
+            tenant: t.spec.tenant,
             owner: self.id,
             at,
             replica,
             engine: config,
             generation,
-            max_tokens,
-            deadline_at,
+            max_tokens: t.spec.max_tokens,
+            deadline_at: t.deadline_at(),
             stop,
         }));
+        drop(t);
         let Err(back) = self.peers[shard].try_send(drive) else {
             return;
         };

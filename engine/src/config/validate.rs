@@ -482,6 +482,14 @@ impl PoolConfig {
             .collect()
     }
 
+    /// A replica set: replicas it discovers, or several `urls` (a pool of one engine,
+    /// `url` or the mock, is not one).
+    pub fn is_replica_set(&self) -> bool {
+        let a = &self.adapter;
+        a.kind != AdapterKind::Mock
+            && (a.discover.is_some() || (a.url.is_none() && a.urls.len() > 1))
+    }
+
     /// The pool's own `replica_id`: what its series carry for what no replica holds
     /// (tasks enqueued, or ended while queued): its one replica's id, its replicas' ids
     /// joined by commas, or the `NAME:PORT` it discovers. What ran on a replica carries

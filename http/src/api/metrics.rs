@@ -441,9 +441,7 @@ pub(crate) async fn render(
         .await;
     }
     // Pools over a set of replicas (`urls`, or `discover`): how their tasks were routed.
-    let sets = only(&pools, |c| {
-        c.adapter.discover.is_some() || c.adapter.urls.len() > 1
-    });
+    let sets = only(&pools, PoolConfig::is_replica_set);
     if !sets.is_empty() {
         x.family(
             "replica_routing_total",

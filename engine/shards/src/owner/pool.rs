@@ -189,9 +189,7 @@ impl OwnerPool {
     /// entry. A pool of one engine (`url`, the mock) runs on its owner.
     fn home_shard(&self) -> usize {
         let Place { here, shards } = self.place;
-        let a = &self.cfg.adapter;
-        let set = a.urls.len() > 1 || a.discover.is_some();
-        if !set || !a.spread_replicas || shards < 2 {
+        if !self.cfg.is_replica_set() || !self.cfg.adapter.spread_replicas || shards < 2 {
             return here;
         }
         let mut homed = vec![0usize; shards];
