@@ -47,12 +47,38 @@ pub fn fresh_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+/// `text` written to `orchd.toml` in a directory of its own under the system temp dir;
+/// the directory goes when the returned handle is dropped.
+pub fn temp_file(name: &str, text: &str) -> TempConfig {
     let dir = std::env::temp_dir().join(format!("orchd-bin-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("orchd.toml");
     std::fs::write(&p, text).unwrap();
-    p
+    TempConfig(p)
+}
+
+/// A config file written by [`temp_file`]; dropping it removes its directory.
+pub struct TempConfig(std::path::PathBuf);
+
+impl std::ops::Deref for TempConfig {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempConfig {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Starts orchd on port 0 and returns it with the address from its `ready` log line.
