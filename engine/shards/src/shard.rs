@@ -510,18 +510,20 @@ impl Shard {
         )
     }
 
-    /// Admits or refuses a task (SPEC order) through the dispatcher. A task admitted
-    /// to a pool of this shard is handed to its owner before this returns: the
-    /// commands waiting in the mailbox run in place, its `Enqueue` among them (sent
-    /// before the answer), so the task starts in the turn that admitted it, ahead of
-    /// its `202`, instead of a run-queue pass later behind the rest of a burst.
+    /// Admits or refuses a task (SPEC order) through the dispatcher. Where the runtime
+    /// gains from it ([`rt::start_in_place`]), a task admitted to a pool of this shard
+    /// is handed to its owner before this returns: the commands waiting in the mailbox
+    /// run in place, its `Enqueue` among them (sent before the answer), so the task
+    /// starts in the turn that admitted it, ahead of its `202`, instead of after every
+    /// other request of the run-queue pass.
     pub async fn admit(
         self: &Rc<Self>,
         spec: orchd_engine::task::TaskSpec,
         correlation_id: String,
     ) -> Result<orchd_engine::admission::Admitted, ApiError> {
         let admitted = self.dispatcher().admit(spec, correlation_id).await?;
-        if !admitted.duplicate
+        if rt::start_in_place()
+            && !admitted.duplicate
             && crate::placement::shard_for(admitted.pool, self.peers.len()) == self.id
         {
             self.run_waiting();
