@@ -10,6 +10,8 @@
 #   ONLY="throughput streams1000" bash perf/compare.sh  # some scenarios only
 #   RUNTIMES=epoll bash perf/compare.sh       # orchd's runtimes to run (default: io_uring epoll;
 #                                             # `default` sets none, for builds without the key)
+#   PIN_CORES=false bash perf/compare.sh      # orchd's shards unpinned (`server.pin_cores`): the
+#                                             # kernel may move them, as it moves the baseline's workers
 #
 # With `perf` on the PATH (and perf_event_paranoid <= 2), the server's system calls are
 # counted during each run (tracepoint raw_syscalls:sys_enter, all its threads) and
@@ -27,6 +29,7 @@ unset ORCHD_RUNTIME
 start_orchd() { # runtime tpot_ms slots_per_pool
   printf '[server]\ndispatcher = "%s"\n' "${DISPATCHER:-shard0}" > "$DIR/orchd.toml"
   [[ $1 == default ]] || printf 'runtime = "%s"\n' "$1" >> "$DIR/orchd.toml"
+  [[ -z ${PIN_CORES:-} ]] || printf 'pin_cores = %s\n' "$PIN_CORES" >> "$DIR/orchd.toml"
   shift
   printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$2" "$1" "$2" "$1" >> "$DIR/orchd.toml"
   PORT=$OP orchd_start "$DIR/orchd.toml"; echo "$PID" > "$DIR/pid"
@@ -70,7 +73,7 @@ scenario() { # label conc tokens tasks tpot [slots, of each of orchd's 2 pools; 
   start_baseline "$5" $((2 * slots)); measure "base-$1" $BP "$2" "$3" "$4" "${7:-}"; stop_server
 }
 
-echo "orchd dispatcher: ${DISPATCHER:-shard0}; runtimes: $RUNTIMES"
+echo "orchd dispatcher: ${DISPATCHER:-shard0}; runtimes: $RUNTIMES; pin_cores: ${PIN_CORES:-true}"
 echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
 scenario throughput 256 256 4096 0
 scenario streams1000 1000 256 8192 0

@@ -73,6 +73,72 @@ fn default_config_printout_is_the_default() {
     assert!(text.contains("[[pools]]") && text.contains("kind = \"mock\""));
 }
 
+/// `Cpus_allowed_list` of each of `pid`'s shards, in shard order (all the threads a
+/// shard names after itself: glommio runs a helper thread beside each executor), and of
+/// the process (its main thread, which orchd never pins).
+fn shard_cpus(pid: u32) -> (Vec<String>, String) {
+    let allowed = |status: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list in /proc status")
+            .trim()
+            .to_string()
+    };
+    let mut shards = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = entry.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.starts_with("orchd-shard-") {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let threads = shards.entry(comm.trim().to_string()).or_default();
+            threads.push(allowed(&status));
+        }
+    }
+    let process = allowed(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap());
+    let shards = shards
+        .into_iter()
+        .map(|(name, mut threads)| {
+            threads.dedup();
+            assert_eq!(threads.len(), 1, "{name}'s threads differ: {threads:?}");
+            threads.remove(0)
+        })
+        .collect();
+    (shards, process)
+}
+
+#[test]
+fn shards_are_pinned_a_core_each_unless_pin_cores_is_false() {
+    let pinned = temp_file("pinned.toml", "[server]\nshards = 2\n");
+    let (child, _addr, _err) = start_ready_with(&[], &["--config".as_ref(), pinned.as_os_str()]);
+    let child = KillOnDrop(child);
+    let (shards, process) = shard_cpus(child.0.id());
+    assert_eq!(shards.len(), 2, "{shards:?}");
+    for cpus in &shards {
+        assert!(
+            cpus.parse::<usize>().is_ok(),
+            "a pinned shard may run on {cpus:?}"
+        );
+    }
+    if process.contains(['-', ',']) {
+        assert_ne!(
+            shards[0], shards[1],
+            "two cores available ({process}), one used twice"
+        );
+    }
+    drop(child);
+
+    let free = temp_file("free.toml", "[server]\nshards = 2\npin_cores = false\n");
+    let (child, _addr, _err) = start_ready_with(&[], &["--config".as_ref(), free.as_os_str()]);
+    let child = KillOnDrop(child);
+    let (shards, process) = shard_cpus(child.0.id());
+    assert_eq!(
+        shards,
+        vec![process.clone(), process],
+        "unpinned shards keep the process's cores"
+    );
+}
+
 #[test]
 fn sigterm_stops_cleanly_with_exit_0() {
     let (mut child, addr, mut err) = start_ready(&[("ORCHD_API_KEYS", "topsecret-key")]);

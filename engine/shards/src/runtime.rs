@@ -109,6 +109,7 @@ impl Runtime {
             );
         }
         let cores = rt::available_cores();
+        let pin = opts.config.server.pin_cores;
         let (stop, stop_rx) = watch::channel(false);
 
         let epoch = Instant::now();
@@ -161,12 +162,9 @@ impl Runtime {
             } else {
                 None
             };
-            let cpu = cores[i % cores.len()];
-            let thread = rt::spawn_executor(
-                kind,
-                &format!("orchd-shard-{i}"),
-                Some(cpu),
-                move || async move {
+            let cpu = pin.then(|| cores[i % cores.len()]);
+            let thread =
+                rt::spawn_executor(kind, &format!("orchd-shard-{i}"), cpu, move || async move {
                     let local_dispatcher = dispatcher_here.map(|(inbox, halted, dpeers)| {
                         let d = crate::dispatcher::new(&config, dpeers, epoch);
                         let local = crate::dispatcher::Local::new(&d, &inbox);
@@ -187,8 +185,7 @@ impl Runtime {
                     };
                     let shard = Shard::start(parts, inbox);
                     shard_main(shard, seed, Ready { tx }).await
-                },
-            );
+                });
             match thread {
                 Ok(t) => runtime.shards.push(t),
                 Err(e) => {

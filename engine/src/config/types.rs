@@ -93,8 +93,14 @@ impl Role {
 pub struct ServerConfig {
     /// Listen address; every shard listens on it (SO_REUSEPORT). Default 127.0.0.1:8080.
     pub addr: SocketAddr,
-    /// Number of shards (pinned executors); 0 = one per available core.
+    /// Number of shards (executors, one thread each); 0 = one per available core.
     pub shards: usize,
+    /// Pins each shard's thread to a core of its own (thread-per-core). `false` leaves
+    /// placement to the kernel, which then runs a woken shard on whichever core is idle:
+    /// for hosts where other busy processes share orchd's cores (an engine, a load
+    /// generator, other services), where a pinned shard waits for its one core while
+    /// another sits idle.
+    pub pin_cores: bool,
     /// Accepted `X-API-Key` values. Empty = auth off, allowed on loopback only.
     pub api_keys: Vec<ApiKey>,
     /// Largest request body accepted; larger gets 413. Default 1 MiB.
@@ -375,6 +381,7 @@ impl Default for ServerConfig {
         ServerConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shards: 0,
+            pin_cores: true,
             api_keys: Vec::new(),
             max_body_bytes: 1_048_576,
             shutdown_grace_ms: 10_000,
