@@ -1,8 +1,9 @@
 """schemathesis hooks for orchd (loaded by schemathesis.toml).
 
 - `before_call` keeps generated tasks within the rules the schema cannot state
-  (`ctx <= ctx_max` of the configured pools, `max_tokens <= ctx`) and generated drains
-  short, lowering only values that are already valid, so no case changes what it tests.
+  (`ctx <= ctx_max` of the configured pools, `max_tokens <= ctx`, a deadline the
+  predicted start and decode fit in) and generated drains short, moving only values that
+  are already valid and only within the valid range, so no case changes what it tests.
 - `filter_failure` drops a failure only when the request itself shows that a documented
   leniency the schema cannot express explains the answer, and records it in
   $ORCHD_ST_FILTER_LOG.
@@ -45,6 +46,10 @@ def _key(case) -> tuple[str, str]:
 def _u32(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= U32_MAX
 
+
+# Shortest deadline a generated task keeps, in ms (see _admissible_task): far above any
+# predicted start + decode of run.sh's pools, far below the schema's 86400000.
+TASK_DEADLINE_MIN_MS = 600000
 
 # Longest deadline a generated drain keeps, in ms (see _short_drain).
 DRAIN_MAX_MS = 300
@@ -113,10 +118,14 @@ def _short_drain(case) -> None:
 
 
 def _admissible_task(case) -> None:
-    """POST /v1/tasks: keep `ctx` within the pools' `ctx_max` and `max_tokens <= ctx`.
+    """POST /v1/tasks: keep `ctx` within the pools' `ctx_max`, `max_tokens <= ctx`, and
+    `deadline_ms` at least TASK_DEADLINE_MIN_MS.
 
-    Both are rules the schema cannot state: `ctx_max` is configuration (GET
-    /v1/capabilities), and `max_tokens <= ctx` relates two fields. Without this almost
+    These are rules the schema cannot state: `ctx_max` is configuration (GET
+    /v1/capabilities), `max_tokens <= ctx` relates two fields, and whether a deadline is
+    met depends on the predicted start and decode time, which come from the service times
+    the server has observed (a `deadline_ms` of 1 is admitted or `400 DEADLINE_UNMET`
+    depending on how fast the machine ran the tasks before it). Without this almost
     every schema-valid task is refused 400, so no task would ever run and the stream,
     cancel and session operations would only see unknown ids. Only values that are
     already schema-valid integers are lowered, and only into the valid range, so a
@@ -129,6 +138,9 @@ def _admissible_task(case) -> None:
     if _u32(ctx) and _u32(max_tokens):
         body["ctx"] = min(ctx, CTX_MAX)
         body["max_tokens"] = min(max_tokens, body["ctx"])
+    deadline = body.get("deadline_ms")
+    if _u32(deadline) and deadline <= 86400000:
+        body["deadline_ms"] = max(deadline, TASK_DEADLINE_MIN_MS)
 
 
 def _body_schema_accepts(case, body) -> bool:

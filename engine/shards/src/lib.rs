@@ -1,6 +1,6 @@
 //! orchd-shards: the thread-per-core runtime of orchd.
 //!
-//! Pinned executors, one per shard, plus the dispatcher; bounded mailboxes between them
+//! Executors, one per shard (pinned by default), plus the dispatcher; bounded mailboxes between them
 //! (request/reply to one shard, map-reduce over all), every cross-core message in
 //! [`commands`]; each shard's tasks and pools ([`owner`], which decides) carried out by
 //! its [`Shard`] (which does the I/O); the engine seam ([`engines`]) and the driver that

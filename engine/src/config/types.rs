@@ -95,11 +95,12 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// Number of shards (executors, one thread each); 0 = one per available core.
     pub shards: usize,
-    /// Pins each shard's thread to a core of its own (thread-per-core). `false` leaves
-    /// placement to the kernel, which then runs a woken shard on whichever core is idle:
-    /// for hosts where other busy processes share orchd's cores (an engine, a load
-    /// generator, other services), where a pinned shard waits for its one core while
-    /// another sits idle.
+    /// Pins each shard's thread to a core (thread-per-core; shard i to the i-th available
+    /// core, round robin when there are more shards than cores). `false` leaves placement
+    /// to the kernel, which then runs a woken shard on whichever core is idle: for hosts
+    /// where other busy processes share orchd's cores (an engine, a load generator, other
+    /// services), where a pinned shard waits for its core while another sits idle.
+    /// Default `true`.
     pub pin_cores: bool,
     /// Accepted `X-API-Key` values. Empty = auth off, allowed on loopback only.
     pub api_keys: Vec<ApiKey>,

@@ -1,4 +1,4 @@
-//! The epoll runtime: one current-thread tokio runtime per pinned thread, its tasks on a
+//! The epoll runtime: one current-thread tokio runtime per shard thread, its tasks on a
 //! `LocalSet` (so that they need not be `Send`, as on glommio), its sockets adapted to
 //! hyper by hyper-util's `TokioIo`. Only `rt` (the module above) uses this file.
 //!
