@@ -128,8 +128,9 @@ def _admissible_task(case) -> None:
     depending on how fast the machine ran the tasks before it). Without this almost
     every schema-valid task is refused 400, so no task would ever run and the stream,
     cancel and session operations would only see unknown ids. Only values that are
-    already schema-valid integers are lowered, and only into the valid range, so a
-    negative case stays exactly as negative as it was generated.
+    already schema-valid integers are moved (`ctx` and `max_tokens` lowered, `deadline_ms`
+    raised), and only within the valid range, so a negative case stays exactly as
+    negative as it was generated.
     """
     body = case.body
     if not isinstance(body, dict):

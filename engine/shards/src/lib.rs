@@ -1,8 +1,8 @@
 //! orchd-shards: the thread-per-core runtime of orchd.
 //!
-//! Executors, one per shard (pinned by default), plus the dispatcher; bounded mailboxes between them
-//! (request/reply to one shard, map-reduce over all), every cross-core message in
-//! [`commands`]; each shard's tasks and pools ([`owner`], which decides) carried out by
+//! Executors, one per shard (pinned by default), plus the dispatcher; bounded mailboxes
+//! between them (request/reply to one shard, map-reduce over all), every cross-core message
+//! in [`commands`]; each shard's tasks and pools ([`owner`], which decides) carried out by
 //! its [`Shard`] (which does the I/O); the engine seam ([`engines`]) and the driver that
 //! runs a task's generation on it; shard-local probes ([`metrics`]).
 //!

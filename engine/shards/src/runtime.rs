@@ -1,10 +1,11 @@
 //! Starting and stopping the shards and the dispatcher, wired in one place.
 //!
-//! One executor per shard (pinned unless `server.pin_cores = false`), plus the dispatcher (a task on shard 0, or its own
-//! executor). Each shard builds its [`Shard`] (its mailbox, its probe, handles to its
-//! peers) and runs the front end's `shard_main` on it; startup waits until every shard
-//! reports ready or failed, so a shard that cannot start is an error at startup, not a
-//! silent half-running server. Stopping runs in reverse order of construction.
+//! One executor per shard (pinned unless `server.pin_cores = false`), plus the dispatcher
+//! (a task on shard 0, or its own executor). Each shard builds its [`Shard`] (its mailbox,
+//! its probe, handles to its peers) and runs the front end's `shard_main` on it; startup
+//! waits until every shard reports ready or failed, so a shard that cannot start is an
+//! error at startup, not a silent half-running server. Stopping runs in reverse order of
+//! construction.
 
 use std::future::Future;
 use std::rc::Rc;

@@ -3,11 +3,11 @@
 //!
 //! Executors, pinning, timers, the socket adapter for hyper, and the startup choice of
 //! runtime. Both runtimes have one shape: one shared-nothing executor per core (pinned to
-//! it unless `server.pin_cores = false`),
-//! the same listeners, mailboxes (runtime-free channels), timers and connection adapter.
-//! [`choose`] picks one at startup (`server.runtime`); every executor thread knows which
-//! it runs, and the functions here act on it. Everything above this module sees plain
-//! futures, `Rc`s and the hyper IO traits, and never learns which runtime runs.
+//! it unless `server.pin_cores = false`), the same listeners, mailboxes (runtime-free
+//! channels), timers and connection adapter. [`choose`] picks one at startup
+//! (`server.runtime`); every executor thread knows which it runs, and the functions here
+//! act on it. Everything above this module sees plain futures, `Rc`s and the hyper IO
+//! traits, and never learns which runtime runs.
 
 mod epoll;
 mod uring;
