@@ -12,6 +12,9 @@
 #                                             # `default` sets none, for builds without the key)
 #   PIN_CORES=false bash perf/compare.sh      # orchd's shards unpinned (`server.pin_cores`): the
 #                                             # kernel may move them, as it moves the baseline's workers
+#   SHARDS=1 bash perf/compare.sh             # orchd's shard count (`server.shards`; default: one per core)
+#   ROUNDS=3 bash perf/compare.sh             # each scenario N times, orchd and baseline interleaved
+#                                             # (orchd, baseline, orchd, ...): medians, and each round's ratio
 #
 # With `perf` on the PATH (and perf_event_paranoid <= 2), the server's system calls are
 # counted during each run (tracepoint raw_syscalls:sys_enter, all its threads) and
@@ -23,6 +26,7 @@ OP=$(free_port 18781); BP=$(free_port $((OP + 1)))
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 RUNTIMES=${RUNTIMES:-io_uring epoll}
+ROUNDS=${ROUNDS:-1}
 # The runtime is the config's (below); an ORCHD_RUNTIME from the caller would override it.
 unset ORCHD_RUNTIME
 
@@ -30,6 +34,7 @@ start_orchd() { # runtime tpot_ms slots_per_pool
   printf '[server]\ndispatcher = "%s"\n' "${DISPATCHER:-shard0}" > "$DIR/orchd.toml"
   [[ $1 == default ]] || printf 'runtime = "%s"\n' "$1" >> "$DIR/orchd.toml"
   [[ -z ${PIN_CORES:-} ]] || printf 'pin_cores = %s\n' "$PIN_CORES" >> "$DIR/orchd.toml"
+  [[ -z ${SHARDS:-} ]] || printf 'shards = %s\n' "$SHARDS" >> "$DIR/orchd.toml"
   shift
   printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$2" "$1" "$2" "$1" >> "$DIR/orchd.toml"
   PORT=$OP orchd_start "$DIR/orchd.toml"; echo "$PID" > "$DIR/pid"
@@ -54,6 +59,7 @@ measure() { # name port conc tokens tasks [extra orchd-load args] -> json file w
 import json, os, sys
 p, ticks, ns, hz, perf = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 d = json.load(open(p)); d["server_cpu_cores"] = (ticks / hz) / (ns / 1e9)
+d["server_cpu_us_per_task"] = (ticks / hz) * 1e6 / max(d["tasks"], 1)
 if os.path.exists(perf):
     for line in open(perf):
         f = line.split(",")
@@ -66,14 +72,16 @@ PY
 
 scenario() { # label conc tokens tasks tpot [slots, of each of orchd's 2 pools; 256] [orchd-load args]
   [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]] || return 0
-  local slots=${6:-256} rt
-  for rt in $RUNTIMES; do
-    start_orchd "$rt" "$5" "$slots"; measure "orchd-$rt-$1" $OP "$2" "$3" "$4" "${7:-}"; stop_server
+  local slots=${6:-256} rt r
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for rt in $RUNTIMES; do
+      start_orchd "$rt" "$5" "$slots"; measure "orchd-$rt-$1-$r" $OP "$2" "$3" "$4" "${7:-}"; stop_server
+    done
+    start_baseline "$5" $((2 * slots)); measure "base-$1-$r" $BP "$2" "$3" "$4" "${7:-}"; stop_server
   done
-  start_baseline "$5" $((2 * slots)); measure "base-$1" $BP "$2" "$3" "$4" "${7:-}"; stop_server
 }
 
-echo "orchd dispatcher: ${DISPATCHER:-shard0}; runtimes: $RUNTIMES; pin_cores: ${PIN_CORES:-true}"
+echo "orchd dispatcher: ${DISPATCHER:-shard0}; runtimes: $RUNTIMES; pin_cores: ${PIN_CORES:-true}; shards: ${SHARDS:-one per core}; rounds: $ROUNDS"
 echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
 scenario throughput 256 256 4096 0
 scenario streams1000 1000 256 8192 0
@@ -89,40 +97,54 @@ scenario open1000 1000 100 3000 50 1024 "--rate 200"
 scenario waves256 256 64 2048 20 256
 scenario waves1000 1000 64 4000 20 1024
 
-python3 - "$DIR" $RUNTIMES <<'PY' | tee "${OUT:-/dev/null}"
-import json, sys, os
-d, runtimes = sys.argv[1], sys.argv[2:]
+python3 - "$DIR" "$ROUNDS" $RUNTIMES <<'PY' | tee "${OUT:-/dev/null}"
+import json, sys, os, statistics
+d, rounds, runtimes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+cpu_task = ("server CPU us per task", "server_cpu_us_per_task", None)
 rows = [
   ("throughput", "256 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("tasks/s", "tasks_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("streams1000", "1000 streams x 256 tokens, zero engine latency", [("tokens/s", "tokens_per_s", True), ("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
   ("latency", "1 stream at a time x 64 tokens, zero engine latency", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("tasks/s", "tasks_per_s", True)]),
-  ("paced1000", "1000 streams x 100 tokens, 50 ms per token, 2048 slots: every stream runs", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
+  ("paced1000", "1000 streams x 100 tokens, 50 ms per token, 2048 slots: every stream runs", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), cpu_task]),
   ("open1000", "open loop, 200 tasks/s x 100 tokens at 50 ms per token: ~1000 concurrent streams", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
-  ("waves256", "256 users x 64 tokens, 20 ms per token, all starting together, a slot each", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("submit p50 ms", ("submit_ms", "p50"), False), ("submit p99 ms", ("submit_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
-  ("waves1000", "1000 users x 64 tokens, 20 ms per token, all starting together, a slot each", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("submit p50 ms", ("submit_ms", "p50"), False), ("submit p99 ms", ("submit_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), ("syscalls per token", "syscalls_per_token", False)]),
+  ("waves256", "256 users x 64 tokens, 20 ms per token, all starting together, a slot each", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("submit p50 ms", ("submit_ms", "p50"), False), ("submit p99 ms", ("submit_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), cpu_task, ("syscalls per token", "syscalls_per_token", False)]),
+  ("waves1000", "1000 users x 64 tokens, 20 ms per token, all starting together, a slot each", [("TTFT p50 ms", ("ttft_ms", "p50"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("submit p50 ms", ("submit_ms", "p50"), False), ("submit p99 ms", ("submit_ms", "p99"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None), cpu_task, ("syscalls per token", "syscalls_per_token", False)]),
   ("paced", "1000 streams x 100 tokens, 50 ms per token", [("inter-token p50 ms", ("itl_ms", "p50"), False), ("inter-token p99 ms", ("itl_ms", "p99"), False), ("TTFT p99 ms", ("ttft_ms", "p99"), False), ("server CPU cores", "server_cpu_cores", None)]),
 ]
 def get(j, k):
     return j[k[0]][k[1]] if isinstance(k, tuple) else j.get(k, float("nan"))
+def ratio(a, b):
+    return f"{a / b:.2f}" if b else "inf"
+# With several rounds: each cell is the median of the rounds, the ratio is of the
+# medians, and the last column gives each round's ratio (orchd and baseline of the
+# same round ran one after the other), so the reader sees how far the rounds agree.
 head = ["scenario", "figure"] + [f"orchd {r}" for r in runtimes] + ["baseline"] + [f"{r}/baseline" for r in runtimes] + ["best"]
+if rounds > 1:
+    head += [f"{r}/baseline by round" for r in runtimes]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for name, desc, figs in rows:
-    if not os.path.exists(os.path.join(d, f"base-{name}.json")):
+    if not os.path.exists(os.path.join(d, f"base-{name}-1.json")):
         continue
-    os_ = [json.load(open(os.path.join(d, f"orchd-{r}-{name}.json"))) for r in runtimes]
-    b = json.load(open(os.path.join(d, f"base-{name}.json")))
+    load = lambda who: [json.load(open(os.path.join(d, f"{who}-{name}-{i}.json"))) for i in range(1, rounds + 1)]
+    os_ = [load(f"orchd-{r}") for r in runtimes]
+    b = load("base")
     for label, key, higher in figs:
-        ovs, bv = [get(o, key) for o in os_], get(b, key)
-        ratios = [f"{ov / bv:.2f}" if bv else "inf" for ov in ovs]
+        each = [[get(j, key) for j in o] for o in os_]
+        beach = [get(j, key) for j in b]
+        ovs, bv = [statistics.median(e) for e in each], statistics.median(beach)
+        ratios = [ratio(ov, bv) for ov in ovs]
         if higher is None:
             best = "-"
         else:
             cands = [(ov, f"orchd {r}") for ov, r in zip(ovs, runtimes)] + [(bv, "baseline")]
             best = (max if higher else min)(cands, key=lambda c: c[0])[1]
         cells = [f"{name} ({desc})", label] + [f"{ov:.3f}" for ov in ovs] + [f"{bv:.3f}"] + ratios + [best]
+        if rounds > 1:
+            cells += [" / ".join(ratio(x, y) for x, y in zip(e, beach)) for e in each]
         print("| " + " | ".join(cells) + " |")
-    for who, j in [(f"orchd {r}", o) for r, o in zip(runtimes, os_)] + [("baseline", b)]:
-        if j["errors"] or j["frame_violations"]:
-            print(f"| {name} | {who} errors / frame violations | {j['errors']} / {j['frame_violations']} | | | |")
+    for who, js in [(f"orchd {r}", o) for r, o in zip(runtimes, os_)] + [("baseline", b)]:
+        errors, violations = sum(j["errors"] for j in js), sum(j["frame_violations"] for j in js)
+        if errors or violations:
+            print(f"| {name} | {who} errors / frame violations | {errors} / {violations} | | | |")
 PY
