@@ -13,20 +13,21 @@
 #   PIN_CORES=false bash perf/compare.sh      # orchd's shards unpinned (`server.pin_cores`): the
 #                                             # kernel may move them, as it moves the baseline's workers
 #   SHARDS=1 bash perf/compare.sh             # orchd's shard count (`server.shards`; default: one per core)
-#   ROUNDS=3 bash perf/compare.sh             # each scenario N times, orchd and baseline interleaved
-#                                             # (orchd, baseline, orchd, ...): medians, and each round's ratio
+#   ROUNDS=3 bash perf/compare.sh             # each scenario N times, interleaved (each round: orchd on
+#                                             # each runtime, then the baseline): medians, each round's ratio
 #
 # With `perf` on the PATH (and perf_event_paranoid <= 2), the server's system calls are
 # counted during each run (tracepoint raw_syscalls:sys_enter, all its threads) and
 # reported per delivered token.
 source "$(dirname "$0")/scripts/lib.sh"
+ROUNDS=${ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a whole number >= 1, not '$ROUNDS'" >&2; exit 2; }
 ulimit -n "$(ulimit -Hn)"
 build
 OP=$(free_port 18781); BP=$(free_port $((OP + 1)))
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 RUNTIMES=${RUNTIMES:-io_uring epoll}
-ROUNDS=${ROUNDS:-1}
 # The runtime is the config's (below); an ORCHD_RUNTIME from the caller would override it.
 unset ORCHD_RUNTIME
 
