@@ -117,7 +117,7 @@ def get(j, k):
 def ratio(a, b):
     return f"{a / b:.2f}" if b else "inf"
 # With several rounds: each cell is the median of the rounds, the ratio is of the
-# medians, and the last column gives each round's ratio (orchd and baseline of the
+# medians, and the last columns give each round's ratio (orchd and baseline of the
 # same round ran one after the other), so the reader sees how far the rounds agree.
 head = ["scenario", "figure"] + [f"orchd {r}" for r in runtimes] + ["baseline"] + [f"{r}/baseline" for r in runtimes] + ["best"]
 if rounds > 1:
