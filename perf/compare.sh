@@ -15,6 +15,9 @@
 #   SHARDS=1 bash perf/compare.sh             # orchd's shard count (`server.shards`; default: one per core)
 #   ROUNDS=3 bash perf/compare.sh             # each scenario N times, interleaved (each round: orchd on
 #                                             # each runtime, then the baseline): medians, each round's ratio
+#   SERVER_CPUS=0 LOAD_CPUS=1 bash perf/compare.sh  # servers and load generator on cores of their own
+#                                             # (taskset lists; orchd then runs a shard per server core,
+#                                             # the baseline a tokio worker per server core)
 #
 # With `perf` on the PATH (and perf_event_paranoid <= 2), the server's system calls are
 # counted during each run (tracepoint raw_syscalls:sys_enter, all its threads) and
@@ -28,6 +31,9 @@ OP=$(free_port 18781); BP=$(free_port $((OP + 1)))
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 RUNTIMES=${RUNTIMES:-io_uring epoll}
+# `taskset -c LIST` prefixes (exec'ing, so a started server's pid stays its own).
+SERVER_ON=(); [[ -z ${SERVER_CPUS:-} ]] || SERVER_ON=(taskset -c "$SERVER_CPUS")
+LOAD_ON=(); [[ -z ${LOAD_CPUS:-} ]] || LOAD_ON=(taskset -c "$LOAD_CPUS")
 # The runtime is the config's (below); an ORCHD_RUNTIME from the caller would override it.
 unset ORCHD_RUNTIME
 
@@ -38,10 +44,10 @@ start_orchd() { # runtime tpot_ms slots_per_pool
   [[ -z ${SHARDS:-} ]] || printf 'shards = %s\n' "$SHARDS" >> "$DIR/orchd.toml"
   shift
   printf '[sessions]\nmax_turns = 1000000\n[stream]\nretention_ms = 5000\n[[pools]]\nid = "p0"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n[[pools]]\nid = "p1"\nslots = %s\nqueue_capacity = 4096\n[pools.adapter]\nttft_ms = 0\ntpot_ms = %s\n' "$2" "$1" "$2" "$1" >> "$DIR/orchd.toml"
-  PORT=$OP orchd_start "$DIR/orchd.toml"; echo "$PID" > "$DIR/pid"
+  CPUS=${SERVER_CPUS:-} PORT=$OP orchd_start "$DIR/orchd.toml"; echo "$PID" > "$DIR/pid"
 }
 start_baseline() { # tpot_ms slots
-  "$BASE" 127.0.0.1:$BP --slots "$2" --queue 8192 --tpot-ms "$1" 2>/dev/null & echo $! > "$DIR/pid"
+  "${SERVER_ON[@]}" "$BASE" 127.0.0.1:$BP --slots "$2" --queue 8192 --tpot-ms "$1" 2>/dev/null & echo $! > "$DIR/pid"
   track "$(cat "$DIR/pid")"; wait_ready $BP /livez
 }
 stop_server() { stop "$(cat "$DIR/pid")"; }
@@ -53,7 +59,7 @@ measure() { # name port conc tokens tasks [extra orchd-load args] -> json file w
     sleep 0.2
   fi
   c0=$(cpu_ticks "$pid"); t0=$(date +%s%N)
-  "$LOAD" --addr "127.0.0.1:$2" --concurrency "$3" --max-tokens "$4" --tasks "$5" ${6:-} --duration 120 --json 2>/dev/null > "$DIR/$1.json"
+  "${LOAD_ON[@]}" "$LOAD" --addr "127.0.0.1:$2" --concurrency "$3" --max-tokens "$4" --tasks "$5" ${6:-} --duration 120 --json 2>/dev/null > "$DIR/$1.json"
   c1=$(cpu_ticks "$pid"); t1=$(date +%s%N)
   if [[ -n $sp ]]; then kill -INT "$sp"; wait "$sp" 2>/dev/null || true; fi
   python3 - "$DIR/$1.json" $((c1 - c0)) $((t1 - t0)) "$(getconf CLK_TCK)" "$DIR/$1.perf" <<'PY'
@@ -82,7 +88,7 @@ scenario() { # label conc tokens tasks tpot [slots, of each of orchd's 2 pools; 
   done
 }
 
-echo "orchd dispatcher: ${DISPATCHER:-shard0}; runtimes: $RUNTIMES; pin_cores: ${PIN_CORES:-true}; shards: ${SHARDS:-one per core}; rounds: $ROUNDS"
+echo "orchd dispatcher: ${DISPATCHER:-shard0}; runtimes: $RUNTIMES; pin_cores: ${PIN_CORES:-true}; shards: ${SHARDS:-one per core}; rounds: $ROUNDS; server cpus: ${SERVER_CPUS:-any}; load generator cpus: ${LOAD_CPUS:-any}"
 echo "machine: $(nproc) cpus, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r); commit $(git rev-parse --short HEAD); $(date -u +%FT%TZ)"
 scenario throughput 256 256 4096 0
 scenario streams1000 1000 256 8192 0
