@@ -111,6 +111,7 @@ impl Runtime {
         }
         let cores = rt::available_cores();
         let pin = opts.config.server.pin_cores;
+        let io_poll = Duration::from_micros(opts.config.server.io_poll_us);
         let (stop, stop_rx) = watch::channel(false);
 
         let epoch = Instant::now();
@@ -130,7 +131,7 @@ impl Runtime {
             let (inbox, halted, dpeers) = dispatcher_parts.take().expect("not taken yet");
             let config = Arc::clone(&opts.config);
             Some(
-                rt::spawn_executor(kind, "orchd-dispatcher", None, move || {
+                rt::spawn_executor(kind, "orchd-dispatcher", None, io_poll, move || {
                     let d = crate::dispatcher::new(&config, dpeers, epoch);
                     crate::dispatcher::serve(d, inbox, halted)
                 })
@@ -164,8 +165,12 @@ impl Runtime {
                 None
             };
             let cpu = pin.then(|| cores[i % cores.len()]);
-            let thread =
-                rt::spawn_executor(kind, &format!("orchd-shard-{i}"), cpu, move || async move {
+            let thread = rt::spawn_executor(
+                kind,
+                &format!("orchd-shard-{i}"),
+                cpu,
+                io_poll,
+                move || async move {
                     let local_dispatcher = dispatcher_here.map(|(inbox, halted, dpeers)| {
                         let d = crate::dispatcher::new(&config, dpeers, epoch);
                         let local = crate::dispatcher::Local::new(&d, &inbox);
@@ -186,7 +191,8 @@ impl Runtime {
                     };
                     let shard = Shard::start(parts, inbox);
                     shard_main(shard, seed, Ready { tx }).await
-                });
+                },
+            );
             match thread {
                 Ok(t) => runtime.shards.push(t),
                 Err(e) => {

@@ -63,6 +63,12 @@ impl Config {
                 s.mailbox_capacity
             ));
         }
+        if !(100..=1_000_000).contains(&s.io_poll_us) {
+            p.push(format!(
+                "server.io_poll_us: {} is outside 100..=1000000",
+                s.io_poll_us
+            ));
+        }
         check_keys("server.api_keys", &s.api_keys, &mut p);
         for (i, o) in s.cors_allow_origins.iter().enumerate() {
             if o != "*" && !is_origin(o) {
@@ -625,6 +631,7 @@ mod tests {
     fn validate_names_cross_field_problems() {
         let mut c = Config::default();
         c.server.addr = "0.0.0.0:8080".parse().unwrap();
+        c.server.io_poll_us = 50;
         c.pools.push(PoolConfig {
             slots: 0,
             workloads: vec![],
@@ -632,6 +639,10 @@ mod tests {
         });
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("server.addr"), "{err}");
+        assert!(
+            err.contains("server.io_poll_us: 50 is outside 100..=1000000"),
+            "{err}"
+        );
         assert!(
             err.contains("pools[1].id: \"default\" is used by another pool"),
             "{err}"

@@ -129,8 +129,15 @@ impl<T: Send + 'static> Executor<T> {
 }
 
 /// Starts a glommio executor on its own thread, pinned to `cpu` when given, and runs
-/// the future built by `main` on it.
-pub fn spawn_executor<G, F, T>(name: &str, cpu: Option<usize>, main: G) -> io::Result<Executor<T>>
+/// the future built by `main` on it. `io_poll` is glommio's preemption timer: how long
+/// its run queue may run before the executor reaps the ring (readable and writable
+/// sockets, foreign wakeups, timers).
+pub fn spawn_executor<G, F, T>(
+    name: &str,
+    cpu: Option<usize>,
+    io_poll: Duration,
+    main: G,
+) -> io::Result<Executor<T>>
 where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = T> + 'static,
@@ -143,6 +150,7 @@ where
     LocalExecutorBuilder::new(placement)
         .name(name)
         .io_memory(IO_MEMORY)
+        .preempt_timer(io_poll)
         .spawn(main)
         .map(Executor)
         .map_err(|e| io::Error::other(e.to_string()))
