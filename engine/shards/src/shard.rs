@@ -510,27 +510,6 @@ impl Shard {
         )
     }
 
-    /// Admits or refuses a task (SPEC order) through the dispatcher. Where the runtime
-    /// gains from it ([`rt::start_in_place`]), a task admitted to a pool of this shard
-    /// is handed to its owner before this returns: the commands waiting in the mailbox
-    /// run in place, its `Enqueue` among them (sent before the answer), so the task
-    /// starts in the turn that admitted it, ahead of its `202`, instead of after every
-    /// other request of the run-queue pass.
-    pub async fn admit(
-        self: &Rc<Self>,
-        spec: orchd_engine::task::TaskSpec,
-        correlation_id: String,
-    ) -> Result<orchd_engine::admission::Admitted, ApiError> {
-        let admitted = self.dispatcher().admit(spec, correlation_id).await?;
-        if rt::start_in_place()
-            && !admitted.duplicate
-            && crate::placement::shard_for(admitted.pool, self.peers.len()) == self.id
-        {
-            self.run_waiting();
-        }
-        Ok(admitted)
-    }
-
     /// Sends a command to shard `to` and waits for the reply. A command to this shard
     /// runs in place, after the commands already waiting in its mailbox (so it sees
     /// every command sent before it, as through the mailbox): the request that asked

@@ -79,6 +79,7 @@ pub(crate) async fn admit(
     let correlation_id = cid.to_str().unwrap_or_default().to_string();
     let admitted = app
         .shard
+        .dispatcher()
         .admit(spec, correlation_id.clone())
         .await
         .inspect_err(|e| count_refusal(app, who, e))?;

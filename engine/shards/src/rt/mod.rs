@@ -56,18 +56,6 @@ fn kind() -> Kind {
     current().expect("orchd's rt is used only on its executor threads")
 }
 
-/// Whether work a request hands to its own shard's command loop (an admitted task's
-/// start) is better done in the request's own turn. The two schedulers differ: glommio
-/// runs a task woken on its own executor only once every task queued ahead of it has
-/// run, with no reactor poll between (a run-queue pass drains the whole queue), so in
-/// a burst the starts waited for every other request of the pass; tokio's `LocalSet`
-/// polls the reactor every 61 tasks, and doing the starts in the requests' turns made
-/// bursts of 1,000 requests slower there. Measured, not assumed:
-/// `perf/results/2026-12-06-issue16-start-in-place.md`.
-pub fn start_in_place() -> bool {
-    kind() == Kind::IoUring
-}
-
 /// What `server.runtime` resolved to on this host.
 #[derive(Debug)]
 pub struct Choice {
